@@ -1,0 +1,711 @@
+//! Parsing and validation of one wire event into a normalized [`Event`].
+//!
+//! The fast path deserializes into a flat, typed wire struct in one pass. Only when that
+//! fails is the input parsed again with path tracking, to name the offending field.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorCode, EventError};
+use crate::event::{
+    Context, Conversion, Decision, Event, EventBody, EventData, EventType, Exposure, Identify,
+    Interaction, Item, Touch,
+};
+use crate::pseudo::Pseudonymizer;
+use crate::time::{TimePolicy, parse_time_str};
+
+/// Size and count limits applied to each event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest accepted event, in bytes of JSON text.
+    pub max_event_bytes: usize,
+    /// Most items in one decision slate.
+    pub max_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 64 * 1024,
+            max_items: 1000,
+        }
+    }
+}
+
+const MAX_ID: usize = 128;
+const MAX_NAME: usize = 256;
+
+/// Wire form of a time: RFC 3339 text or integer epoch milliseconds.
+struct WireTime(Result<i64, String>);
+
+impl<'de> Deserialize<'de> for WireTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WireTime;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an RFC 3339 string or integer epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WireTime, E> {
+                Ok(WireTime(if v >= 0 {
+                    Ok(v)
+                } else {
+                    Err(format!("negative epoch milliseconds {v}"))
+                }))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<WireTime, E> {
+                Ok(WireTime(i64::try_from(v).map_err(|_| {
+                    format!("epoch milliseconds {v} out of range")
+                })))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<WireTime, E> {
+                Ok(WireTime(Err(format!(
+                    "epoch milliseconds must be an integer, got {v}"
+                ))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WireTime, E> {
+                Ok(WireTime(
+                    parse_time_str(v).ok_or_else(|| format!("{v:?} is not an RFC 3339 time")),
+                ))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<WireTime, E> {
+                Ok(WireTime(Err(format!("expected a time, got boolean {v}"))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    event_id: Option<String>,
+    timestamp: Option<WireTime>,
+    sent_at: Option<WireTime>,
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    session_id: Option<String>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+    request_id: Option<String>,
+    trace_id: Option<String>,
+    surface: Option<String>,
+    model: Option<WireModel>,
+    experiments: Option<Vec<WireExperiment>>,
+    #[serde(borrow)]
+    flags: Option<&'a RawValue>,
+    #[serde(borrow)]
+    items: Option<&'a RawValue>,
+    slate_propensity: Option<f64>,
+    latency_ms: Option<WireLatency>,
+    fallback: Option<bool>,
+    #[serde(borrow)]
+    features: Option<&'a RawValue>,
+    item_id: Option<String>,
+    action: Option<String>,
+    value: Option<f64>,
+    name: Option<String>,
+    currency: Option<String>,
+    channel: Option<String>,
+    campaign: Option<String>,
+    experiment: Option<String>,
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireModel {
+    name: Option<String>,
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireExperiment {
+    id: Option<String>,
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireLatency {
+    total: Option<f64>,
+    components: Option<ComponentsWrapper>,
+}
+
+#[derive(Deserialize)]
+struct WireItem<'a> {
+    item_id: Option<String>,
+    position: Option<u32>,
+    score: Option<f64>,
+    propensity: Option<f64>,
+    #[serde(borrow)]
+    attributes: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AttrPeek {
+    category: Option<serde_json::Value>,
+    provider: Option<serde_json::Value>,
+}
+
+/// Components arrive as a JSON object; serde reads a map into a Vec of pairs through this.
+impl<'de> Deserialize<'de> for ComponentsWrapper {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ComponentsWrapper;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of component name to milliseconds")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<ComponentsWrapper, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, f64>()? {
+                    out.push((k, v));
+                }
+                Ok(ComponentsWrapper(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+struct ComponentsWrapper(Vec<(String, f64)>);
+
+/// Everything that shapes how one event is turned into a stored row.
+pub struct ParseCtx<'p> {
+    /// Time correction and flag thresholds.
+    pub policy: TimePolicy,
+    /// Applied to `user_id`, `anonymous_id`, `session_id`.
+    pub pseudonymizer: &'p dyn Pseudonymizer,
+    /// Server receive time (epoch ms).
+    pub received_at: i64,
+    /// Historical import: no skew correction, no late flag.
+    pub backfill: bool,
+    /// Per-event limits.
+    pub limits: Limits,
+}
+
+/// A rejected event: why, and its `event_id` if one could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// The first rule the event broke.
+    pub error: EventError,
+    /// The event's id, when it had a readable one.
+    pub event_id: Option<String>,
+}
+
+/// Parse and validate one event's JSON text.
+pub fn parse_event(raw: &[u8], ctx: &ParseCtx<'_>) -> Result<Event, Rejected> {
+    if raw.len() > ctx.limits.max_event_bytes {
+        return Err(Rejected {
+            error: EventError::new(
+                ErrorCode::TooLarge,
+                "",
+                format!(
+                    "event is {} bytes, over the limit of {} bytes",
+                    raw.len(),
+                    ctx.limits.max_event_bytes
+                ),
+            ),
+            event_id: peek_event_id(raw),
+        });
+    }
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Rejected {
+            error: EventError::new(ErrorCode::InvalidJson, "", "an event must be a JSON object"),
+            event_id: None,
+        });
+    }
+    let wire: Wire<'_> = match serde_json::from_slice(raw) {
+        Ok(w) => w,
+        Err(_) => {
+            return Err(Rejected {
+                error: diagnose::<Wire<'_>>(raw, ""),
+                event_id: peek_event_id(raw),
+            });
+        }
+    };
+    let event_id = wire.event_id.clone();
+    build(wire, ctx).map_err(|error| Rejected { error, event_id })
+}
+
+/// Read `event_id` from an event that failed validation, if it has a string one.
+fn peek_event_id(raw: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        event_id: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Peek>(raw).ok()?.event_id? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Re-parse with path tracking to name the field that broke deserialization.
+fn diagnose<'de, T: Deserialize<'de>>(raw: &'de [u8], prefix: &str) -> EventError {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(_) => {
+            return EventError::new(ErrorCode::InvalidJson, prefix, "trailing characters");
+        }
+        Err(e) => e,
+    };
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let msg = inner.to_string();
+    let field = join_path(prefix, if path == "." { "" } else { &path });
+    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+        return EventError::new(ErrorCode::InvalidJson, "", format!("not valid JSON: {msg}"));
+    }
+    if field.is_empty() {
+        return EventError::new(
+            ErrorCode::InvalidJson,
+            "",
+            format!("an event must be a JSON object: {msg}"),
+        );
+    }
+    let leaf = field.rsplit(['.', '[']).next().unwrap_or("");
+    let code = match leaf {
+        "timestamp" | "sent_at" => ErrorCode::InvalidTimestamp,
+        "position" => ErrorCode::InvalidPosition,
+        _ if msg.starts_with("invalid value") => ErrorCode::InvalidValue,
+        _ => ErrorCode::InvalidType,
+    };
+    EventError::new(code, field, strip_location(&msg))
+}
+
+fn join_path(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) if path.starts_with('[') => format!("{prefix}{path}"),
+        (false, false) => format!("{prefix}.{path}"),
+    }
+}
+
+/// serde_json appends " at line L column C"; the field path says more to a client.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn missing(field: &str) -> EventError {
+    EventError::new(
+        ErrorCode::MissingField,
+        field,
+        format!("{field} is required"),
+    )
+}
+
+fn required_str(v: Option<String>, field: &str, max: usize) -> Result<String, EventError> {
+    let s = v.ok_or_else(|| missing(field))?;
+    check_len(&s, field, max)?;
+    Ok(s)
+}
+
+fn optional_str(v: Option<String>, field: &str, max: usize) -> Result<Option<String>, EventError> {
+    if let Some(s) = &v {
+        check_len(s, field, max)?;
+    }
+    Ok(v)
+}
+
+fn check_len(s: &str, field: &str, max: usize) -> Result<(), EventError> {
+    if s.is_empty() || s.len() > max {
+        return Err(EventError::new(
+            ErrorCode::InvalidValue,
+            field,
+            format!("{field} must be 1 to {max} bytes long, got {}", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn finite(v: Option<f64>, field: &str, non_negative: bool) -> Result<Option<f64>, EventError> {
+    if let Some(x) = v
+        && (!x.is_finite() || (non_negative && x < 0.0))
+    {
+        let what = if non_negative {
+            "a finite number ≥ 0"
+        } else {
+            "a finite number"
+        };
+        return Err(EventError::new(
+            ErrorCode::OutOfRange,
+            field,
+            format!("{field} must be {what}, got {x}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn probability(v: Option<f64>, field: &str) -> Result<Option<f64>, EventError> {
+    if let Some(p) = v
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(EventError::new(
+            ErrorCode::OutOfRange,
+            field,
+            format!("{field} must be a probability in (0, 1], got {p}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn time(v: Option<WireTime>, field: &str) -> Result<Option<i64>, EventError> {
+    match v {
+        None => Ok(None),
+        Some(WireTime(Ok(t))) => Ok(Some(t)),
+        Some(WireTime(Err(m))) => Err(EventError::new(ErrorCode::InvalidTimestamp, field, m)),
+    }
+}
+
+/// A JSON object's text, or an `invalid_type` error naming `field`.
+fn object_text(v: Option<&RawValue>, field: &str) -> Result<Option<String>, EventError> {
+    match v {
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) if r.get().starts_with('{') => Ok(Some(r.get().to_string())),
+        Some(_) => Err(EventError::new(
+            ErrorCode::InvalidType,
+            field,
+            format!("{field} must be a JSON object"),
+        )),
+    }
+}
+
+fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
+    let ty_name = w.ty.ok_or_else(|| missing("type"))?;
+    let ty = EventType::from_name(&ty_name).ok_or_else(|| {
+        EventError::new(
+            ErrorCode::UnknownType,
+            "type",
+            format!(
+                "unknown event type {ty_name:?}; expected decision, interaction, conversion, touch, identify or exposure"
+            ),
+        )
+    })?;
+    let event_id = required_str(w.event_id, "event_id", MAX_ID)?;
+    let timestamp = time(w.timestamp, "timestamp")?.ok_or_else(|| missing("timestamp"))?;
+    let sent_at = time(w.sent_at, "sent_at")?;
+    let user_id = optional_str(w.user_id, "user_id", MAX_NAME)?;
+    let anonymous_id = optional_str(w.anonymous_id, "anonymous_id", MAX_NAME)?;
+    let session_id = optional_str(w.session_id, "session_id", MAX_NAME)?;
+    if ty == EventType::Identify {
+        if user_id.is_none() {
+            return Err(missing("user_id"));
+        }
+        if anonymous_id.is_none() {
+            return Err(missing("anonymous_id"));
+        }
+    } else if user_id.is_none() && anonymous_id.is_none() {
+        return Err(EventError::new(
+            ErrorCode::MissingField,
+            "user_id",
+            "at least one of user_id and anonymous_id is required",
+        ));
+    }
+    let context = parse_context(w.context)?;
+
+    let body = match ty {
+        EventType::Decision => {
+            let request_id = required_str(w.request_id, "request_id", MAX_ID)?;
+            let trace_id = match w.trace_id {
+                Some(t) => Some(check_trace_id(t)?),
+                None => None,
+            };
+            let surface = required_str(w.surface, "surface", MAX_NAME)?;
+            let model = w.model.ok_or_else(|| missing("model"))?;
+            let model_name = required_str(model.name, "model.name", MAX_NAME)?;
+            let model_version = required_str(model.version, "model.version", MAX_NAME)?;
+            let mut experiments = Vec::new();
+            for (i, e) in w.experiments.unwrap_or_default().into_iter().enumerate() {
+                let id = required_str(e.id, &format!("experiments[{i}].id"), MAX_NAME)?;
+                let variant =
+                    required_str(e.variant, &format!("experiments[{i}].variant"), MAX_NAME)?;
+                experiments.push((id, variant));
+            }
+            let items = parse_items(w.items.ok_or_else(|| missing("items"))?, ctx.limits)?;
+            let (latency_total_ms, latency_components) = match w.latency_ms {
+                None => (None, Vec::new()),
+                Some(l) => {
+                    let total = finite(l.total, "latency_ms.total", true)?;
+                    let comps = l.components.map(|c| c.0).unwrap_or_default();
+                    for (name, ms) in &comps {
+                        finite(Some(*ms), &format!("latency_ms.components.{name}"), true)?;
+                    }
+                    (total, comps)
+                }
+            };
+            EventBody::Decision(Decision {
+                request_id,
+                trace_id,
+                surface,
+                model_name,
+                model_version,
+                experiments,
+                flags: object_text(w.flags, "flags")?,
+                items,
+                slate_propensity: probability(w.slate_propensity, "slate_propensity")?,
+                latency_total_ms,
+                latency_components,
+                fallback: w.fallback.unwrap_or(false),
+                features: object_text(w.features, "features")?,
+            })
+        }
+        EventType::Interaction => EventBody::Interaction(Interaction {
+            request_id: required_str(w.request_id, "request_id", MAX_ID)?,
+            item_id: required_str(w.item_id, "item_id", MAX_NAME)?,
+            action: required_str(w.action, "action", 64)?,
+            value: finite(w.value, "value", false)?,
+        }),
+        EventType::Conversion => {
+            let currency = optional_str(w.currency, "currency", 3)?;
+            if let Some(c) = &currency
+                && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                return Err(EventError::new(
+                    ErrorCode::InvalidValue,
+                    "currency",
+                    format!("currency must be an ISO 4217 code such as \"EUR\", got {c:?}"),
+                ));
+            }
+            let items = match w.items {
+                None => Vec::new(),
+                Some(r) => serde_json::from_str::<Option<Vec<String>>>(r.get())
+                    .map_err(|_| diagnose::<Vec<String>>(r.get().as_bytes(), "items"))?
+                    .unwrap_or_default(),
+            };
+            EventBody::Conversion(Conversion {
+                name: required_str(w.name, "name", MAX_NAME)?,
+                value: finite(w.value, "value", false)?,
+                currency,
+                items,
+                request_id: optional_str(w.request_id, "request_id", MAX_ID)?,
+            })
+        }
+        EventType::Touch => EventBody::Touch(Touch {
+            channel: required_str(w.channel, "channel", MAX_NAME)?,
+            campaign: optional_str(w.campaign, "campaign", MAX_NAME)?,
+        }),
+        EventType::Identify => EventBody::Identify(Identify {}),
+        EventType::Exposure => EventBody::Exposure(Exposure {
+            experiment: required_str(w.experiment, "experiment", MAX_NAME)?,
+            variant: required_str(w.variant, "variant", MAX_NAME)?,
+        }),
+    };
+
+    let p = ctx.pseudonymizer;
+    Ok(Event {
+        meta: ctx
+            .policy
+            .meta(timestamp, sent_at, ctx.received_at, ctx.backfill),
+        data: EventData {
+            event_id,
+            timestamp,
+            user_key: user_id.map(|s| p.apply(&s)),
+            anonymous_key: anonymous_id.map(|s| p.apply(&s)),
+            session_key: session_id.map(|s| p.apply(&s)),
+            key_id: p.key_id().to_string(),
+            context,
+            body,
+        },
+    })
+}
+
+fn check_trace_id(t: String) -> Result<String, EventError> {
+    let ok =
+        t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) && t.bytes().any(|b| b != b'0');
+    if !ok {
+        return Err(EventError::new(
+            ErrorCode::InvalidTraceId,
+            "trace_id",
+            format!("trace_id must be 32 hex digits, not all zero (W3C trace context), got {t:?}"),
+        ));
+    }
+    Ok(t.to_ascii_lowercase())
+}
+
+fn parse_items(raw: &RawValue, limits: Limits) -> Result<Vec<Item>, EventError> {
+    let wire: Vec<WireItem<'_>> = serde_json::from_str(raw.get())
+        .map_err(|_| diagnose::<Vec<WireItem<'_>>>(raw.get().as_bytes(), "items"))?;
+    if wire.len() > limits.max_items {
+        return Err(EventError::new(
+            ErrorCode::TooLarge,
+            "items",
+            format!(
+                "a decision may hold at most {} items, got {}",
+                limits.max_items,
+                wire.len()
+            ),
+        ));
+    }
+    let mut seen: Vec<u32> = Vec::with_capacity(wire.len());
+    let mut items = Vec::with_capacity(wire.len());
+    for (i, it) in wire.into_iter().enumerate() {
+        let f = |name: &str| format!("items[{i}].{name}");
+        let item_id = required_str(it.item_id, &f("item_id"), MAX_NAME)?;
+        let position = it.position.ok_or_else(|| missing(&f("position")))?;
+        if position == 0 {
+            return Err(EventError::new(
+                ErrorCode::InvalidPosition,
+                f("position"),
+                "positions are 1-based; got 0",
+            ));
+        }
+        if seen.contains(&position) {
+            return Err(EventError::new(
+                ErrorCode::InvalidPosition,
+                f("position"),
+                format!("position {position} appears twice in the slate"),
+            ));
+        }
+        seen.push(position);
+        let score = finite(it.score, &f("score"), false)?;
+        let propensity = probability(it.propensity, &f("propensity"))?;
+        let attributes = object_text(it.attributes, &f("attributes"))?;
+        let (category, provider) = match &attributes {
+            None => (None, None),
+            Some(text) => {
+                let peek: AttrPeek = serde_json::from_str(text).map_err(|e| {
+                    EventError::new(
+                        ErrorCode::InvalidType,
+                        f("attributes"),
+                        strip_location(&e.to_string()),
+                    )
+                })?;
+                (scalar_text(peek.category), scalar_text(peek.provider))
+            }
+        };
+        items.push(Item {
+            item_id,
+            position,
+            score,
+            propensity,
+            category,
+            provider,
+            attributes,
+        });
+    }
+    Ok(items)
+}
+
+fn scalar_text(v: Option<serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn parse_context(raw: Option<&RawValue>) -> Result<Context, EventError> {
+    let Some(text) = object_text(raw, "context")? else {
+        return Ok(Context::default());
+    };
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| {
+            EventError::new(
+                ErrorCode::InvalidType,
+                "context",
+                strip_location(&e.to_string()),
+            )
+        })?;
+    let mut take = |k: &str| -> Result<Option<String>, EventError> {
+        match map.remove(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => {
+                optional_str(Some(s), &format!("context.{k}"), MAX_NAME)
+            }
+            Some(_) => Err(EventError::new(
+                ErrorCode::InvalidType,
+                format!("context.{k}"),
+                format!("context.{k} must be a string"),
+            )),
+        }
+    };
+    let ctx = Context {
+        device: take("device")?,
+        os: take("os")?,
+        region: take("region")?,
+        locale: take("locale")?,
+        app_version: take("app_version")?,
+        channel: take("channel")?,
+        extra: None,
+    };
+    Ok(Context {
+        extra: (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string()),
+        ..ctx
+    })
+}
+
+/// The raw text of a rejected event with `user_id`, `anonymous_id` and `session_id`
+/// pseudonymized, so the quarantine never holds raw identifiers.
+///
+/// Valid JSON objects are rewritten exactly. Text that is not JSON is scrubbed textually:
+/// any quoted value following one of those keys is replaced.
+pub fn redact_raw(raw: &[u8], p: &dyn Pseudonymizer) -> String {
+    const KEYS: [&str; 3] = ["user_id", "anonymous_id", "session_id"];
+    if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(raw)
+    {
+        for k in KEYS {
+            if let Some(v) = map.get_mut(k) {
+                let text = match &*v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => continue,
+                    other => other.to_string(),
+                };
+                *v = serde_json::Value::String(p.apply(&text));
+            }
+        }
+        return serde_json::Value::Object(map).to_string();
+    }
+    let mut text = String::from_utf8_lossy(raw).into_owned();
+    for k in KEYS {
+        text = scrub_key(&text, k, p);
+    }
+    text
+}
+
+/// Replace the quoted value after every `"key"` followed by `:` in possibly broken JSON.
+fn scrub_key(text: &str, key: &str, p: &dyn Pseudonymizer) -> String {
+    let needle = format!("\"{key}\"");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(&needle) {
+        let after_key = i + needle.len();
+        out.push_str(&rest[..after_key]);
+        rest = &rest[after_key..];
+        let trimmed = rest.trim_start();
+        if let Some(after_colon) = trimmed.strip_prefix(':') {
+            let value = after_colon.trim_start();
+            let skipped = rest.len() - value.len();
+            if let Some(body) = value.strip_prefix('"') {
+                // The value ends at the next unescaped quote, or at the end of the text.
+                let mut end = body.len();
+                let mut escaped = false;
+                for (j, c) in body.char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => {
+                            end = j;
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                out.push_str(&rest[..skipped]);
+                out.push('"');
+                out.push_str(&p.apply(&body[..end]));
+                out.push('"');
+                rest = body.get(end + 1..).unwrap_or("");
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
