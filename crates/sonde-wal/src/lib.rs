@@ -1,1 +1,523 @@
-//! placeholder
+//! A write-ahead log with group commit.
+//!
+//! Records are framed as `[len: u32][crc32: u32][lsn: u64][payload]` (little endian; the
+//! CRC covers the LSN and payload) in segment files named by their first LSN. One writer
+//! thread takes every queued append, writes them together, calls `fdatasync` once, and only
+//! then runs each append's completion, in LSN order. A crash can tear only the tail of the
+//! last segment; [`Wal::open`] truncates it with a warning and replays the rest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+const HEADER: usize = 16;
+/// Largest record accepted; bigger frames on disk are treated as corruption.
+pub const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+/// WAL failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An I/O call failed (disk full, read-only file system, ...).
+    #[error("WAL I/O error on {path}: {source}")]
+    Io {
+        /// File or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A record in a segment other than the last failed its checksum: not a torn write.
+    #[error("WAL corruption in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// Segment file.
+        path: PathBuf,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An earlier write failed and could not be rolled back; the WAL refuses writes.
+    #[error("WAL is unavailable after an unrecoverable write error")]
+    Poisoned,
+    /// The WAL has been closed.
+    #[error("WAL is closed")]
+    Closed,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One record read back during replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Log sequence number, increasing by one per record from 1.
+    pub lsn: u64,
+    /// The bytes that were appended.
+    pub payload: Vec<u8>,
+}
+
+/// WAL settings.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Directory holding the segment files.
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started once it exceeds this size.
+    pub segment_bytes: u64,
+    /// Call `fdatasync` before completing appends. Only tests and benchmarks of the
+    /// non-durable path turn this off.
+    pub fsync: bool,
+}
+
+impl WalConfig {
+    /// Defaults: 64 MiB segments, fsync on.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            segment_bytes: 64 * 1024 * 1024,
+            fsync: true,
+        }
+    }
+}
+
+/// Called on the writer thread, in LSN order, once an append is durable (or failed).
+pub type Completion = Box<dyn FnOnce(Result<RangeInclusive<u64>, WalError>) + Send>;
+
+struct Request {
+    records: Vec<Vec<u8>>,
+    bytes: u64,
+    done: Completion,
+}
+
+struct Shared {
+    pending_bytes: AtomicU64,
+    poisoned: AtomicBool,
+    /// First LSN of every segment on disk, oldest first.
+    segments: Mutex<Vec<u64>>,
+    dir: PathBuf,
+    fsync_micros_total: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+/// Handle to an open WAL. Cheap to share behind an `Arc`.
+pub struct Wal {
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}.wal"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".wal")
+            && let Ok(lsn) = stem.parse::<u64>()
+        {
+            out.push(lsn);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Outcome of reading one segment.
+struct Scan {
+    records: Vec<Record>,
+    /// Length of the valid prefix.
+    valid_len: u64,
+    /// Why the scan stopped early, if it did.
+    torn: Option<String>,
+}
+
+fn scan_segment(path: &Path, skip_upto: u64) -> Result<Scan, WalError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_err(path))?;
+    let mut records = Vec::new();
+    let mut off = 0usize;
+    let mut torn = None;
+    let mut expected_lsn: Option<u64> = None;
+    while off < data.len() {
+        if data.len() - off < HEADER {
+            torn = Some(format!(
+                "{} trailing bytes shorter than a header",
+                data.len() - off
+            ));
+            break;
+        }
+        let len =
+            u32::from_le_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
+        let crc = u32::from_le_bytes([data[off + 4], data[off + 5], data[off + 6], data[off + 7]]);
+        if len > MAX_RECORD || data.len() - off - HEADER < len {
+            torn = Some(format!(
+                "record of {len} bytes runs past the end of the file"
+            ));
+            break;
+        }
+        let body = &data[off + 8..off + HEADER + len];
+        if crc32fast::hash(body) != crc {
+            torn = Some("checksum mismatch".to_string());
+            break;
+        }
+        let mut lsn_bytes = [0u8; 8];
+        lsn_bytes.copy_from_slice(&body[..8]);
+        let lsn = u64::from_le_bytes(lsn_bytes);
+        if let Some(exp) = expected_lsn
+            && lsn != exp
+        {
+            torn = Some(format!("LSN {lsn} where {exp} was expected"));
+            break;
+        }
+        expected_lsn = Some(lsn + 1);
+        if lsn > skip_upto {
+            records.push(Record {
+                lsn,
+                payload: body[8..].to_vec(),
+            });
+        }
+        off += HEADER + len;
+    }
+    Ok(Scan {
+        records,
+        valid_len: off as u64,
+        torn,
+    })
+}
+
+impl Wal {
+    /// Open (or create) the WAL in `config.dir`, returning it and every record with an LSN
+    /// above `skip_upto` (records at or below it are already persisted elsewhere).
+    pub fn open(config: WalConfig, skip_upto: u64) -> Result<(Wal, Vec<Record>), WalError> {
+        fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
+        let mut segments = list_segments(&config.dir)?;
+        let mut records = Vec::new();
+        let mut next_lsn = skip_upto + 1;
+        for (i, &first) in segments.iter().enumerate() {
+            let path = segment_path(&config.dir, first);
+            let scan = scan_segment(&path, skip_upto)?;
+            let last = i + 1 == segments.len();
+            if let Some(reason) = scan.torn {
+                if !last {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: scan.valid_len,
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = scan.valid_len,
+                    reason = %reason,
+                    "truncating torn WAL tail"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.set_len(scan.valid_len).map_err(io_err(&path))?;
+                f.sync_all().map_err(io_err(&path))?;
+            }
+            if let Some(r) = scan.records.last() {
+                next_lsn = next_lsn.max(r.lsn + 1);
+            } else if scan.valid_len > 0 {
+                // Every record was at or below skip_upto; LSNs continue after the segment's.
+                let s = scan_segment(&path, 0)?;
+                if let Some(r) = s.records.last() {
+                    next_lsn = next_lsn.max(r.lsn + 1);
+                }
+            }
+            records.extend(scan.records);
+        }
+        // Always start a fresh segment: the tail of an old one may hold a repaired tear.
+        let first = next_lsn;
+        let path = segment_path(&config.dir, first);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let start_len = file.metadata().map_err(io_err(&path))?.len();
+        if !segments.contains(&first) {
+            segments.push(first);
+        }
+        sync_dir(&config.dir)?;
+
+        let shared = Arc::new(Shared {
+            pending_bytes: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            segments: Mutex::new(segments),
+            dir: config.dir.clone(),
+            fsync_micros_total: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel::<Request>();
+        let mut writer = Writer {
+            config,
+            shared: shared.clone(),
+            file,
+            path,
+            len: start_len,
+            next_lsn,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        let handle = std::thread::Builder::new()
+            .name("sonde-wal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(Path::new("<thread>")))?;
+        Ok((
+            Wal {
+                tx: Mutex::new(Some(tx)),
+                shared,
+                writer: Mutex::new(Some(handle)),
+            },
+            records,
+        ))
+    }
+
+    /// Queue `records` for a durable append. `done` runs on the writer thread once they are
+    /// fsync'd (with their LSN range) or have failed (and nothing of them was kept).
+    pub fn append(&self, records: Vec<Vec<u8>>, done: Completion) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            done(Err(WalError::Poisoned));
+            return;
+        }
+        let bytes: u64 = records.iter().map(|r| (r.len() + HEADER) as u64).sum();
+        self.shared.pending_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let req = Request {
+            records,
+            bytes,
+            done,
+        };
+        let sent = match self.tx.lock().as_ref() {
+            Some(tx) => tx.send(req).map_err(|e| e.0),
+            None => Err(req),
+        };
+        if let Err(req) = sent {
+            self.shared
+                .pending_bytes
+                .fetch_sub(req.bytes, Ordering::AcqRel);
+            (req.done)(Err(WalError::Closed));
+        }
+    }
+
+    /// Bytes queued but not yet durable: the backpressure signal.
+    pub fn pending_bytes(&self) -> u64 {
+        self.shared.pending_bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether an unrecoverable write error has disabled the WAL.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// (fsync count, total fsync time in µs) since open.
+    pub fn fsync_stats(&self) -> (u64, u64) {
+        (
+            self.shared.fsyncs.load(Ordering::Relaxed),
+            self.shared.fsync_micros_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Delete every closed segment whose records all have LSN ≤ `upto`.
+    pub fn trim(&self, upto: u64) -> Result<usize, WalError> {
+        let mut segs = self.shared.segments.lock();
+        let mut removed = 0;
+        // Segment i holds LSNs [segs[i], segs[i+1]); the last one is active and kept.
+        while segs.len() > 1 && segs[1] <= upto + 1 {
+            let path = segment_path(&self.shared.dir, segs[0]);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+            segs.remove(0);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Number of segment files on disk.
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments.lock().len()
+    }
+
+    /// Finish queued appends and stop the writer thread.
+    pub fn close(&self) {
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Writer {
+    config: WalConfig,
+    shared: Arc<Shared>,
+    file: File,
+    path: PathBuf,
+    len: u64,
+    next_lsn: u64,
+    buf: Vec<u8>,
+}
+
+/// Upper bound on one group: keeps a single write and the memory it needs bounded.
+const GROUP_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Writer {
+    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let mut bytes = group[0].bytes;
+            while bytes < GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.bytes;
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group, bytes);
+        }
+        let _ = self.file.sync_data();
+    }
+
+    fn commit(&mut self, group: Vec<Request>, bytes: u64) {
+        let start_lsn = self.next_lsn;
+        let outcome = if self.shared.poisoned.load(Ordering::Acquire) {
+            Err(WalError::Poisoned)
+        } else {
+            self.write_group(&group)
+        };
+        self.shared.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        match outcome {
+            Ok(()) => {
+                let mut lsn = start_lsn;
+                for req in group {
+                    let n = req.records.len() as u64;
+                    // An empty append gets an empty range just below the next LSN.
+                    let range = lsn..=(lsn + n).saturating_sub(1);
+                    lsn += n;
+                    (req.done)(Ok(range));
+                }
+                self.next_lsn = lsn;
+                if self.len >= self.config.segment_bytes
+                    && let Err(e) = self.rotate()
+                {
+                    tracing::error!(error = %e, "WAL segment rotation failed; continuing in the current segment");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL append failed");
+                let msg = e.to_string();
+                let mut first = Some(e);
+                for req in group {
+                    let err = first.take().unwrap_or_else(|| WalError::Io {
+                        path: self.path.clone(),
+                        source: io::Error::other(msg.clone()),
+                    });
+                    (req.done)(Err(err));
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: &[Request]) -> Result<(), WalError> {
+        self.buf.clear();
+        let mut lsn = self.next_lsn;
+        for req in group {
+            for rec in &req.records {
+                let len = rec.len() as u32;
+                let mut h = crc32fast::Hasher::new();
+                h.update(&lsn.to_le_bytes());
+                h.update(rec);
+                self.buf.extend_from_slice(&len.to_le_bytes());
+                self.buf.extend_from_slice(&h.finalize().to_le_bytes());
+                self.buf.extend_from_slice(&lsn.to_le_bytes());
+                self.buf.extend_from_slice(rec);
+                lsn += 1;
+            }
+        }
+        let before = self.len;
+        let written = self.file.write_all(&self.buf).and_then(|_| {
+            if self.config.fsync {
+                let t = std::time::Instant::now();
+                let r = self.file.sync_data();
+                self.shared
+                    .fsync_micros_total
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                r
+            } else {
+                Ok(())
+            }
+        });
+        match written {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                // Roll the file back so a later successful write does not follow garbage.
+                let rolled_back = self
+                    .file
+                    .set_len(before)
+                    .and_then(|_| self.file.seek(SeekFrom::Start(before)).map(|_| ()))
+                    .and_then(|_| self.file.sync_data());
+                if rolled_back.is_err() {
+                    self.shared.poisoned.store(true, Ordering::Release);
+                }
+                Err(WalError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let path = segment_path(&self.config.dir, self.next_lsn);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.config.dir)?;
+        self.shared.segments.lock().push(self.next_lsn);
+        self.file = file;
+        self.path = path;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
