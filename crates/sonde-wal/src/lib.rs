@@ -206,6 +206,19 @@ fn scan_segment(path: &Path, skip_upto: u64) -> Result<Scan, WalError> {
     })
 }
 
+/// Read the records above `skip_upto` without opening the WAL for writing: for offline
+/// readers of a stopped (or running) server's data. A torn tail is skipped, not repaired.
+pub fn read_records(dir: &Path, skip_upto: u64) -> Result<Vec<Record>, WalError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for first in list_segments(dir)? {
+        out.extend(scan_segment(&segment_path(dir, first), skip_upto)?.records);
+    }
+    Ok(out)
+}
+
 impl Wal {
     /// Open (or create) the WAL in `config.dir`, returning it and every record with an LSN
     /// above `skip_upto` (records at or below it are already persisted elsewhere).

@@ -1,0 +1,516 @@
+//! Exact event-id dedup over a time window with bounded memory.
+//!
+//! Ids are 128-bit hashes of `event_id`, each with a 64-bit content hash (to tell a retry
+//! from a conflicting reuse of the id) and the hour it was received. Ids not yet covered by
+//! a Parquet flush live in an in-memory table (the WAL replays them after a crash). At each
+//! flush they are spilled to an immutable sorted *run* file; the index keeps only a blocked
+//! Bloom filter of each run in memory (~2 bytes per id) and binary-searches the file on a
+//! filter hit. Runs merge pairwise, newest first, like a binary counter, so a lookup probes
+//! O(log n) filters; merging drops ids older than the window.
+//!
+//! Memory: about 37–73 bytes per unflushed id (hash table) and 2 bytes per spilled id, so
+//! one million ids inside the window cost about 2 MB once flushed. Disk: 28 bytes per id.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::StoreError;
+
+const MAGIC: &[u8; 4] = b"SDR1";
+const HEADER: usize = 4 + 8 + 4 + 4 + 8;
+const REC: usize = 28;
+const BLOCK_BITS: u64 = 512;
+const BITS_PER_KEY: u64 = 16;
+
+/// How an incoming id relates to what the index has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not seen within the window.
+    New,
+    /// Seen with the same content: a retry.
+    Duplicate,
+    /// Seen with different content under the same id.
+    Conflict,
+}
+
+/// Blocked Bloom filter: all probes of a key fall in one 64-byte block (one cache miss).
+struct Bloom {
+    blocks: Vec<[u64; 8]>,
+}
+
+impl Bloom {
+    fn with_keys(n: u64) -> Bloom {
+        let nblocks = (n * BITS_PER_KEY).div_ceil(BLOCK_BITS).max(1);
+        Bloom {
+            blocks: vec![[0u64; 8]; nblocks as usize],
+        }
+    }
+
+    fn probes(&self, key: u128) -> (usize, [u16; 7]) {
+        let lo = key as u64;
+        let hi = (key >> 64) as u64;
+        let block = (lo % self.blocks.len() as u64) as usize;
+        let mut bits = [0u16; 7];
+        for (i, b) in bits.iter_mut().enumerate() {
+            *b = ((hi >> (i * 9)) & 511) as u16;
+        }
+        (block, bits)
+    }
+
+    fn insert(&mut self, key: u128) {
+        let (block, bits) = self.probes(key);
+        for b in bits {
+            self.blocks[block][(b / 64) as usize] |= 1 << (b % 64);
+        }
+    }
+
+    fn may_contain(&self, key: u128) -> bool {
+        let (block, bits) = self.probes(key);
+        bits.iter()
+            .all(|b| self.blocks[block][(b / 64) as usize] & (1 << (b % 64)) != 0)
+    }
+}
+
+/// One immutable sorted run of (id, content hash, hour) records on disk.
+struct Run {
+    path: PathBuf,
+    file: File,
+    count: u64,
+    max_hour: u32,
+    bloom: Bloom,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+impl Run {
+    /// Write sorted, unique records to `path` (via a temporary file and rename).
+    fn write(path: PathBuf, recs: &[(u128, u64, u32)]) -> Result<Run, StoreError> {
+        let tmp = path.with_extension("tmp");
+        let mut bloom = Bloom::with_keys(recs.len() as u64);
+        let min_hour = recs.iter().map(|r| r.2).min().unwrap_or(0);
+        let max_hour = recs.iter().map(|r| r.2).max().unwrap_or(0);
+        {
+            let f = File::create(&tmp).map_err(io(&tmp))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let mut head = Vec::with_capacity(HEADER);
+            head.extend_from_slice(MAGIC);
+            head.extend_from_slice(&(recs.len() as u64).to_le_bytes());
+            head.extend_from_slice(&min_hour.to_le_bytes());
+            head.extend_from_slice(&max_hour.to_le_bytes());
+            head.extend_from_slice(&(bloom.blocks.len() as u64).to_le_bytes());
+            w.write_all(&head).map_err(io(&tmp))?;
+            for &(id, content, hour) in recs {
+                bloom.insert(id);
+                w.write_all(&id.to_le_bytes()).map_err(io(&tmp))?;
+                w.write_all(&content.to_le_bytes()).map_err(io(&tmp))?;
+                w.write_all(&hour.to_le_bytes()).map_err(io(&tmp))?;
+            }
+            for block in &bloom.blocks {
+                for word in block {
+                    w.write_all(&word.to_le_bytes()).map_err(io(&tmp))?;
+                }
+            }
+            let f = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        let file = File::open(&path).map_err(io(&path))?;
+        Ok(Run {
+            path,
+            file,
+            count: recs.len() as u64,
+            max_hour,
+            bloom,
+        })
+    }
+
+    fn open(path: PathBuf) -> Result<Run, StoreError> {
+        let mut file = File::open(&path).map_err(io(&path))?;
+        let mut head = [0u8; HEADER];
+        file.read_exact(&mut head).map_err(io(&path))?;
+        if &head[..4] != MAGIC {
+            return Err(StoreError::Corrupt(format!(
+                "{}: not a dedup run",
+                path.display()
+            )));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap_or([0; 4]));
+        let count = u64_at(4);
+        let max_hour = u32_at(16);
+        let nblocks = u64_at(20);
+        let expected = HEADER as u64 + count * REC as u64 + nblocks * 64;
+        let actual = file.metadata().map_err(io(&path))?.len();
+        if actual != expected || nblocks == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "{}: {actual} bytes where {expected} were expected",
+                path.display()
+            )));
+        }
+        let mut raw = vec![0u8; (nblocks * 64) as usize];
+        file.read_exact_at(&mut raw, HEADER as u64 + count * REC as u64)
+            .map_err(io(&path))?;
+        let blocks = raw
+            .chunks_exact(64)
+            .map(|c| {
+                let mut b = [0u64; 8];
+                for (i, w) in c.chunks_exact(8).enumerate() {
+                    b[i] = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+                }
+                b
+            })
+            .collect();
+        Ok(Run {
+            path,
+            file,
+            count,
+            max_hour,
+            bloom: Bloom { blocks },
+        })
+    }
+
+    fn record(&self, i: u64) -> Result<(u128, u64, u32), StoreError> {
+        let mut b = [0u8; REC];
+        self.file
+            .read_exact_at(&mut b, HEADER as u64 + i * REC as u64)
+            .map_err(io(&self.path))?;
+        Ok(decode_rec(&b))
+    }
+
+    fn get(&self, id: u128) -> Result<Option<u64>, StoreError> {
+        if !self.bloom.may_contain(id) {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (0u64, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (k, content, _) = self.record(mid)?;
+            match k.cmp(&id) {
+                std::cmp::Ordering::Equal => return Ok(Some(content)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_all(&self) -> Result<Vec<(u128, u64, u32)>, StoreError> {
+        let mut raw = vec![0u8; (self.count as usize) * REC];
+        self.file
+            .read_exact_at(&mut raw, HEADER as u64)
+            .map_err(io(&self.path))?;
+        Ok(raw.chunks_exact(REC).map(decode_rec).collect())
+    }
+}
+
+fn decode_rec(b: &[u8]) -> (u128, u64, u32) {
+    let id = u128::from_le_bytes(b[0..16].try_into().unwrap_or([0; 16]));
+    let content = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
+    let hour = u32::from_le_bytes(b[24..28].try_into().unwrap_or([0; 4]));
+    (id, content, hour)
+}
+
+/// The dedup index. Lookups and inserts take `&self`; spills and merges run on one thread.
+pub struct DedupIndex {
+    dir: PathBuf,
+    window_hours: u32,
+    mem: Mutex<HashMap<u128, (u64, u32)>>,
+    runs: RwLock<Vec<Arc<Run>>>,
+    next_seq: Mutex<u64>,
+}
+
+impl DedupIndex {
+    /// Open the index in `dir`, loading the runs still inside the window at `now_hour`.
+    pub fn open(dir: &Path, window_hours: u32, now_hour: u32) -> Result<DedupIndex, StoreError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            } else if let Some(seq) = name
+                .strip_prefix("run-")
+                .and_then(|s| s.strip_suffix(".dd"))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                found.push((seq, entry.path()));
+            }
+        }
+        found.sort();
+        let next_seq = found.last().map(|(s, _)| s + 1).unwrap_or(1);
+        let mut runs = Vec::new();
+        for (_, path) in found {
+            let run = Run::open(path)?;
+            if run.max_hour + window_hours < now_hour {
+                fs::remove_file(&run.path).map_err(io(&run.path))?;
+            } else {
+                runs.push(Arc::new(run));
+            }
+        }
+        Ok(DedupIndex {
+            dir: dir.to_path_buf(),
+            window_hours,
+            mem: Mutex::new(HashMap::new()),
+            runs: RwLock::new(runs),
+            next_seq: Mutex::new(next_seq),
+        })
+    }
+
+    fn lookup(&self, id: u128) -> Result<Option<u64>, StoreError> {
+        if let Some(&(content, _)) = self.mem.lock().get(&id) {
+            return Ok(Some(content));
+        }
+        for run in self.runs.read().iter().rev() {
+            if let Some(c) = run.get(id)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Check `id` and, if new, record it. The caller serializes check-and-insert per batch.
+    pub fn check_and_insert(&self, id: u128, content: u64, hour: u32) -> Result<Seen, StoreError> {
+        Ok(match self.lookup(id)? {
+            None => {
+                self.mem.lock().insert(id, (content, hour));
+                Seen::New
+            }
+            Some(c) if c == content => Seen::Duplicate,
+            Some(_) => Seen::Conflict,
+        })
+    }
+
+    /// Record an id unconditionally (WAL replay).
+    pub fn insert(&self, id: u128, content: u64, hour: u32) {
+        self.mem.lock().insert(id, (content, hour));
+    }
+
+    /// Forget ids whose append failed, so a retry is not mistaken for a duplicate.
+    pub fn remove(&self, ids: &[u128]) {
+        let mut mem = self.mem.lock();
+        for id in ids {
+            mem.remove(id);
+        }
+    }
+
+    /// Ids held in memory (not yet spilled).
+    pub fn mem_len(&self) -> usize {
+        self.mem.lock().len()
+    }
+
+    /// Ids in spilled runs (counting an id once per run that holds it).
+    pub fn spilled_len(&self) -> u64 {
+        self.runs.read().iter().map(|r| r.count).sum()
+    }
+
+    /// Number of run files.
+    pub fn run_count(&self) -> usize {
+        self.runs.read().len()
+    }
+
+    /// Spill the in-memory ids to a new run, then merge runs and drop expired ones.
+    /// Call from one thread at a time (the flusher).
+    pub fn spill(&self, now_hour: u32) -> Result<(), StoreError> {
+        let mut recs: Vec<(u128, u64, u32)> = {
+            let mem = self.mem.lock();
+            mem.iter().map(|(&id, &(c, h))| (id, c, h)).collect()
+        };
+        if !recs.is_empty() {
+            recs.sort_unstable_by_key(|r| r.0);
+            let run = Arc::new(Run::write(self.next_path(), &recs)?);
+            // Publish the run before forgetting the ids so no lookup misses them.
+            self.runs.write().push(run);
+            let mut mem = self.mem.lock();
+            for (id, c, _) in &recs {
+                if mem.get(id).map(|v| v.0) == Some(*c) {
+                    mem.remove(id);
+                }
+            }
+        }
+        self.expire(now_hour)?;
+        self.merge(now_hour)
+    }
+
+    fn next_path(&self) -> PathBuf {
+        let mut seq = self.next_seq.lock();
+        let p = self.dir.join(format!("run-{:012}.dd", *seq));
+        *seq += 1;
+        p
+    }
+
+    fn expire(&self, now_hour: u32) -> Result<(), StoreError> {
+        let mut runs = self.runs.write();
+        let (keep, drop): (Vec<_>, Vec<_>) = runs
+            .drain(..)
+            .partition(|r| r.max_hour + self.window_hours >= now_hour);
+        *runs = keep;
+        drop_runs(drop)
+    }
+
+    /// Merge the two newest runs while the older is at most twice the newer's size.
+    fn merge(&self, now_hour: u32) -> Result<(), StoreError> {
+        loop {
+            let (a, b) = {
+                let runs = self.runs.read();
+                let n = runs.len();
+                if n < 2 || runs[n - 2].count > 2 * runs[n - 1].count {
+                    return Ok(());
+                }
+                (runs[n - 2].clone(), runs[n - 1].clone())
+            };
+            let cutoff = now_hour.saturating_sub(self.window_hours);
+            let older = a.read_all()?;
+            let newer = b.read_all()?;
+            let mut merged = Vec::with_capacity(older.len() + newer.len());
+            let (mut i, mut j) = (0, 0);
+            while i < older.len() || j < newer.len() {
+                let take_newer = match (older.get(i), newer.get(j)) {
+                    (Some(o), Some(nw)) => {
+                        if o.0 == nw.0 {
+                            i += 1; // the newer record of an id wins
+                        }
+                        nw.0 <= o.0
+                    }
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                let r = if take_newer {
+                    j += 1;
+                    newer[j - 1]
+                } else {
+                    i += 1;
+                    older[i - 1]
+                };
+                if r.2 >= cutoff {
+                    merged.push(r);
+                }
+            }
+            let run = Arc::new(Run::write(self.next_path(), &merged)?);
+            {
+                let mut runs = self.runs.write();
+                let pos = runs.iter().position(|r| Arc::ptr_eq(r, &a));
+                if let Some(p) = pos {
+                    runs.remove(p);
+                    if let Some(q) = runs.iter().position(|r| Arc::ptr_eq(r, &b)) {
+                        runs.remove(q);
+                    }
+                    runs.insert(p, run);
+                }
+            }
+            drop_runs(vec![a, b])?;
+        }
+    }
+}
+
+fn drop_runs(runs: Vec<Arc<Run>>) -> Result<(), StoreError> {
+    for r in runs {
+        match fs::remove_file(&r.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&r.path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Used by tests to open a file for appending garbage.
+#[cfg(test)]
+fn append_garbage(path: &Path) {
+    if let Ok(mut f) = fs::OpenOptions::new().append(true).open(path) {
+        let _ = f.write_all(b"junk");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_duplicate_conflict_across_spills_and_restarts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let idx = DedupIndex::open(dir.path(), 24, 100).expect("open");
+        assert_eq!(idx.check_and_insert(1, 10, 100).expect("ok"), Seen::New);
+        assert_eq!(
+            idx.check_and_insert(1, 10, 100).expect("ok"),
+            Seen::Duplicate
+        );
+        assert_eq!(
+            idx.check_and_insert(1, 11, 100).expect("ok"),
+            Seen::Conflict
+        );
+        idx.spill(100).expect("spill");
+        assert_eq!(idx.mem_len(), 0);
+        assert_eq!(
+            idx.check_and_insert(1, 10, 100).expect("ok"),
+            Seen::Duplicate
+        );
+        for id in 2..5000u128 {
+            assert_eq!(
+                idx.check_and_insert(id * 7919, 1, 100).expect("ok"),
+                Seen::New
+            );
+            if id % 500 == 0 {
+                idx.spill(100).expect("spill");
+            }
+        }
+        idx.spill(100).expect("spill");
+        assert!(idx.run_count() <= 6, "runs {}", idx.run_count());
+        drop(idx);
+        let idx = DedupIndex::open(dir.path(), 24, 101).expect("reopen");
+        assert_eq!(
+            idx.check_and_insert(1, 10, 101).expect("ok"),
+            Seen::Duplicate
+        );
+        for id in 2..5000u128 {
+            assert_eq!(
+                idx.check_and_insert(id * 7919, 1, 101).expect("ok"),
+                Seen::Duplicate
+            );
+        }
+        assert_eq!(idx.check_and_insert(3, 1, 101).expect("ok"), Seen::New);
+    }
+
+    #[test]
+    fn ids_past_the_window_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let idx = DedupIndex::open(dir.path(), 24, 100).expect("open");
+        idx.check_and_insert(42, 1, 100).expect("ok");
+        idx.spill(100).expect("spill");
+        idx.check_and_insert(43, 1, 125).expect("ok");
+        idx.spill(125).expect("spill");
+        assert_eq!(idx.check_and_insert(42, 1, 125).expect("ok"), Seen::New);
+        assert_eq!(
+            idx.check_and_insert(43, 1, 125).expect("ok"),
+            Seen::Duplicate
+        );
+    }
+
+    #[test]
+    fn remove_forgets_failed_appends_and_corrupt_runs_are_reported() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let idx = DedupIndex::open(dir.path(), 24, 1).expect("open");
+        idx.check_and_insert(5, 1, 1).expect("ok");
+        idx.remove(&[5]);
+        assert_eq!(idx.check_and_insert(5, 1, 1).expect("ok"), Seen::New);
+        idx.spill(1).expect("spill");
+        let run = idx.runs.read()[0].path.clone();
+        drop(idx);
+        append_garbage(&run);
+        assert!(matches!(
+            DedupIndex::open(dir.path(), 24, 1),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,681 @@
+//! The store: dedup, WAL, in-memory Arrow buffer, Parquet flush, compaction and SQL.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::{Condvar, Mutex, RwLock};
+use sonde_model::Event;
+use sonde_wal::{Wal, WalConfig};
+
+use crate::StoreError;
+use crate::codec::{self, QuarantineEntry, ReplayEntry, WalEntry};
+use crate::dedup::{DedupIndex, Seen};
+use crate::files;
+use crate::manifest::Manifest;
+use crate::query::{self, QueryLimits, QueryResult, Snapshot};
+use crate::tables::{Table, TableBuilders};
+
+const HOUR_MS: i64 = 3_600_000;
+/// Rows per sealed in-memory batch.
+const SEAL_ROWS: usize = 8192;
+/// How long replaced Parquet files stay on disk for queries that still read them.
+const DELETE_GRACE: Duration = Duration::from_secs(60);
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root of the data directory.
+    pub data_dir: PathBuf,
+    /// Exact dedup window, in hours of receive time.
+    pub dedup_window_hours: u32,
+    /// Flush the buffer to Parquet at least this often.
+    pub flush_interval: Duration,
+    /// Flush early once this many rows are buffered.
+    pub flush_rows: usize,
+    /// fsync the WAL before acknowledging (only benchmarks of the non-durable path turn it off).
+    pub fsync: bool,
+    /// Refuse writes (429) while this many bytes wait for the WAL.
+    pub max_pending_bytes: u64,
+    /// Compact a partition once it has this many files (closed hours compact at 2).
+    pub compact_min_files: usize,
+    /// WAL segment size.
+    pub wal_segment_bytes: u64,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            dedup_window_hours: 24,
+            flush_interval: Duration::from_secs(10),
+            flush_rows: 500_000,
+            fsync: true,
+            max_pending_bytes: 64 * 1024 * 1024,
+            compact_min_files: 8,
+            wal_segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a write did with each event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// Per accepted-by-validation event, in order: new, duplicate or conflicting duplicate.
+    pub seen: Vec<Seen>,
+    /// Ids given to the quarantined events, in order.
+    pub quarantine_ids: Vec<String>,
+}
+
+/// A write: validated events, rejected events for the quarantine, replay outcomes.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Validated events.
+    pub events: Vec<Event>,
+    /// Rejected events.
+    pub quarantine: Vec<QuarantineEntry>,
+    /// Quarantine replay outcomes.
+    pub replays: Vec<ReplayEntry>,
+}
+
+/// Counters since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events stored.
+    pub accepted: AtomicU64,
+    /// Retries of stored events.
+    pub duplicates: AtomicU64,
+    /// Reused ids with different content.
+    pub conflicts: AtomicU64,
+    /// Events quarantined.
+    pub quarantined: AtomicU64,
+    /// Parquet flushes.
+    pub flushes: AtomicU64,
+    /// Partition compactions.
+    pub compactions: AtomicU64,
+    /// Duplicate rows removed by compaction.
+    pub compaction_dropped: AtomicU64,
+}
+
+struct Mem {
+    builders: TableBuilders,
+    sealed: Vec<Vec<RecordBatch>>,
+    flushing: Vec<Vec<RecordBatch>>,
+    rows: usize,
+    applied_lsn: u64,
+}
+
+impl Mem {
+    fn new() -> Mem {
+        Mem {
+            builders: TableBuilders::default(),
+            sealed: vec![Vec::new(); Table::ALL.len()],
+            flushing: vec![Vec::new(); Table::ALL.len()],
+            rows: 0,
+            applied_lsn: 0,
+        }
+    }
+
+    fn seal(&mut self, force: bool) -> Result<(), StoreError> {
+        for t in Table::ALL {
+            let b = self.builders.get_mut(t);
+            if (force && !b.is_empty()) || b.len() >= SEAL_ROWS {
+                let batch = b.finish()?;
+                self.sealed[t as usize].push(batch);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, lsn: u64, entry: &WalEntry) {
+        self.rows += match entry {
+            WalEntry::Event(e, _) => self.builders.push_event(e),
+            WalEntry::Quarantine(q) => {
+                self.builders.push_quarantine(&format!("q{lsn}"), q);
+                1
+            }
+            WalEntry::Replay(r) => {
+                self.builders.push_replay(r);
+                1
+            }
+        };
+        self.applied_lsn = self.applied_lsn.max(lsn);
+    }
+}
+
+struct Inner {
+    config: StoreConfig,
+    wal: Option<Wal>,
+    dedup: Option<DedupIndex>,
+    ingest_lock: Mutex<()>,
+    mem: RwLock<Mem>,
+    manifest: RwLock<Arc<Manifest>>,
+    counters: Counters,
+    wake: (Mutex<bool>, Condvar),
+    stopping: AtomicBool,
+    doomed: Mutex<Vec<(Instant, PathBuf)>>,
+}
+
+/// The embedded event store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+fn hour_of(ms: i64) -> u32 {
+    ms.div_euclid(HOUR_MS).max(0) as u32
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Delete Parquet files under `tables/` that the manifest does not name: leftovers of a
+/// flush or compaction that crashed before its manifest commit.
+fn remove_orphans(data_dir: &Path, manifest: &Manifest) -> Result<usize, StoreError> {
+    let named: std::collections::HashSet<PathBuf> = manifest
+        .files
+        .iter()
+        .map(|f| data_dir.join(&f.path))
+        .collect();
+    let mut removed = 0;
+    let mut stack = vec![data_dir.join("tables")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") && !named.contains(&path) {
+                fs::remove_file(&path).map_err(|e| StoreError::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+impl Store {
+    /// Open the store for reading and writing, replaying the WAL, and start the flusher.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        let dir = config.data_dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let manifest = Manifest::load(&dir)?;
+        let orphans = remove_orphans(&dir, &manifest)?;
+        if orphans > 0 {
+            tracing::warn!(
+                files = orphans,
+                "removed Parquet files left by an interrupted flush"
+            );
+        }
+        let now_hour = hour_of(now_ms());
+        let dedup = DedupIndex::open(&dir.join("dedup"), config.dedup_window_hours, now_hour)?;
+        let mut wal_config = WalConfig::new(dir.join("wal"));
+        wal_config.fsync = config.fsync;
+        wal_config.segment_bytes = config.wal_segment_bytes;
+        let (wal, records) = Wal::open(wal_config, manifest.flushed_lsn)?;
+        let mut mem = Mem::new();
+        mem.applied_lsn = manifest.flushed_lsn;
+        let replayed = records.len();
+        for r in records {
+            let entry = codec::decode(&r.payload)?;
+            if let WalEntry::Event(e, content) = &entry {
+                dedup.insert(
+                    codec::id_hash(&e.data.event_id),
+                    *content,
+                    hour_of(e.meta.received_at),
+                );
+            }
+            mem.apply(r.lsn, &entry);
+        }
+        mem.seal(false)?;
+        tracing::info!(
+            data_dir = %dir.display(),
+            replayed,
+            files = manifest.files.len(),
+            flushed_lsn = manifest.flushed_lsn,
+            "store opened"
+        );
+        let inner = Arc::new(Inner {
+            config,
+            wal: Some(wal),
+            dedup: Some(dedup),
+            ingest_lock: Mutex::new(()),
+            mem: RwLock::new(mem),
+            manifest: RwLock::new(Arc::new(manifest)),
+            counters: Counters::default(),
+            wake: (Mutex::new(false), Condvar::new()),
+            stopping: AtomicBool::new(false),
+            doomed: Mutex::new(Vec::new()),
+        });
+        let worker = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("sonde-flush".into())
+            .spawn(move || worker.flush_loop())
+            .map_err(|e| StoreError::Io {
+                path: dir,
+                source: e,
+            })?;
+        Ok(Store {
+            inner,
+            flusher: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Open a data directory for queries only: committed files plus the WAL's unflushed
+    /// records, without taking the WAL over. Works on a stopped server's data.
+    pub fn open_read_only(data_dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let config = StoreConfig::new(data_dir);
+        let dir = config.data_dir.clone();
+        if !dir.join("manifest.json").exists() && !dir.join("wal").exists() {
+            return Err(StoreError::NotAStore(dir));
+        }
+        let manifest = Manifest::load(&dir)?;
+        let mut mem = Mem::new();
+        for r in sonde_wal::read_records(&dir.join("wal"), manifest.flushed_lsn)? {
+            mem.apply(r.lsn, &codec::decode(&r.payload)?);
+        }
+        mem.seal(true)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                config,
+                wal: None,
+                dedup: None,
+                ingest_lock: Mutex::new(()),
+                mem: RwLock::new(mem),
+                manifest: RwLock::new(Arc::new(manifest)),
+                counters: Counters::default(),
+                wake: (Mutex::new(false), Condvar::new()),
+                stopping: AtomicBool::new(true),
+                doomed: Mutex::new(Vec::new()),
+            }),
+            flusher: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Durably store a batch. Resolves once every record is fsync'd and visible to SQL.
+    /// Nothing of the batch is stored when this fails.
+    pub async fn write(&self, batch: WriteBatch) -> Result<WriteOutcome, StoreError> {
+        let inner = &self.inner;
+        let (Some(wal), Some(dedup)) = (&inner.wal, &inner.dedup) else {
+            return Err(StoreError::ReadOnly);
+        };
+        if inner.stopping.load(Ordering::Acquire) {
+            return Err(StoreError::ShuttingDown);
+        }
+        if wal.is_poisoned() {
+            return Err(StoreError::Unavailable("the write-ahead log failed".into()));
+        }
+        if wal.pending_bytes() > inner.config.max_pending_bytes
+            || inner.mem.read().rows > inner.config.flush_rows.saturating_mul(4)
+        {
+            return Err(StoreError::Overloaded);
+        }
+        let mut records = Vec::with_capacity(batch.events.len() + batch.quarantine.len());
+        let mut encoded = Vec::with_capacity(batch.events.len());
+        for e in &batch.events {
+            encoded.push(codec::encode_event(e)?);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut seen = Vec::with_capacity(batch.events.len());
+        {
+            // Check-and-insert and enqueue under one lock: two deliveries of an id in flight
+            // at once cannot both be taken as new.
+            let _guard = inner.ingest_lock.lock();
+            let mut fresh_ids = Vec::new();
+            let mut events = Vec::new();
+            for (e, (bytes, content)) in batch.events.into_iter().zip(encoded) {
+                let id = codec::id_hash(&e.data.event_id);
+                let s = dedup.check_and_insert(id, content, hour_of(e.meta.received_at))?;
+                if s == Seen::New {
+                    fresh_ids.push(id);
+                    records.push(bytes);
+                    events.push(WalEntry::Event(e, content));
+                }
+                seen.push(s);
+            }
+            for q in &batch.quarantine {
+                records.push(codec::encode_quarantine(q)?);
+            }
+            for r in &batch.replays {
+                records.push(codec::encode_replay(r)?);
+            }
+            let n_events = events.len() as u64;
+            let n_quarantine = batch.quarantine.len() as u64;
+            let mut entries = events;
+            entries.extend(batch.quarantine.into_iter().map(WalEntry::Quarantine));
+            entries.extend(batch.replays.into_iter().map(WalEntry::Replay));
+            let worker = inner.clone();
+            wal.append(
+                records,
+                Box::new(move |res| {
+                    let out = match res {
+                        Ok(range) => {
+                            let first = *range.start();
+                            let qids = {
+                                let mut mem = worker.mem.write();
+                                for (i, entry) in entries.iter().enumerate() {
+                                    mem.apply(first + i as u64, entry);
+                                }
+                                if let Err(e) = mem.seal(false) {
+                                    tracing::error!(error = %e, "sealing in-memory batch failed");
+                                }
+                                if mem.rows >= worker.config.flush_rows {
+                                    worker.wake_flusher();
+                                }
+                                (0..n_quarantine)
+                                    .map(|j| format!("q{}", first + n_events + j))
+                                    .collect::<Vec<_>>()
+                            };
+                            Ok(qids)
+                        }
+                        Err(e) => {
+                            if let Some(d) = &worker.dedup {
+                                d.remove(&fresh_ids);
+                            }
+                            Err(StoreError::Unavailable(e.to_string()))
+                        }
+                    };
+                    let _ = tx.send(out);
+                }),
+            );
+        }
+        let quarantine_ids = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the write-ahead log stopped".into()))??;
+        let c = &inner.counters;
+        for s in &seen {
+            match s {
+                Seen::New => c.accepted.fetch_add(1, Ordering::Relaxed),
+                Seen::Duplicate => c.duplicates.fetch_add(1, Ordering::Relaxed),
+                Seen::Conflict => c.conflicts.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        c.quarantined
+            .fetch_add(quarantine_ids.len() as u64, Ordering::Relaxed);
+        Ok(WriteOutcome {
+            seen,
+            quarantine_ids,
+        })
+    }
+
+    /// A consistent snapshot of files and buffered rows.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut mem = self.inner.mem.write();
+        mem.seal(true)?;
+        let manifest = self.inner.manifest.read().clone();
+        let files = Snapshot::files_of(&manifest, &self.inner.config.data_dir);
+        let batches = Table::ALL
+            .iter()
+            .map(|&t| {
+                let i = t as usize;
+                let mut v = mem.flushing[i].clone();
+                v.extend(mem.sealed[i].iter().cloned());
+                (t, v)
+            })
+            .collect();
+        Ok(Snapshot {
+            files,
+            mem: batches,
+        })
+    }
+
+    /// Run read-only SQL.
+    pub async fn query(&self, sql: &str, limits: QueryLimits) -> Result<QueryResult, StoreError> {
+        query::run(self.snapshot()?, sql, limits).await
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// The committed manifest.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.inner.manifest.read().clone()
+    }
+
+    /// Rows buffered in memory (not yet in committed files).
+    pub fn buffered_rows(&self) -> usize {
+        self.inner.mem.read().rows
+    }
+
+    /// Bytes waiting for the WAL.
+    pub fn wal_pending_bytes(&self) -> u64 {
+        self.inner
+            .wal
+            .as_ref()
+            .map(|w| w.pending_bytes())
+            .unwrap_or(0)
+    }
+
+    /// Whether the store can take writes right now.
+    pub fn is_writable(&self) -> bool {
+        self.inner.wal.as_ref().is_some_and(|w| !w.is_poisoned())
+            && !self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// Flush buffered rows to Parquet now (tests, shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    /// Compact partitions now (tests).
+    pub fn compact(&self) -> Result<(), StoreError> {
+        self.inner.compact(true)
+    }
+
+    /// Stop taking writes, flush everything, close the WAL. Idempotent.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::Release);
+        inner.wake_flusher();
+        if let Some(h) = self.flusher.lock().take() {
+            let _ = h.join();
+        }
+        if let Some(wal) = &inner.wal {
+            // Let queued appends finish before the last flush.
+            wal.close();
+            inner.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn wake_flusher(&self) {
+        let (lock, cv) = &self.wake;
+        *lock.lock() = true;
+        cv.notify_one();
+    }
+
+    fn flush_loop(self: Arc<Self>) {
+        let mut last_compact = Instant::now();
+        loop {
+            {
+                let (lock, cv) = &self.wake;
+                let mut woken = lock.lock();
+                if !*woken {
+                    cv.wait_for(&mut woken, self.config.flush_interval);
+                }
+                *woken = false;
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "flush to Parquet failed; rows stay buffered and in the WAL");
+            }
+            if last_compact.elapsed() >= self.config.flush_interval {
+                last_compact = Instant::now();
+                if let Err(e) = self.compact(false) {
+                    tracing::error!(error = %e, "compaction failed");
+                }
+            }
+            self.delete_doomed(false);
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let (batches, upto) = {
+            let mut mem = self.mem.write();
+            mem.seal(true)?;
+            for i in 0..Table::ALL.len() {
+                let sealed = std::mem::take(&mut mem.sealed[i]);
+                mem.flushing[i].extend(sealed);
+            }
+            (mem.flushing.clone(), mem.applied_lsn)
+        };
+        let manifest = self.manifest.read().clone();
+        if batches.iter().all(|b| b.is_empty()) && upto <= manifest.flushed_lsn {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut next = (*manifest).clone();
+        let mut written = Vec::new();
+        let mut rows = 0usize;
+        let result = (|| {
+            for t in Table::ALL {
+                let b = &batches[t as usize];
+                if b.is_empty() {
+                    continue;
+                }
+                rows += b.iter().map(|x| x.num_rows()).sum::<usize>();
+                let entries =
+                    files::write_partitioned(&self.config.data_dir, t, b, &mut next.next_file_seq)?;
+                written.extend(entries);
+            }
+            // Dedup state must be durable before the WAL that also holds it is trimmed.
+            if let Some(d) = &self.dedup {
+                d.spill(hour_of(now_ms()))?;
+            }
+            next.files.extend(written.iter().cloned());
+            next.flushed_lsn = upto;
+            next.commit(&self.config.data_dir)
+        })();
+        if let Err(e) = result {
+            for f in &written {
+                let _ = fs::remove_file(self.config.data_dir.join(&f.path));
+            }
+            return Err(e);
+        }
+        {
+            let mut mem = self.mem.write();
+            *self.manifest.write() = Arc::new(next);
+            for v in mem.flushing.iter_mut() {
+                v.clear();
+            }
+            mem.rows = mem.rows.saturating_sub(rows);
+        }
+        if let Some(wal) = &self.wal {
+            wal.trim(upto)?;
+        }
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            rows,
+            files = written.len(),
+            upto,
+            ms = started.elapsed().as_millis() as u64,
+            "flushed"
+        );
+        Ok(())
+    }
+
+    /// Compact partitions with many files; with `all`, every partition with 2+ files.
+    fn compact(&self, all: bool) -> Result<(), StoreError> {
+        let manifest = self.manifest.read().clone();
+        let current_hour = now_ms().div_euclid(HOUR_MS);
+        let mut parts: BTreeMap<(String, i64), Vec<usize>> = BTreeMap::new();
+        for (i, f) in manifest.files.iter().enumerate() {
+            parts.entry((f.table.clone(), f.hour)).or_default().push(i);
+        }
+        let mut next = (*manifest).clone();
+        let mut replaced = Vec::new();
+        for ((table, hour), idx) in parts {
+            let closed = hour < current_hour - 1;
+            let due =
+                idx.len() >= self.config.compact_min_files || ((closed || all) && idx.len() >= 2);
+            let Some(t) = Table::from_name(&table) else {
+                continue;
+            };
+            if !due {
+                continue;
+            }
+            let group: Vec<_> = idx.iter().map(|&i| manifest.files[i].clone()).collect();
+            let seq = next.next_file_seq;
+            next.next_file_seq += 1;
+            let (entry, dropped) =
+                files::compact_partition(&self.config.data_dir, t, hour, &group, seq)?;
+            self.counters
+                .compaction_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+            next.files
+                .retain(|f| !group.iter().any(|g| g.path == f.path));
+            next.files.push(entry);
+            replaced.extend(group);
+        }
+        if replaced.is_empty() {
+            return Ok(());
+        }
+        // A flush may have committed meanwhile: merge its additions into ours.
+        let _mem = self.mem.write();
+        let mut current = self.manifest.write();
+        if current.flushed_lsn != manifest.flushed_lsn {
+            for f in &current.files {
+                if !manifest.files.iter().any(|m| m.path == f.path) {
+                    next.files.push(f.clone());
+                }
+            }
+            next.flushed_lsn = current.flushed_lsn;
+            next.next_file_seq = next.next_file_seq.max(current.next_file_seq);
+        }
+        next.commit(&self.config.data_dir)?;
+        *current = Arc::new(next);
+        let when = Instant::now();
+        self.doomed.lock().extend(
+            replaced
+                .into_iter()
+                .map(|f| (when, self.config.data_dir.join(f.path))),
+        );
+        Ok(())
+    }
+
+    fn delete_doomed(&self, all: bool) {
+        let mut doomed = self.doomed.lock();
+        doomed.retain(|(when, path)| {
+            if all || when.elapsed() >= DELETE_GRACE {
+                if let Err(e) = fs::remove_file(path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete compacted file");
+                    return true;
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.delete_doomed(true);
+    }
+}

@@ -1,0 +1,557 @@
+//! The queryable tables: their Arrow schemas and how events become rows.
+//! Every column is documented in `docs/tables.md`.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, MapBuilder, MapFieldNames,
+    StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use sonde_model::{Event, EventBody, EventData, Meta};
+
+use crate::StoreError;
+use crate::codec::{QuarantineEntry, ReplayEntry};
+
+/// The tables of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Decisions,
+    DecisionItems,
+    Interactions,
+    Conversions,
+    Touches,
+    Identities,
+    Exposures,
+    Quarantine,
+    QuarantineReplays,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 9] = [
+        Table::Decisions,
+        Table::DecisionItems,
+        Table::Interactions,
+        Table::Conversions,
+        Table::Touches,
+        Table::Identities,
+        Table::Exposures,
+        Table::Quarantine,
+        Table::QuarantineReplays,
+    ];
+
+    /// SQL name of the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Decisions => "decisions",
+            Table::DecisionItems => "decision_items",
+            Table::Interactions => "interactions",
+            Table::Conversions => "conversions",
+            Table::Touches => "touches",
+            Table::Identities => "identities",
+            Table::Exposures => "exposures",
+            Table::Quarantine => "quarantine",
+            Table::QuarantineReplays => "quarantine_replays",
+        }
+    }
+
+    /// Look a table up by SQL name.
+    pub fn from_name(s: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// Arrow schema of the table.
+    pub fn schema(self) -> SchemaRef {
+        SCHEMAS[self as usize].clone()
+    }
+
+    /// Name of the event-time column used for hourly partitioning.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Table::Quarantine => "received_at",
+            Table::QuarantineReplays => "replayed_at",
+            _ => "event_time",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    F64,
+    Bool,
+    Ts,
+    U32,
+    MapStr,
+    MapF64,
+    ListStr,
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn map_type(value: DataType) -> DataType {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(
+            vec![
+                Field::new("keys", DataType::Utf8, false),
+                Field::new("values", value, true),
+            ]
+            .into(),
+        ),
+        false,
+    );
+    DataType::Map(Arc::new(entries), false)
+}
+
+fn data_type(k: Kind) -> DataType {
+    match k {
+        Kind::Str => DataType::Utf8,
+        Kind::F64 => DataType::Float64,
+        Kind::Bool => DataType::Boolean,
+        Kind::Ts => ts(),
+        Kind::U32 => DataType::UInt32,
+        Kind::MapStr => map_type(DataType::Utf8),
+        Kind::MapF64 => map_type(DataType::Float64),
+        Kind::ListStr => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+    }
+}
+
+use Kind::*;
+
+/// Columns every event table starts with, in order (see `push_common`).
+const COMMON: &[(&str, Kind, bool)] = &[
+    ("event_id", Str, false),
+    ("event_time", Ts, false),
+    ("client_time", Ts, false),
+    ("sent_at", Ts, true),
+    ("received_at", Ts, false),
+    ("is_future", Bool, false),
+    ("is_late", Bool, false),
+    ("is_backfill", Bool, false),
+    ("user_key", Str, true),
+    ("anonymous_key", Str, true),
+    ("session_key", Str, true),
+    ("key_id", Str, false),
+    ("device", Str, true),
+    ("os", Str, true),
+    ("region", Str, true),
+    ("locale", Str, true),
+    ("app_version", Str, true),
+    ("context_channel", Str, true),
+    ("context_extra", Str, true),
+];
+
+fn own_columns(t: Table) -> &'static [(&'static str, Kind, bool)] {
+    match t {
+        Table::Decisions => &[
+            ("request_id", Str, false),
+            ("trace_id", Str, true),
+            ("surface", Str, false),
+            ("model_name", Str, false),
+            ("model_version", Str, false),
+            ("experiments", MapStr, false),
+            ("flags", Str, true),
+            ("item_count", U32, false),
+            ("slate_propensity", F64, true),
+            ("latency_total_ms", F64, true),
+            ("latency_components", MapF64, false),
+            ("fallback", Bool, false),
+            ("features", Str, true),
+        ],
+        Table::DecisionItems => &[
+            ("request_id", Str, false),
+            ("surface", Str, false),
+            ("model_name", Str, false),
+            ("model_version", Str, false),
+            ("experiments", MapStr, false),
+            ("fallback", Bool, false),
+            ("position", U32, false),
+            ("item_id", Str, false),
+            ("score", F64, true),
+            ("propensity", F64, true),
+            ("category", Str, true),
+            ("provider", Str, true),
+            ("attributes", Str, true),
+        ],
+        Table::Interactions => &[
+            ("request_id", Str, false),
+            ("item_id", Str, false),
+            ("action", Str, false),
+            ("value", F64, true),
+        ],
+        Table::Conversions => &[
+            ("name", Str, false),
+            ("value", F64, true),
+            ("currency", Str, true),
+            ("items", ListStr, false),
+            ("request_id", Str, true),
+        ],
+        Table::Touches => &[("channel", Str, false), ("campaign", Str, true)],
+        Table::Identities => &[],
+        Table::Exposures => &[("experiment", Str, false), ("variant", Str, false)],
+        Table::Quarantine | Table::QuarantineReplays => &[],
+    }
+}
+
+const QUARANTINE: &[(&str, Kind, bool)] = &[
+    ("quarantine_id", Str, false),
+    ("received_at", Ts, false),
+    ("event_id", Str, true),
+    ("code", Str, false),
+    ("field", Str, false),
+    ("message", Str, false),
+    ("raw", Str, false),
+    ("key_id", Str, false),
+];
+
+const REPLAYS: &[(&str, Kind, bool)] = &[
+    ("quarantine_id", Str, false),
+    ("replayed_at", Ts, false),
+    ("outcome", Str, false),
+    ("code", Str, true),
+];
+
+fn columns(t: Table) -> Vec<(&'static str, Kind, bool)> {
+    match t {
+        Table::Quarantine => QUARANTINE.to_vec(),
+        Table::QuarantineReplays => REPLAYS.to_vec(),
+        _ => COMMON.iter().chain(own_columns(t)).copied().collect(),
+    }
+}
+
+static SCHEMAS: LazyLock<Vec<SchemaRef>> = LazyLock::new(|| {
+    Table::ALL
+        .iter()
+        .map(|&t| {
+            let fields: Vec<Field> = columns(t)
+                .into_iter()
+                .map(|(n, k, nullable)| Field::new(n, data_type(k), nullable))
+                .collect();
+            Arc::new(Schema::new(fields))
+        })
+        .collect()
+});
+
+enum Col {
+    Str(StringBuilder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMillisecondBuilder),
+    U32(UInt32Builder),
+    MapStr(MapBuilder<StringBuilder, StringBuilder>),
+    MapF64(MapBuilder<StringBuilder, Float64Builder>),
+    ListStr(ListBuilder<StringBuilder>),
+}
+
+fn map_names() -> MapFieldNames {
+    MapFieldNames {
+        entry: "entries".into(),
+        key: "keys".into(),
+        value: "values".into(),
+    }
+}
+
+impl Col {
+    fn new(k: Kind) -> Col {
+        match k {
+            Str => Col::Str(StringBuilder::new()),
+            F64 => Col::F64(Float64Builder::new()),
+            Bool => Col::Bool(BooleanBuilder::new()),
+            Ts => Col::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+            U32 => Col::U32(UInt32Builder::new()),
+            MapStr => Col::MapStr(MapBuilder::new(
+                Some(map_names()),
+                StringBuilder::new(),
+                StringBuilder::new(),
+            )),
+            MapF64 => Col::MapF64(MapBuilder::new(
+                Some(map_names()),
+                StringBuilder::new(),
+                Float64Builder::new(),
+            )),
+            ListStr => Col::ListStr(ListBuilder::new(StringBuilder::new())),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Col::Str(b) => Arc::new(b.finish()),
+            Col::F64(b) => Arc::new(b.finish()),
+            Col::Bool(b) => Arc::new(b.finish()),
+            Col::Ts(b) => Arc::new(b.finish()),
+            Col::U32(b) => Arc::new(b.finish()),
+            Col::MapStr(b) => Arc::new(b.finish()),
+            Col::MapF64(b) => Arc::new(b.finish()),
+            Col::ListStr(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Row-by-row builder of one table's record batches. Values are pushed in column order;
+/// a mismatch between a push and its column's type is a programming error caught by
+/// `finish` (the schema check of `RecordBatch::try_new`).
+pub struct RowBuilder {
+    table: Table,
+    cols: Vec<Col>,
+    at: usize,
+    rows: usize,
+}
+
+macro_rules! push_fn {
+    ($name:ident, $variant:ident, $t:ty) => {
+        fn $name(&mut self, v: Option<$t>) {
+            if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
+                b.append_option(v);
+            }
+            self.at += 1;
+        }
+    };
+}
+
+impl RowBuilder {
+    /// An empty builder for `table`.
+    pub fn new(table: Table) -> RowBuilder {
+        RowBuilder {
+            table,
+            cols: columns(table)
+                .into_iter()
+                .map(|(_, k, _)| Col::new(k))
+                .collect(),
+            at: 0,
+            rows: 0,
+        }
+    }
+
+    /// Rows pushed since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no rows are pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    push_fn!(f64, F64, f64);
+    push_fn!(bool, Bool, bool);
+    push_fn!(ts, Ts, i64);
+    push_fn!(u32, U32, u32);
+
+    fn str(&mut self, v: Option<&str>) {
+        if let Some(Col::Str(b)) = self.cols.get_mut(self.at) {
+            b.append_option(v);
+        }
+        self.at += 1;
+    }
+
+    fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
+        if let Some(Col::MapStr(b)) = self.cols.get_mut(self.at) {
+            for (k, v) in pairs {
+                b.keys().append_value(k);
+                b.values().append_value(v);
+            }
+            let _ = b.append(true);
+        }
+        self.at += 1;
+    }
+
+    fn map_f64<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, f64)>) {
+        if let Some(Col::MapF64(b)) = self.cols.get_mut(self.at) {
+            for (k, v) in pairs {
+                b.keys().append_value(k);
+                b.values().append_value(v);
+            }
+            let _ = b.append(true);
+        }
+        self.at += 1;
+    }
+
+    fn list_str(&mut self, items: &[String]) {
+        if let Some(Col::ListStr(b)) = self.cols.get_mut(self.at) {
+            for s in items {
+                b.values().append_value(s);
+            }
+            b.append(true);
+        }
+        self.at += 1;
+    }
+
+    fn end_row(&mut self) {
+        debug_assert_eq!(
+            self.at,
+            self.cols.len(),
+            "row of {:?} incomplete",
+            self.table
+        );
+        self.at = 0;
+        self.rows += 1;
+    }
+
+    fn common(&mut self, m: &Meta, d: &EventData) {
+        self.str(Some(&d.event_id));
+        self.ts(Some(m.event_time));
+        self.ts(Some(d.timestamp));
+        self.ts(m.sent_at);
+        self.ts(Some(m.received_at));
+        self.bool(Some(m.is_future));
+        self.bool(Some(m.is_late));
+        self.bool(Some(m.is_backfill));
+        self.str(d.user_key.as_deref());
+        self.str(d.anonymous_key.as_deref());
+        self.str(d.session_key.as_deref());
+        self.str(Some(&d.key_id));
+        let c = &d.context;
+        self.str(c.device.as_deref());
+        self.str(c.os.as_deref());
+        self.str(c.region.as_deref());
+        self.str(c.locale.as_deref());
+        self.str(c.app_version.as_deref());
+        self.str(c.channel.as_deref());
+        self.str(c.extra.as_deref());
+    }
+
+    /// Build the record batch of the rows pushed so far and start over.
+    pub fn finish(&mut self) -> Result<RecordBatch, StoreError> {
+        let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(Col::finish).collect();
+        self.rows = 0;
+        self.at = 0;
+        Ok(RecordBatch::try_new(self.table.schema(), arrays)?)
+    }
+}
+
+/// Builders for every table: where accepted events and quarantine records become rows.
+pub struct TableBuilders {
+    builders: Vec<RowBuilder>,
+}
+
+impl Default for TableBuilders {
+    fn default() -> Self {
+        TableBuilders {
+            builders: Table::ALL.iter().map(|&t| RowBuilder::new(t)).collect(),
+        }
+    }
+}
+
+impl TableBuilders {
+    /// The builder of `t`.
+    pub fn get_mut(&mut self, t: Table) -> &mut RowBuilder {
+        &mut self.builders[t as usize]
+    }
+
+    /// Append an accepted event to its table(s); a decision also adds one
+    /// `decision_items` row per item. Returns the number of rows added.
+    pub fn push_event(&mut self, e: &Event) -> usize {
+        let (m, d) = (&e.meta, &e.data);
+        match &d.body {
+            EventBody::Decision(x) => {
+                let b = self.get_mut(Table::Decisions);
+                b.common(m, d);
+                b.str(Some(&x.request_id));
+                b.str(x.trace_id.as_deref());
+                b.str(Some(&x.surface));
+                b.str(Some(&x.model_name));
+                b.str(Some(&x.model_version));
+                b.map_str(x.experiments.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                b.str(x.flags.as_deref());
+                b.u32(Some(x.items.len() as u32));
+                b.f64(x.slate_propensity);
+                b.f64(x.latency_total_ms);
+                b.map_f64(x.latency_components.iter().map(|(k, v)| (k.as_str(), *v)));
+                b.bool(Some(x.fallback));
+                b.str(x.features.as_deref());
+                b.end_row();
+                let b = self.get_mut(Table::DecisionItems);
+                for it in &x.items {
+                    b.common(m, d);
+                    b.str(Some(&x.request_id));
+                    b.str(Some(&x.surface));
+                    b.str(Some(&x.model_name));
+                    b.str(Some(&x.model_version));
+                    b.map_str(x.experiments.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    b.bool(Some(x.fallback));
+                    b.u32(Some(it.position));
+                    b.str(Some(&it.item_id));
+                    b.f64(it.score);
+                    b.f64(it.propensity);
+                    b.str(it.category.as_deref());
+                    b.str(it.provider.as_deref());
+                    b.str(it.attributes.as_deref());
+                    b.end_row();
+                }
+                1 + x.items.len()
+            }
+            EventBody::Interaction(x) => {
+                let b = self.get_mut(Table::Interactions);
+                b.common(m, d);
+                b.str(Some(&x.request_id));
+                b.str(Some(&x.item_id));
+                b.str(Some(&x.action));
+                b.f64(x.value);
+                b.end_row();
+                1
+            }
+            EventBody::Conversion(x) => {
+                let b = self.get_mut(Table::Conversions);
+                b.common(m, d);
+                b.str(Some(&x.name));
+                b.f64(x.value);
+                b.str(x.currency.as_deref());
+                b.list_str(&x.items);
+                b.str(x.request_id.as_deref());
+                b.end_row();
+                1
+            }
+            EventBody::Touch(x) => {
+                let b = self.get_mut(Table::Touches);
+                b.common(m, d);
+                b.str(Some(&x.channel));
+                b.str(x.campaign.as_deref());
+                b.end_row();
+                1
+            }
+            EventBody::Identify(_) => {
+                let b = self.get_mut(Table::Identities);
+                b.common(m, d);
+                b.end_row();
+                1
+            }
+            EventBody::Exposure(x) => {
+                let b = self.get_mut(Table::Exposures);
+                b.common(m, d);
+                b.str(Some(&x.experiment));
+                b.str(Some(&x.variant));
+                b.end_row();
+                1
+            }
+        }
+    }
+
+    /// Append a quarantined event.
+    pub fn push_quarantine(&mut self, quarantine_id: &str, q: &QuarantineEntry) {
+        let b = self.get_mut(Table::Quarantine);
+        b.str(Some(quarantine_id));
+        b.ts(Some(q.received_at));
+        b.str(q.event_id.as_deref());
+        b.str(Some(&q.code));
+        b.str(Some(&q.field));
+        b.str(Some(&q.message));
+        b.str(Some(&q.raw));
+        b.str(Some(&q.key_id));
+        b.end_row();
+    }
+
+    /// Append a replay outcome.
+    pub fn push_replay(&mut self, r: &ReplayEntry) {
+        let b = self.get_mut(Table::QuarantineReplays);
+        b.str(Some(&r.quarantine_id));
+        b.ts(Some(r.replayed_at));
+        b.str(Some(&r.outcome));
+        b.str(r.code.as_deref());
+        b.end_row();
+    }
+}
