@@ -1,1 +1,23 @@
-fn main() {}
+//! `sonde`: the command-line entry point. Parsing and dispatch only; each command lives in
+//! its own module.
+
+mod bench;
+mod cli;
+mod commands;
+mod config;
+mod http;
+mod table;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    commands::init_logging(cli.log_json);
+    match commands::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

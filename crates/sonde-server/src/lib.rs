@@ -1,1 +1,207 @@
-//! placeholder
+//! The Sonde HTTP server: the collector (`POST /v1/events`), SQL (`POST /v1/query`), the
+//! quarantine, the event schema and health endpoints, over the embedded store.
+
+mod error;
+mod ingest;
+pub mod project;
+mod quarantine;
+mod sql;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use sonde_model::{KeyedPseudonymizer, Pseudonymizer, RawIds, TimePolicy};
+use sonde_store::{Store, StoreConfig};
+
+pub use error::{ApiError, ServerError};
+pub use ingest::{EventStatus, IngestResponse};
+pub use project::{NewKeys, Project, Scope};
+pub use sql::{rows as result_rows, to_csv};
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest body, compressed or after decompression.
+    pub max_body_bytes: usize,
+    /// Most events in one batch.
+    pub max_events_per_batch: usize,
+    /// Per-event limits.
+    pub event: sonde_model::Limits,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_events_per_batch: 10_000,
+            event: sonde_model::Limits::default(),
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Store settings (data directory, flush, dedup window).
+    pub store: StoreConfig,
+    /// Request limits.
+    pub limits: RequestLimits,
+    /// Skew correction and late/future thresholds.
+    pub time_policy: TimePolicy,
+    /// Keep raw user identifiers (operator opt-in; off by default).
+    pub store_raw_ids: bool,
+    /// Query time limit.
+    pub query_timeout: Duration,
+    /// Most rows a query returns.
+    pub query_max_rows: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            store: StoreConfig::new(data_dir),
+            limits: RequestLimits::default(),
+            time_policy: TimePolicy::default(),
+            store_raw_ids: false,
+            query_timeout: Duration::from_secs(30),
+            query_max_rows: 100_000,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<ServerConfig>,
+    project: Arc<Project>,
+    store: Store,
+    pseudonymizer: Arc<dyn Pseudonymizer>,
+}
+
+impl AppState {
+    /// The store behind the server.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Check the bearer key against the project's keys and the scope the route needs.
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <key> header"))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <key>\""))?
+        .trim();
+    match state.project.scope_of(key) {
+        None => Err(ApiError::unauthorized("unknown key")),
+        Some(s) if s.allows(needed) => Ok(()),
+        Some(s) => Err(ApiError::unauthorized(format!(
+            "a {s:?} key cannot do this; it needs a {needed:?} or Admin key"
+        ))),
+    }
+}
+
+async fn schema() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        sonde_model::EVENT_SCHEMA_JSON,
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.store.is_writable() {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: storage cannot write",
+        )
+    }
+}
+
+/// Build the router over an open store.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/query", post(sql::post_query))
+        .route("/v1/quarantine", get(quarantine::get_quarantine))
+        .route("/v1/quarantine/replay", post(quarantine::post_replay))
+        .route("/v1/schema", get(schema))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Initialize the project in `dir` if there is none. Returns the new keys when it did.
+pub fn ensure_project(dir: &std::path::Path) -> Result<Option<NewKeys>, ServerError> {
+    if Project::exists(dir) {
+        Ok(None)
+    } else {
+        Project::init(dir).map(Some)
+    }
+}
+
+/// A running server's state, for embedding (tests, demo).
+pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
+    let project = Project::load(&config.store.data_dir)?;
+    let pseudonymizer: Arc<dyn Pseudonymizer> = if config.store_raw_ids {
+        tracing::warn!("storing raw user identifiers (--store-raw-ids)");
+        Arc::new(RawIds)
+    } else {
+        Arc::new(KeyedPseudonymizer::new(
+            project.pseudonym_key_id.clone(),
+            &project.secret,
+        ))
+    };
+    let store = Store::open(config.store.clone())?;
+    Ok(AppState {
+        config: Arc::new(config),
+        project: Arc::new(project),
+        store,
+        pseudonymizer,
+    })
+}
+
+/// Serve until `shutdown` resolves, then flush and close the store.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = state.store.clone();
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::Serve)?;
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.close())
+        .await
+        .map_err(|e| ServerError::Serve(std::io::Error::other(e)))??;
+    tracing::info!("store flushed and closed");
+    Ok(())
+}

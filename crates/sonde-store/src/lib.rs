@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use codec::{QuarantineEntry, ReplayEntry};
+/// The Arrow version the store uses, for consumers of query results.
+pub use datafusion::arrow;
 pub use dedup::Seen;
 pub use query::{QueryLimits, QueryResult};
 pub use store::{Counters, Store, StoreConfig, WriteBatch, WriteOutcome};

@@ -1,0 +1,465 @@
+//! `sonde bench ingest` and `sonde bench query`: figures, not pass/fail.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use hyper::Method;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::http::Client;
+
+/// Options of `sonde bench ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Seconds of full-speed ingest.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Seconds of paced ingest at half the measured rate (ack latency).
+    #[arg(long, default_value_t = 20)]
+    pub paced_duration: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Data directory for the server (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+/// Options of `sonde bench query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// decision_items rows to generate (10 per decision).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub rows: usize,
+    /// Query repetitions.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+}
+
+const SURFACES: [&str; 3] = ["home_feed", "search", "product_recs"];
+const CATEGORIES: [&str; 8] = [
+    "shoes", "books", "games", "garden", "music", "toys", "tools", "food",
+];
+/// Width of the event-id counter patched into pre-built payloads.
+const ID_DIGITS: usize = 16;
+
+/// One realistic decision event with 10 items. Its `event_id` ends in `ID_DIGITS` zeros
+/// that the sender overwrites with a unique counter.
+pub fn decision_event(rng: &mut impl Rng, now_ms: i64) -> Value {
+    let surface = SURFACES[rng.random_range(0..SURFACES.len())];
+    let treatment = rng.random_bool(0.5);
+    let user = rng.random_range(0..100_000u32);
+    let items: Vec<Value> = (1..=10)
+        .map(|pos| {
+            let item = rng.random_range(0..50_000u32);
+            json!({
+                "item_id": format!("item-{item}"),
+                "position": pos,
+                "score": (rng.random::<f64>() * 1000.0).round() / 1000.0,
+                "propensity": (rng.random_range(0.01..1.0f64) * 1000.0).round() / 1000.0,
+                "attributes": {"category": CATEGORIES[(item % 8) as usize], "provider": format!("p{}", item % 40)}
+            })
+        })
+        .collect();
+    json!({
+        "type": "decision",
+        "event_id": format!("bench-{}", "0".repeat(ID_DIGITS)),
+        "timestamp": now_ms,
+        "sent_at": now_ms + 3,
+        "user_id": format!("user-{user}"),
+        "session_id": format!("sess-{user}-{}", rng.random_range(0..20u32)),
+        "context": {"device": if rng.random_bool(0.6) { "mobile" } else { "desktop" }, "os": "android", "region": "eu-west", "locale": "en-GB", "app_version": "5.12.0"},
+        "request_id": format!("req-{}", rng.random::<u64>()),
+        "trace_id": format!("{:032x}", rng.random::<u128>() | 1),
+        "surface": surface,
+        "model": {"name": "ranker", "version": if treatment { "v8" } else { "v7" }},
+        "experiments": [{"id": "ranker_ab", "variant": if treatment { "treatment" } else { "control" }}],
+        "items": items,
+        "latency_ms": {"total": 40.5, "components": {"feature_fetch": 8.1, "retrieval": 12.0, "inference": 15.2, "rerank": 5.2}},
+        "fallback": false,
+        "features": {"recency_days": 3, "segment": "loyal"}
+    })
+}
+
+/// A batch body (JSON array) and the byte offsets of each event id's counter.
+struct Template {
+    body: Vec<u8>,
+    id_offsets: Vec<usize>,
+}
+
+fn template(rng: &mut impl Rng, batch: usize) -> anyhow::Result<Template> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let events: Vec<Value> = (0..batch).map(|_| decision_event(rng, now)).collect();
+    let body = serde_json::to_vec(&events)?;
+    let needle = format!("\"bench-{}\"", "0".repeat(ID_DIGITS));
+    let mut id_offsets = Vec::with_capacity(batch);
+    let mut from = 0;
+    while let Some(i) = find(&body[from..], needle.as_bytes()) {
+        id_offsets.push(from + i + 7);
+        from += i + needle.len();
+    }
+    anyhow::ensure!(id_offsets.len() == batch, "template ids not found");
+    Ok(Template { body, id_offsets })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A copy of the template with fresh, unique ids.
+fn stamp(t: &Template, counter: &AtomicU64) -> Bytes {
+    let mut body = t.body.clone();
+    let first = counter.fetch_add(t.id_offsets.len() as u64, Ordering::Relaxed);
+    for (i, &off) in t.id_offsets.iter().enumerate() {
+        let id = format!("{:016x}", first + i as u64);
+        body[off..off + ID_DIGITS].copy_from_slice(id.as_bytes());
+    }
+    Bytes::from(body)
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    write_key: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data_dir: &std::path::Path) -> anyhow::Result<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("SONDE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the server")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let keys: Value = serde_json::from_str(&line).context("reading the server's keys")?;
+    let write_key = keys["write_key"].as_str().context("write_key")?.to_string();
+    Ok(Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        write_key,
+    })
+}
+
+async fn wait_ready(client: &Client, url: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(&format!("{url}/readyz"), None).await
+            && r.status.is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("server did not become ready")
+}
+
+struct RunStats {
+    events: u64,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+}
+
+/// Send batches over `connections` connections for `duration`; with `rate`, pace to that
+/// many events per second in total.
+async fn drive(
+    server: &Server,
+    templates: Arc<Vec<Template>>,
+    counter: Arc<AtomicU64>,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> anyhow::Result<RunStats> {
+    let client = Client::new();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (client, templates, counter) = (client.clone(), templates.clone(), counter.clone());
+        let (latencies, acked) = (latencies.clone(), acked.clone());
+        let url = format!("{}/v1/events", server.url);
+        let key = server.write_key.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = templates[0].id_offsets.len() as f64;
+            let interval = rate.map(|r| Duration::from_secs_f64(batch * connections as f64 / r));
+            let mut next = Instant::now() + Duration::from_millis((c * 7) as u64);
+            let mut i = c;
+            while start.elapsed() < duration {
+                if let Some(iv) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += iv;
+                }
+                let body = stamp(&templates[i % templates.len()], &counter);
+                i += connections;
+                let t = Instant::now();
+                let reply = client
+                    .send(
+                        Method::POST,
+                        &url,
+                        Some(&key),
+                        Some("application/json"),
+                        body,
+                    )
+                    .await?;
+                let us = t.elapsed().as_micros() as u64;
+                if reply.status.as_u16() == 429 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                if !reply.status.is_success() {
+                    bail!("server answered {}: {}", reply.status, reply.text());
+                }
+                let v: Value = serde_json::from_slice(&reply.body)?;
+                acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                latencies.lock().push(us);
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut latencies_us = std::mem::take(&mut *latencies.lock());
+    latencies_us.sort_unstable();
+    Ok(RunStats {
+        events: acked.load(Ordering::Relaxed),
+        seconds,
+        latencies_us,
+    })
+}
+
+/// Parse-only throughput of the same payloads with serde_json (one core), events/s.
+fn parse_only(templates: &[Template], batch: usize) -> anyhow::Result<(f64, f64)> {
+    let mut n = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for t in templates {
+            let v: Vec<Value> = serde_json::from_slice(&t.body)?;
+            n += v.len();
+        }
+    }
+    let value_rate = n as f64 / start.elapsed().as_secs_f64();
+    // Sonde's own parse + validate + pseudonymize, for comparison.
+    let p = sonde_model::KeyedPseudonymizer::new("k1", b"bench-secret");
+    let ctx = sonde_model::ParseCtx {
+        policy: sonde_model::TimePolicy::default(),
+        pseudonymizer: &p,
+        received_at: chrono::Utc::now().timestamp_millis(),
+        backfill: false,
+        limits: sonde_model::Limits::default(),
+    };
+    let mut m = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for t in templates {
+            let raws: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&t.body)?;
+            for r in raws {
+                if sonde_model::parse_event(r.get().as_bytes(), &ctx).is_ok() {
+                    m += 1;
+                }
+            }
+        }
+    }
+    let _ = batch;
+    Ok((value_rate, m as f64 / start.elapsed().as_secs_f64()))
+}
+
+/// `sonde bench ingest`.
+pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let templates: Vec<Template> = (0..16)
+        .map(|_| template(&mut rng, args.batch))
+        .collect::<anyhow::Result<_>>()?;
+    let bytes_per_event = templates[0].body.len() as f64 / args.batch as f64;
+    println!(
+        "payload: decision events with 10 items, {bytes_per_event:.0} bytes each, {} per request, {} connections",
+        args.batch, args.connections
+    );
+    let (parse_rate, validate_rate) = parse_only(&templates, args.batch)?;
+    println!("(a) serde_json parse-only (serde_json::Value, 1 core): {parse_rate:>12.0} events/s");
+    println!(
+        "    sonde parse+validate+pseudonymize (1 core):       {validate_rate:>12.0} events/s"
+    );
+
+    let tmp = tempfile::tempdir()?;
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("data"));
+    let server = start_server(&dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let templates = Arc::new(templates);
+    let counter = Arc::new(AtomicU64::new(1));
+    let (full, paced) = rt.block_on(async {
+        wait_ready(&Client::new(), &server.url).await?;
+        let full = drive(
+            &server,
+            templates.clone(),
+            counter.clone(),
+            args.connections,
+            Duration::from_secs(args.duration),
+            None,
+        )
+        .await?;
+        let half = full.events as f64 / full.seconds / 2.0;
+        let paced = drive(
+            &server,
+            templates.clone(),
+            counter.clone(),
+            args.connections,
+            Duration::from_secs(args.paced_duration),
+            Some(half),
+        )
+        .await?;
+        Ok::<_, anyhow::Error>((full, paced))
+    })?;
+    let rss = peak_rss_mb(server.child.id());
+    let e2e = full.events as f64 / full.seconds;
+    println!(
+        "(b) end-to-end HTTP ingest, fsync'd acks:            {e2e:>12.0} events/s over {:.0} s ({} events)",
+        full.seconds, full.events
+    );
+    println!("    ratio b/a: {:.3}", e2e / parse_rate);
+    println!(
+        "    ack latency at full speed: p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        percentile(&full.latencies_us, 0.5),
+        percentile(&full.latencies_us, 0.99),
+        full.latencies_us.len()
+    );
+    let paced_rate = paced.events as f64 / paced.seconds;
+    println!(
+        "    ack latency at half rate ({paced_rate:.0} events/s): p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        percentile(&paced.latencies_us, 0.5),
+        percentile(&paced.latencies_us, 0.99),
+        paced.latencies_us.len()
+    );
+    match rss {
+        Some(mb) => println!("    server peak RSS: {mb:.0} MB"),
+        None => println!("    server peak RSS: unavailable"),
+    }
+    drop(server);
+    Ok(())
+}
+
+/// `sonde bench query`.
+pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    use sonde_store::{QueryLimits, Store, StoreConfig, WriteBatch};
+    let tmp = tempfile::tempdir()?;
+    let mut config = StoreConfig::new(tmp.path());
+    config.fsync = false;
+    config.flush_interval = Duration::from_secs(3600);
+    config.flush_rows = 2_000_000;
+    let store = Store::open(config)?;
+    let p = sonde_model::KeyedPseudonymizer::new("k1", b"bench-secret");
+    let now = chrono::Utc::now().timestamp_millis();
+    let ctx = sonde_model::ParseCtx {
+        policy: sonde_model::TimePolicy::default(),
+        pseudonymizer: &p,
+        received_at: now,
+        backfill: true,
+        limits: sonde_model::Limits::default(),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let decisions = args.rows / 10;
+    let started = Instant::now();
+    let mut id = 0u64;
+    while (id as usize) < decisions {
+        let mut batch = WriteBatch::default();
+        for _ in 0..5000.min(decisions - id as usize) {
+            let mut v = decision_event(&mut rng, now);
+            v["event_id"] = json!(format!("q{id}"));
+            id += 1;
+            let raw = serde_json::to_vec(&v)?;
+            batch.events.push(
+                sonde_model::parse_event(&raw, &ctx)
+                    .map_err(|r| anyhow::anyhow!("{:?}", r.error))?,
+            );
+        }
+        store.write(batch).await?;
+        if store.buffered_rows() >= 1_000_000 {
+            store.flush()?;
+        }
+    }
+    store.flush()?;
+    store.compact()?;
+    println!(
+        "loaded {} decisions ({} decision_items rows) in {:.1} s; {} Parquet files",
+        decisions,
+        decisions * 10,
+        started.elapsed().as_secs_f64(),
+        store.manifest().files.len()
+    );
+    let sql =
+        "SELECT surface, model_version, count(*), avg(score) FROM decision_items GROUP BY 1, 2";
+    let mut times = Vec::new();
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        let r = store.query(sql, QueryLimits::default()).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let total: usize = r.batches.iter().map(|b| b.num_rows()).sum();
+        anyhow::ensure!(total == 6, "expected 6 groups, got {total}");
+    }
+    times.sort_by(f64::total_cmp);
+    println!("query: {sql}");
+    println!(
+        "  {} runs: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    store.close()?;
+    Ok(())
+}

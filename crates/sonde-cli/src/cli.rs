@@ -1,0 +1,144 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sonde: measure relevance, latency and conversion of a personalization engine.
+#[derive(Debug, Parser)]
+#[command(name = "sonde", version, about)]
+pub struct Cli {
+    /// Log as JSON lines (default: human-readable).
+    #[arg(long, global = true, env = "SONDE_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a project (keys and pseudonymization secret) and print its keys as JSON.
+    Init {
+        /// Data directory.
+        #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
+        data_dir: PathBuf,
+    },
+    /// Run the collector and query server.
+    Serve(ServeArgs),
+    /// Run SQL against a server (--url, --key) or a data directory (--data-dir).
+    Query {
+        /// Server URL, e.g. http://127.0.0.1:7070.
+        #[arg(long, env = "SONDE_URL", conflicts_with = "data_dir")]
+        url: Option<String>,
+        /// Read (or admin) key.
+        #[arg(long, env = "SONDE_KEY")]
+        key: Option<String>,
+        /// Data directory to read directly, offline.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Output format: table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// The SQL statement.
+        sql: String,
+    },
+    /// Inspect and replay rejected events.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchWhich,
+    },
+}
+
+/// Quarantine actions.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// List quarantined events.
+    List {
+        /// Server URL.
+        #[arg(long, env = "SONDE_URL")]
+        url: String,
+        /// Read or admin key.
+        #[arg(long, env = "SONDE_KEY")]
+        key: String,
+        /// Only this error code.
+        #[arg(long)]
+        code: Option<String>,
+        /// Only entries not replayed successfully.
+        #[arg(long)]
+        pending: bool,
+        /// Most entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Replay quarantined events (all pending ones, or the given ids).
+    Replay {
+        /// Server URL.
+        #[arg(long, env = "SONDE_URL")]
+        url: String,
+        /// Admin key.
+        #[arg(long, env = "SONDE_KEY")]
+        key: String,
+        /// With no ids: only entries of this code.
+        #[arg(long)]
+        code: Option<String>,
+        /// Quarantine ids (q123 ...).
+        ids: Vec<String>,
+    },
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchWhich {
+    /// Parse-only vs end-to-end durable HTTP ingest throughput, ack latency, peak RSS.
+    Ingest(crate::bench::IngestArgs),
+    /// Group-by over 10 million decision_items rows.
+    Query(crate::bench::QueryArgs),
+}
+
+/// `sonde serve` options. Unset options fall back to the config file, then defaults.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "SONDE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./sonde-data].
+    #[arg(long, env = "SONDE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:7070].
+    #[arg(long, env = "SONDE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Store raw user identifiers instead of HMAC pseudonyms (opt-in).
+    #[arg(long, env = "SONDE_STORE_RAW_IDS")]
+    pub store_raw_ids: Option<bool>,
+    /// Seconds between Parquet flushes [default: 10].
+    #[arg(long, env = "SONDE_FLUSH_INTERVAL_SECS")]
+    pub flush_interval_secs: Option<u64>,
+    /// Exact dedup window in hours [default: 24].
+    #[arg(long, env = "SONDE_DEDUP_WINDOW_HOURS")]
+    pub dedup_window_hours: Option<u32>,
+    /// Events older than this many hours are flagged late [default: 168].
+    #[arg(long, env = "SONDE_LATE_HORIZON_HOURS")]
+    pub late_horizon_hours: Option<u32>,
+    /// Largest request body in bytes, compressed or not [default: 10485760].
+    #[arg(long, env = "SONDE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most events per batch [default: 10000].
+    #[arg(long, env = "SONDE_MAX_EVENTS_PER_BATCH")]
+    pub max_events_per_batch: Option<usize>,
+    /// Largest event in bytes [default: 65536].
+    #[arg(long, env = "SONDE_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// Query time limit in seconds [default: 30].
+    #[arg(long, env = "SONDE_QUERY_TIMEOUT_SECS")]
+    pub query_timeout_secs: Option<u64>,
+    /// Most rows a query returns [default: 100000].
+    #[arg(long, env = "SONDE_QUERY_MAX_ROWS")]
+    pub query_max_rows: Option<usize>,
+}

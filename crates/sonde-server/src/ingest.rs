@@ -1,0 +1,274 @@
+//! `POST /v1/events`: decode, validate, pseudonymize, dedup, store durably, answer per event.
+
+use std::io::Read;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sonde_model::{ParseCtx, Pseudonymizer, parse_event, redact_raw};
+use sonde_store::{QuarantineEntry, Seen, WriteBatch};
+
+use crate::error::ApiError;
+use crate::project::Scope;
+use crate::{AppState, authorize};
+
+/// Query parameters of `POST /v1/events`.
+#[derive(Debug, Default, Deserialize)]
+pub struct IngestParams {
+    /// Historical import: no skew correction, no late flag.
+    #[serde(default)]
+    pub backfill: bool,
+}
+
+/// Why one event was not stored.
+#[derive(Debug, Serialize)]
+pub struct EventStatus {
+    /// Position in the batch (0-based; the line number minus one in NDJSON, blank lines skipped).
+    pub index: usize,
+    /// The event's id, when readable.
+    pub event_id: Option<String>,
+    /// `duplicate` or `rejected`.
+    pub status: &'static str,
+    /// Stable code (`docs/errors.md`).
+    pub code: &'static str,
+    /// Offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Response of `POST /v1/events`.
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    /// Events stored by this request.
+    pub accepted: usize,
+    /// Events already stored (retries and conflicting reuses of an id).
+    pub duplicates: usize,
+    /// Of the duplicates, those whose content differs from the stored event.
+    pub conflicting_duplicates: usize,
+    /// Events rejected and quarantined.
+    pub rejected: usize,
+    /// One entry per event not accepted.
+    pub errors: Vec<EventStatus>,
+}
+
+#[derive(PartialEq)]
+enum Format {
+    Json,
+    Ndjson,
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {ct:?} is not supported; send application/json (an array of events) or application/x-ndjson (one event per line)"
+            ),
+        )),
+    }
+}
+
+/// Read the body under `limit` bytes, then undo `Content-Encoding: gzip` under the same limit.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(ApiError::too_large(format!(
+            "body of {len} bytes is over the limit of {limit} bytes; split the batch"
+        )));
+    }
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(format!(
+            "body is over the limit of {limit} bytes; split the batch"
+        ))
+    })?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(raw),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            dec.read_to_end(&mut out).map_err(|e| {
+                ApiError::bad_request("invalid_encoding", format!("body is not valid gzip: {e}"))
+            })?;
+            if out.len() > limit {
+                return Err(ApiError::too_large(format!(
+                    "decompressed body is over the limit of {limit} bytes; split the batch"
+                )));
+            }
+            Ok(Bytes::from(out))
+        }
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )),
+    }
+}
+
+/// Split a body into the raw text of each event.
+fn split(body: &[u8], format: Format) -> Result<Vec<&[u8]>, ApiError> {
+    match format {
+        Format::Ndjson => Ok(body
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            .collect()),
+        Format::Json => {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            if first == Some(&b'{') {
+                return Ok(vec![body]);
+            }
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("body is not a JSON array of events: {e}"),
+                )
+            })?;
+            Ok(items.into_iter().map(|r| r.get().as_bytes()).collect())
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The handler.
+pub async fn post_events(
+    State(state): State<AppState>,
+    Query(params): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Write)?;
+    let format = content_type(&headers)?;
+    let limits = &state.config.limits;
+    let body = read_body(&headers, body, limits.max_body_bytes).await?;
+    let raws = split(&body, format)?;
+    if raws.len() > limits.max_events_per_batch {
+        return Err(ApiError::too_large(format!(
+            "batch holds {} events, over the limit of {}; split it",
+            raws.len(),
+            limits.max_events_per_batch
+        )));
+    }
+    let received_at = now_ms();
+    let pseudo: &dyn Pseudonymizer = state.pseudonymizer.as_ref();
+    let ctx = ParseCtx {
+        policy: state.config.time_policy,
+        pseudonymizer: pseudo,
+        received_at,
+        backfill: params.backfill,
+        limits: limits.event,
+    };
+    let mut batch = WriteBatch::default();
+    let mut accepted_index = Vec::with_capacity(raws.len());
+    let mut errors = Vec::new();
+    for (index, raw) in raws.iter().enumerate() {
+        match parse_event(raw, &ctx) {
+            Ok(e) => {
+                accepted_index.push(index);
+                batch.events.push(e);
+            }
+            Err(r) => {
+                batch.quarantine.push(QuarantineEntry {
+                    received_at,
+                    event_id: r.event_id.clone(),
+                    code: r.error.code.as_str().to_string(),
+                    field: r.error.field.clone(),
+                    message: r.error.message.clone(),
+                    raw: redact_raw(raw, pseudo),
+                    key_id: pseudo.key_id().to_string(),
+                });
+                errors.push(EventStatus {
+                    index,
+                    event_id: r.event_id,
+                    status: "rejected",
+                    code: r.error.code.as_str(),
+                    field: (!r.error.field.is_empty()).then_some(r.error.field),
+                    message: r.error.message,
+                });
+            }
+        }
+    }
+    let rejected = errors.len();
+    let ids: Vec<String> = batch
+        .events
+        .iter()
+        .map(|e| e.data.event_id.clone())
+        .collect();
+    let outcome = state.store.write(batch).await?;
+    let mut duplicates = 0;
+    let mut conflicting = 0;
+    for ((seen, index), event_id) in outcome.seen.iter().zip(accepted_index).zip(ids) {
+        let (code, message) = match seen {
+            Seen::New => continue,
+            Seen::Duplicate => (
+                "duplicate",
+                "an event with this event_id was already stored; this copy was dropped",
+            ),
+            Seen::Conflict => {
+                conflicting += 1;
+                (
+                    "conflicting_duplicate",
+                    "an event with this event_id but different content was already stored; this copy was dropped",
+                )
+            }
+        };
+        duplicates += 1;
+        errors.push(EventStatus {
+            index,
+            event_id: Some(event_id),
+            status: "duplicate",
+            code,
+            field: None,
+            message: message.to_string(),
+        });
+    }
+    errors.sort_by_key(|e| e.index);
+    let accepted = outcome.seen.len() - duplicates;
+    tracing::debug!(
+        accepted,
+        duplicates,
+        rejected,
+        backfill = params.backfill,
+        "batch stored"
+    );
+    Ok(axum::Json(IngestResponse {
+        accepted,
+        duplicates,
+        conflicting_duplicates: conflicting,
+        rejected,
+        errors,
+    })
+    .into_response())
+}
