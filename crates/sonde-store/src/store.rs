@@ -42,6 +42,8 @@ pub struct StoreConfig {
     pub fsync: bool,
     /// Refuse writes (429) while this many bytes wait for the WAL.
     pub max_pending_bytes: u64,
+    /// Refuse writes (429) while this many rows are buffered (the flusher is behind).
+    pub max_buffered_rows: usize,
     /// Compact a partition once it has this many files (closed hours compact at 2).
     pub compact_min_files: usize,
     /// WAL segment size.
@@ -55,9 +57,10 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             dedup_window_hours: 24,
             flush_interval: Duration::from_secs(10),
-            flush_rows: 500_000,
+            flush_rows: 300_000,
             fsync: true,
             max_pending_bytes: 64 * 1024 * 1024,
+            max_buffered_rows: 1_200_000,
             compact_min_files: 8,
             wal_segment_bytes: 64 * 1024 * 1024,
         }
@@ -322,7 +325,7 @@ impl Store {
             return Err(StoreError::Unavailable("the write-ahead log failed".into()));
         }
         if wal.pending_bytes() > inner.config.max_pending_bytes
-            || inner.mem.read().rows > inner.config.flush_rows.saturating_mul(4)
+            || inner.mem.read().rows > inner.config.max_buffered_rows
         {
             return Err(StoreError::Overloaded);
         }
