@@ -47,7 +47,7 @@ pub struct ReplayEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WalEntry {
     /// An accepted event and the hash of its content (for conflicting-duplicate detection).
-    Event(Event, u64),
+    Event(Box<Event>, u64),
     /// A rejected event.
     Quarantine(QuarantineEntry),
     /// A quarantine replay outcome.
@@ -110,7 +110,7 @@ pub fn decode(payload: &[u8]) -> Result<WalEntry, StoreError> {
             let data_json = &body[meta_len..];
             let data: EventData = serde_json::from_slice(data_json)?;
             Ok(WalEntry::Event(
-                Event { meta, data },
+                Box::new(Event { meta, data }),
                 content_hash(data_json),
             ))
         }

@@ -348,7 +348,7 @@ impl Store {
                 if s == Seen::New {
                     fresh_ids.push(id);
                     records.push(bytes);
-                    events.push(WalEntry::Event(e, content));
+                    events.push(WalEntry::Event(Box::new(e), content));
                 }
                 seen.push(s);
             }

@@ -1,0 +1,71 @@
+//! The `sonde` binary's own commands: init, offline query, config errors.
+
+use std::process::Command;
+
+fn sonde(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args(args)
+        .env("SONDE_LOG", "warn")
+        .output()
+        .expect("run sonde")
+}
+
+#[test]
+fn init_prints_keys_once_and_query_reads_offline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf8");
+    let out = sonde(&["init", "--data-dir", data]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert_eq!(stdout.lines().count(), 1);
+    let keys: serde_json::Value = serde_json::from_str(&stdout).expect("json line");
+    for k in ["project", "write_key", "read_key", "admin_key"] {
+        assert!(
+            keys[k].as_str().is_some_and(|s| s.len() > 8),
+            "{k} in {stdout}"
+        );
+    }
+    let again = sonde(&["init", "--data-dir", data]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a Sonde project"));
+
+    // A project with no events yet: offline SQL still answers, from an empty store.
+    std::fs::create_dir_all(dir.path().join("data/wal")).expect("wal dir");
+    let out = sonde(&[
+        "query",
+        "--data-dir",
+        data,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM decisions",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n0\n");
+
+    let missing = sonde(&["query", "--data-dir", "/nonexistent/sonde", "SELECT 1"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("holds no Sonde data"));
+}
+
+#[test]
+fn bad_config_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("sonde.toml");
+    std::fs::write(&cfg, "listen = \"not an address\"\n").expect("write");
+    let out = sonde(&["serve", "--config", cfg.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("parsing config file") && err.contains("listen"),
+        "{err}"
+    );
+}
