@@ -10,6 +10,11 @@ mod table;
 
 use clap::Parser;
 
+/// mimalloc: faster than glibc malloc for the many small allocations of event parsing, and it
+/// returns memory to the OS more readily (lower RSS under sustained ingest).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     commands::init_logging(cli.log_json);

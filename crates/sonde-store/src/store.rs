@@ -24,6 +24,8 @@ use crate::tables::{Table, TableBuilders};
 const HOUR_MS: i64 = 3_600_000;
 /// Rows per sealed in-memory batch.
 const SEAL_ROWS: usize = 8192;
+/// Most rows merged into one compacted file (bounds the memory of its dedup key set).
+const COMPACT_MAX_ROWS: u64 = 4_000_000;
 /// How long replaced Parquet files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
@@ -38,12 +40,16 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     /// Flush early once this many rows are buffered.
     pub flush_rows: usize,
+    /// Flush early once sealed in-memory batches take this many bytes.
+    pub flush_bytes: usize,
     /// fsync the WAL before acknowledging (only benchmarks of the non-durable path turn it off).
     pub fsync: bool,
     /// Refuse writes (429) while this many bytes wait for the WAL.
     pub max_pending_bytes: u64,
     /// Refuse writes (429) while this many rows are buffered (the flusher is behind).
     pub max_buffered_rows: usize,
+    /// Refuse writes (429) while buffered batches take this many bytes.
+    pub max_buffered_bytes: usize,
     /// Compact a partition once it has this many files (closed hours compact at 2).
     pub compact_min_files: usize,
     /// WAL segment size.
@@ -57,10 +63,12 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             dedup_window_hours: 24,
             flush_interval: Duration::from_secs(10),
-            flush_rows: 300_000,
+            flush_rows: 1_000_000,
+            flush_bytes: 48 * 1024 * 1024,
             fsync: true,
             max_pending_bytes: 64 * 1024 * 1024,
-            max_buffered_rows: 1_200_000,
+            max_buffered_rows: 4_000_000,
+            max_buffered_bytes: 192 * 1024 * 1024,
             compact_min_files: 8,
             wal_segment_bytes: 64 * 1024 * 1024,
         }
@@ -111,6 +119,8 @@ struct Mem {
     sealed: Vec<Vec<RecordBatch>>,
     flushing: Vec<Vec<RecordBatch>>,
     rows: usize,
+    /// Memory of sealed and flushing batches.
+    bytes: usize,
     applied_lsn: u64,
 }
 
@@ -121,6 +131,7 @@ impl Mem {
             sealed: vec![Vec::new(); Table::ALL.len()],
             flushing: vec![Vec::new(); Table::ALL.len()],
             rows: 0,
+            bytes: 0,
             applied_lsn: 0,
         }
     }
@@ -130,6 +141,7 @@ impl Mem {
             let b = self.builders.get_mut(t);
             if (force && !b.is_empty()) || b.len() >= SEAL_ROWS {
                 let batch = b.finish()?;
+                self.bytes += batch.get_array_memory_size();
                 self.sealed[t as usize].push(batch);
             }
         }
@@ -324,10 +336,14 @@ impl Store {
         if wal.is_poisoned() {
             return Err(StoreError::Unavailable("the write-ahead log failed".into()));
         }
-        if wal.pending_bytes() > inner.config.max_pending_bytes
-            || inner.mem.read().rows > inner.config.max_buffered_rows
         {
-            return Err(StoreError::Overloaded);
+            let mem = inner.mem.read();
+            if wal.pending_bytes() > inner.config.max_pending_bytes
+                || mem.rows > inner.config.max_buffered_rows
+                || mem.bytes > inner.config.max_buffered_bytes
+            {
+                return Err(StoreError::Overloaded);
+            }
         }
         let mut records = Vec::with_capacity(batch.events.len() + batch.quarantine.len());
         let mut encoded = Vec::with_capacity(batch.events.len());
@@ -378,7 +394,9 @@ impl Store {
                                 if let Err(e) = mem.seal(false) {
                                     tracing::error!(error = %e, "sealing in-memory batch failed");
                                 }
-                                if mem.rows >= worker.config.flush_rows {
+                                if mem.rows >= worker.config.flush_rows
+                                    || mem.bytes >= worker.config.flush_bytes
+                                {
                                     worker.wake_flusher();
                                 }
                                 (0..n_quarantine)
@@ -456,6 +474,11 @@ impl Store {
     /// Rows buffered in memory (not yet in committed files).
     pub fn buffered_rows(&self) -> usize {
         self.inner.mem.read().rows
+    }
+
+    /// Bytes of sealed in-memory batches.
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.mem.read().bytes
     }
 
     /// Bytes waiting for the WAL.
@@ -552,6 +575,11 @@ impl Inner {
         let mut next = (*manifest).clone();
         let mut written = Vec::new();
         let mut rows = 0usize;
+        let bytes: usize = batches
+            .iter()
+            .flatten()
+            .map(|b| b.get_array_memory_size())
+            .sum();
         let result = (|| {
             for t in Table::ALL {
                 let b = &batches[t as usize];
@@ -584,6 +612,7 @@ impl Inner {
                 v.clear();
             }
             mem.rows = mem.rows.saturating_sub(rows);
+            mem.bytes = mem.bytes.saturating_sub(bytes);
         }
         if let Some(wal) = &self.wal {
             wal.trim(upto)?;
@@ -610,16 +639,23 @@ impl Inner {
         let mut next = (*manifest).clone();
         let mut replaced = Vec::new();
         for ((table, hour), idx) in parts {
-            let closed = hour < current_hour - 1;
-            let due =
-                idx.len() >= self.config.compact_min_files || ((closed || all) && idx.len() >= 2);
             let Some(t) = Table::from_name(&table) else {
                 continue;
             };
+            // Small files first, up to COMPACT_MAX_ROWS per merge.
+            let mut group: Vec<_> = idx.iter().map(|&i| manifest.files[i].clone()).collect();
+            group.sort_by_key(|f| f.rows);
+            let mut total = 0u64;
+            group.retain(|f| {
+                total += f.rows;
+                total <= COMPACT_MAX_ROWS
+            });
+            let closed = hour < current_hour - 1;
+            let due = group.len() >= self.config.compact_min_files
+                || ((closed || all) && group.len() >= 2);
             if !due {
                 continue;
             }
-            let group: Vec<_> = idx.iter().map(|&i| manifest.files[i].clone()).collect();
             let seq = next.next_file_seq;
             next.next_file_seq += 1;
             let (entry, dropped) =

@@ -123,7 +123,7 @@ fn data_type(k: Kind) -> DataType {
 
 use Kind::*;
 
-/// Columns every event table starts with, in order (see `push_common`).
+/// Columns every event table but `decision_items` starts with, in order (see `RowBuilder::common`).
 const COMMON: &[(&str, Kind, bool)] = &[
     ("event_id", Str, false),
     ("event_time", Ts, false),
@@ -144,6 +144,19 @@ const COMMON: &[(&str, Kind, bool)] = &[
     ("app_version", Str, true),
     ("context_channel", Str, true),
     ("context_extra", Str, true),
+];
+
+/// The subset of [`COMMON`] repeated on every `decision_items` row (see `RowBuilder::item_common`):
+/// keys for joins and segments, not the full context, to keep the widest table lean.
+const ITEM_COMMON: &[(&str, Kind, bool)] = &[
+    ("event_id", Str, false),
+    ("event_time", Ts, false),
+    ("received_at", Ts, false),
+    ("user_key", Str, true),
+    ("anonymous_key", Str, true),
+    ("session_key", Str, true),
+    ("device", Str, true),
+    ("region", Str, true),
 ];
 
 fn own_columns(t: Table) -> &'static [(&'static str, Kind, bool)] {
@@ -220,6 +233,7 @@ fn columns(t: Table) -> Vec<(&'static str, Kind, bool)> {
     match t {
         Table::Quarantine => QUARANTINE.to_vec(),
         Table::QuarantineReplays => REPLAYS.to_vec(),
+        Table::DecisionItems => ITEM_COMMON.iter().chain(own_columns(t)).copied().collect(),
         _ => COMMON.iter().chain(own_columns(t)).copied().collect(),
     }
 }
@@ -415,6 +429,17 @@ impl RowBuilder {
         self.str(c.extra.as_deref());
     }
 
+    fn item_common(&mut self, m: &Meta, d: &EventData) {
+        self.str(Some(&d.event_id));
+        self.ts(Some(m.event_time));
+        self.ts(Some(m.received_at));
+        self.str(d.user_key.as_deref());
+        self.str(d.anonymous_key.as_deref());
+        self.str(d.session_key.as_deref());
+        self.str(d.context.device.as_deref());
+        self.str(d.context.region.as_deref());
+    }
+
     /// Build the record batch of the rows pushed so far and start over.
     pub fn finish(&mut self) -> Result<RecordBatch, StoreError> {
         let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(Col::finish).collect();
@@ -467,7 +492,7 @@ impl TableBuilders {
                 b.end_row();
                 let b = self.get_mut(Table::DecisionItems);
                 for it in &x.items {
-                    b.common(m, d);
+                    b.item_common(m, d);
                     b.str(Some(&x.request_id));
                     b.str(Some(&x.surface));
                     b.str(Some(&x.model_name));
