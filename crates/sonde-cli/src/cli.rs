@@ -61,12 +61,8 @@ pub enum Command {
 pub enum QuarantineAction {
     /// List quarantined events.
     List {
-        /// Server URL.
-        #[arg(long, env = "SONDE_URL")]
-        url: String,
-        /// Read or admin key.
-        #[arg(long, env = "SONDE_KEY")]
-        key: String,
+        #[command(flatten)]
+        server: Remote,
         /// Only this error code.
         #[arg(long)]
         code: Option<String>,
@@ -79,18 +75,25 @@ pub enum QuarantineAction {
     },
     /// Replay quarantined events (all pending ones, or the given ids).
     Replay {
-        /// Server URL.
-        #[arg(long, env = "SONDE_URL")]
-        url: String,
-        /// Admin key.
-        #[arg(long, env = "SONDE_KEY")]
-        key: String,
+        #[command(flatten)]
+        server: Remote,
         /// With no ids: only entries of this code.
         #[arg(long)]
         code: Option<String>,
         /// Quarantine ids (q123 ...).
         ids: Vec<String>,
     },
+}
+
+/// A running server and a key for it (read for listing, admin for replay).
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Server URL, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "SONDE_URL")]
+    pub url: String,
+    /// API key.
+    #[arg(long, env = "SONDE_KEY")]
+    pub key: String,
 }
 
 /// Benchmarks.

@@ -6,7 +6,7 @@ use sonde_server::{Project, ServerConfig};
 use sonde_store::{QueryLimits, Store};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchWhich, Cli, Command, QuarantineAction};
+use crate::cli::{BenchWhich, Cli, Command, QuarantineAction, Remote};
 use crate::http::{Client, ok_json};
 use crate::{bench, config, table};
 
@@ -155,8 +155,7 @@ async fn quarantine(action: QuarantineAction) -> anyhow::Result<()> {
     let client = Client::new();
     match action {
         QuarantineAction::List {
-            url,
-            key,
+            server: Remote { url, key },
             code,
             pending,
             limit,
@@ -190,8 +189,7 @@ async fn quarantine(action: QuarantineAction) -> anyhow::Result<()> {
             Ok(())
         }
         QuarantineAction::Replay {
-            url,
-            key,
+            server: Remote { url, key },
             code,
             ids,
         } => {

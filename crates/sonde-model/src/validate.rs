@@ -143,9 +143,11 @@ struct WireItem<'a> {
 }
 
 #[derive(Deserialize)]
-struct AttrPeek {
-    category: Option<serde_json::Value>,
-    provider: Option<serde_json::Value>,
+struct AttrPeek<'a> {
+    #[serde(borrow)]
+    category: Option<&'a RawValue>,
+    #[serde(borrow)]
+    provider: Option<&'a RawValue>,
 }
 
 /// Components arrive as a JSON object; serde reads a map into a Vec of pairs through this.
@@ -425,10 +427,13 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
             let model_version = required_str(model.version, "model.version", MAX_NAME)?;
             let mut experiments = Vec::new();
             for (i, e) in w.experiments.unwrap_or_default().into_iter().enumerate() {
-                let id = required_str(e.id, &format!("experiments[{i}].id"), MAX_NAME)?;
-                let variant =
-                    required_str(e.variant, &format!("experiments[{i}].variant"), MAX_NAME)?;
-                experiments.push((id, variant));
+                let pair = required_str(e.id, "id", MAX_NAME)
+                    .and_then(|id| Ok((id, required_str(e.variant, "variant", MAX_NAME)?)))
+                    .map_err(|mut err| {
+                        err.field = format!("experiments[{i}].{}", err.field);
+                        err
+                    })?;
+                experiments.push(pair);
             }
             let items = parse_items(w.items.ok_or_else(|| missing("items"))?, ctx.limits)?;
             let (latency_total_ms, latency_components) = match w.latency_ms {
@@ -548,59 +553,71 @@ fn parse_items(raw: &RawValue, limits: Limits) -> Result<Vec<Item>, EventError> 
     let mut seen: Vec<u32> = Vec::with_capacity(wire.len());
     let mut items = Vec::with_capacity(wire.len());
     for (i, it) in wire.into_iter().enumerate() {
-        let f = |name: &str| format!("items[{i}].{name}");
-        let item_id = required_str(it.item_id, &f("item_id"), MAX_NAME)?;
-        let position = it.position.ok_or_else(|| missing(&f("position")))?;
-        if position == 0 {
-            return Err(EventError::new(
-                ErrorCode::InvalidPosition,
-                f("position"),
-                "positions are 1-based; got 0",
-            ));
-        }
-        if seen.contains(&position) {
-            return Err(EventError::new(
-                ErrorCode::InvalidPosition,
-                f("position"),
-                format!("position {position} appears twice in the slate"),
-            ));
-        }
-        seen.push(position);
-        let score = finite(it.score, &f("score"), false)?;
-        let propensity = probability(it.propensity, &f("propensity"))?;
-        let attributes = object_text(it.attributes, &f("attributes"))?;
-        let (category, provider) = match &attributes {
-            None => (None, None),
-            Some(text) => {
-                let peek: AttrPeek = serde_json::from_str(text).map_err(|e| {
-                    EventError::new(
-                        ErrorCode::InvalidType,
-                        f("attributes"),
-                        strip_location(&e.to_string()),
-                    )
-                })?;
-                (scalar_text(peek.category), scalar_text(peek.provider))
-            }
-        };
-        items.push(Item {
-            item_id,
-            position,
-            score,
-            propensity,
-            category,
-            provider,
-            attributes,
-        });
+        // Paths are built only on error: this runs for every item of every decision.
+        let item = parse_item(it, &seen).map_err(|mut e| {
+            e.field = format!("items[{i}].{}", e.field);
+            e
+        })?;
+        seen.push(item.position);
+        items.push(item);
     }
     Ok(items)
 }
 
-fn scalar_text(v: Option<serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) => Some(s),
-        serde_json::Value::Null => None,
-        other => Some(other.to_string()),
+fn parse_item(it: WireItem<'_>, seen: &[u32]) -> Result<Item, EventError> {
+    let item_id = required_str(it.item_id, "item_id", MAX_NAME)?;
+    let position = it.position.ok_or_else(|| missing("position"))?;
+    if position == 0 {
+        return Err(EventError::new(
+            ErrorCode::InvalidPosition,
+            "position",
+            "positions are 1-based; got 0",
+        ));
     }
+    if seen.contains(&position) {
+        return Err(EventError::new(
+            ErrorCode::InvalidPosition,
+            "position",
+            format!("position {position} appears twice in the slate"),
+        ));
+    }
+    let score = finite(it.score, "score", false)?;
+    let propensity = probability(it.propensity, "propensity")?;
+    let attributes = object_text(it.attributes, "attributes")?;
+    let (category, provider) = match &attributes {
+        None => (None, None),
+        Some(text) => {
+            let peek: AttrPeek<'_> = serde_json::from_str(text).map_err(|e| {
+                EventError::new(
+                    ErrorCode::InvalidType,
+                    "attributes",
+                    strip_location(&e.to_string()),
+                )
+            })?;
+            (scalar_text(peek.category), scalar_text(peek.provider))
+        }
+    };
+    Ok(Item {
+        item_id,
+        position,
+        score,
+        propensity,
+        category,
+        provider,
+        attributes,
+    })
+}
+
+/// A string attribute as is; any other JSON value as its text.
+fn scalar_text(v: Option<&RawValue>) -> Option<String> {
+    let text = v?.get();
+    if text == "null" {
+        return None;
+    }
+    if text.starts_with('"') {
+        return serde_json::from_str::<String>(text).ok();
+    }
+    Some(text.to_string())
 }
 
 fn parse_context(raw: Option<&RawValue>) -> Result<Context, EventError> {

@@ -44,37 +44,27 @@ fn f64_value(x: f64) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `f(i)` for each non-null row, `null` elsewhere.
+fn values(col: &dyn Array, f: impl Fn(usize) -> Value) -> Vec<Value> {
+    (0..col.len())
+        .map(|i| if col.is_null(i) { Value::Null } else { f(i) })
+        .collect()
+}
+
 /// One column of a batch as JSON values: numbers, strings, booleans, RFC 3339 times and
 /// nested values as their text.
 pub fn column_values(col: &dyn Array) -> Vec<Value> {
-    let n = col.len();
     macro_rules! prim {
         ($t:ty, $conv:expr) => {{
             let a = col.as_primitive::<$t>();
-            (0..n)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        $conv(a.value(i))
-                    }
-                })
-                .collect()
+            values(col, |i| $conv(a.value(i)))
         }};
     }
     match col.data_type() {
-        DataType::Null => vec![Value::Null; n],
+        DataType::Null => vec![Value::Null; col.len()],
         DataType::Boolean => {
             let a = col.as_boolean();
-            (0..n)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::Bool(a.value(i))
-                    }
-                })
-                .collect()
+            values(col, |i| Value::Bool(a.value(i)))
         }
         DataType::Int8 => prim!(Int8Type, Value::from),
         DataType::Int16 => prim!(Int16Type, Value::from),
@@ -88,67 +78,24 @@ pub fn column_values(col: &dyn Array) -> Vec<Value> {
         DataType::Float64 => prim!(Float64Type, f64_value),
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
-            (0..n)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::from(a.value(i))
-                    }
-                })
-                .collect()
+            values(col, |i| Value::from(a.value(i)))
         }
         DataType::LargeUtf8 => {
             let a = col.as_string::<i64>();
-            (0..n)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::from(a.value(i))
-                    }
-                })
-                .collect()
+            values(col, |i| Value::from(a.value(i)))
         }
         DataType::Utf8View => {
             let a = col.as_string_view();
-            (0..n)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::from(a.value(i))
-                    }
-                })
-                .collect()
+            values(col, |i| Value::from(a.value(i)))
         }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             let a = col.as_primitive::<sonde_store::arrow::datatypes::TimestampMillisecondType>();
-            (0..n)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        ms_to_rfc3339(a.value(i))
-                    }
-                })
-                .collect()
+            values(col, |i| ms_to_rfc3339(a.value(i)))
         }
-        _ => {
-            let opts = FormatOptions::default();
-            match ArrayFormatter::try_new(col, &opts) {
-                Ok(f) => (0..n)
-                    .map(|i| {
-                        if col.is_null(i) {
-                            Value::Null
-                        } else {
-                            Value::String(f.value(i).to_string())
-                        }
-                    })
-                    .collect(),
-                Err(_) => vec![Value::Null; n],
-            }
-        }
+        _ => match ArrayFormatter::try_new(col, &FormatOptions::default()) {
+            Ok(f) => values(col, |i| Value::String(f.value(i).to_string())),
+            Err(_) => vec![Value::Null; col.len()],
+        },
     }
 }
 

@@ -68,7 +68,8 @@ pub fn id_hash(event_id: &str) -> u128 {
 /// and the content hash of its data.
 pub fn encode_event(event: &Event) -> Result<(Vec<u8>, u64), StoreError> {
     let meta = serde_json::to_vec(&event.meta)?;
-    let mut out = Vec::with_capacity(meta.len() + 1024);
+    // Decisions serialize to a few KB: reserve once instead of growing step by step.
+    let mut out = Vec::with_capacity(meta.len() + 4096);
     out.push(KIND_EVENT);
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta);

@@ -19,11 +19,26 @@ use crate::tables::Table;
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// Columns whose values are (nearly) unique per row: dictionary encoding only costs CPU there.
+const UNIQUE_COLUMNS: [&str; 8] = [
+    "event_id",
+    "request_id",
+    "trace_id",
+    "features",
+    "flags",
+    "context_extra",
+    "raw",
+    "quarantine_id",
+];
+
 fn props() -> WriterProperties {
-    WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build()
+        .set_max_row_group_row_count(Some(128 * 1024));
+    for c in UNIQUE_COLUMNS {
+        b = b.set_column_dictionary_enabled(c.into(), false);
+    }
+    b.build()
 }
 
 fn hour_dir(hour: i64) -> String {

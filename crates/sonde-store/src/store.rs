@@ -266,18 +266,7 @@ impl Store {
             flushed_lsn = manifest.flushed_lsn,
             "store opened"
         );
-        let inner = Arc::new(Inner {
-            config,
-            wal: Some(wal),
-            dedup: Some(dedup),
-            ingest_lock: Mutex::new(()),
-            mem: RwLock::new(mem),
-            manifest: RwLock::new(Arc::new(manifest)),
-            counters: Counters::default(),
-            wake: (Mutex::new(false), Condvar::new()),
-            stopping: AtomicBool::new(false),
-            doomed: Mutex::new(Vec::new()),
-        });
+        let inner = Arc::new(Inner::new(config, Some(wal), Some(dedup), mem, manifest));
         let worker = inner.clone();
         let handle = std::thread::Builder::new()
             .name("sonde-flush".into())
@@ -307,18 +296,7 @@ impl Store {
         }
         mem.seal(true)?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                config,
-                wal: None,
-                dedup: None,
-                ingest_lock: Mutex::new(()),
-                mem: RwLock::new(mem),
-                manifest: RwLock::new(Arc::new(manifest)),
-                counters: Counters::default(),
-                wake: (Mutex::new(false), Condvar::new()),
-                stopping: AtomicBool::new(true),
-                doomed: Mutex::new(Vec::new()),
-            }),
+            inner: Arc::new(Inner::new(config, None, None, mem, manifest)),
             flusher: Arc::new(Mutex::new(None)),
         })
     }
@@ -524,6 +502,29 @@ impl Store {
 }
 
 impl Inner {
+    /// Without a WAL the store is read-only and starts in the stopped state.
+    fn new(
+        config: StoreConfig,
+        wal: Option<Wal>,
+        dedup: Option<DedupIndex>,
+        mem: Mem,
+        manifest: Manifest,
+    ) -> Inner {
+        let stopping = AtomicBool::new(wal.is_none());
+        Inner {
+            config,
+            wal,
+            dedup,
+            ingest_lock: Mutex::new(()),
+            mem: RwLock::new(mem),
+            manifest: RwLock::new(Arc::new(manifest)),
+            counters: Counters::default(),
+            wake: (Mutex::new(false), Condvar::new()),
+            stopping,
+            doomed: Mutex::new(Vec::new()),
+        }
+    }
+
     fn wake_flusher(&self) {
         let (lock, cv) = &self.wake;
         *lock.lock() = true;
