@@ -28,9 +28,12 @@ pub struct IngestArgs {
     /// Concurrent connections.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
-    /// Events per request.
+    /// Events per request at full speed.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// Events per request in the paced phase (a typical SDK flush size).
+    #[arg(long, default_value_t = 100)]
+    pub paced_batch: usize,
     /// Data directory for the server (default: a fresh temporary directory).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -203,6 +206,8 @@ async fn wait_ready(client: &Client, url: &str) -> anyhow::Result<()> {
 
 struct RunStats {
     events: u64,
+    /// Requests answered 429 (retried after 50 ms).
+    throttled: u64,
     seconds: f64,
     latencies_us: Vec<u64>,
 }
@@ -220,11 +225,12 @@ async fn drive(
     let client = Client::new();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(AtomicU64::new(0));
+    let throttled = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
         let (client, templates, counter) = (client.clone(), templates.clone(), counter.clone());
-        let (latencies, acked) = (latencies.clone(), acked.clone());
+        let (latencies, acked, throttled) = (latencies.clone(), acked.clone(), throttled.clone());
         let url = format!("{}/v1/events", server.url);
         let key = server.write_key.clone();
         tasks.push(tokio::spawn(async move {
@@ -251,6 +257,7 @@ async fn drive(
                     .await?;
                 let us = t.elapsed().as_micros() as u64;
                 if reply.status.as_u16() == 429 {
+                    throttled.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -272,13 +279,14 @@ async fn drive(
     latencies_us.sort_unstable();
     Ok(RunStats {
         events: acked.load(Ordering::Relaxed),
+        throttled: throttled.load(Ordering::Relaxed),
         seconds,
         latencies_us,
     })
 }
 
 /// Parse-only throughput of the same payloads with serde_json (one core), events/s.
-fn parse_only(templates: &[Template], batch: usize) -> anyhow::Result<(f64, f64)> {
+fn parse_only(templates: &[Template]) -> anyhow::Result<(f64, f64)> {
     let mut n = 0usize;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
@@ -309,7 +317,6 @@ fn parse_only(templates: &[Template], batch: usize) -> anyhow::Result<(f64, f64)
             }
         }
     }
-    let _ = batch;
     Ok((value_rate, m as f64 / start.elapsed().as_secs_f64()))
 }
 
@@ -324,7 +331,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "payload: decision events with 10 items, {bytes_per_event:.0} bytes each, {} per request, {} connections",
         args.batch, args.connections
     );
-    let (parse_rate, validate_rate) = parse_only(&templates, args.batch)?;
+    let (parse_rate, validate_rate) = parse_only(&templates)?;
     println!("(a) serde_json parse-only (serde_json::Value, 1 core): {parse_rate:>12.0} events/s");
     println!(
         "    sonde parse+validate+pseudonymize (1 core):       {validate_rate:>12.0} events/s"
@@ -341,6 +348,11 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let templates = Arc::new(templates);
+    let paced_templates: Arc<Vec<Template>> = Arc::new(
+        (0..16)
+            .map(|_| template(&mut rng, args.paced_batch))
+            .collect::<anyhow::Result<_>>()?,
+    );
     let counter = Arc::new(AtomicU64::new(1));
     let (full, paced) = rt.block_on(async {
         wait_ready(&Client::new(), &server.url).await?;
@@ -356,7 +368,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         let half = full.events as f64 / full.seconds / 2.0;
         let paced = drive(
             &server,
-            templates.clone(),
+            paced_templates.clone(),
             counter.clone(),
             args.connections,
             Duration::from_secs(args.paced_duration),
@@ -373,18 +385,23 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!("    ratio b/a: {:.3}", e2e / parse_rate);
     println!(
-        "    ack latency at full speed: p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        "    ack latency at full speed: p50 {:.1} ms, p99 {:.1} ms ({} batches, {} answered 429)",
         percentile(&full.latencies_us, 0.5),
         percentile(&full.latencies_us, 0.99),
-        full.latencies_us.len()
+        full.latencies_us.len(),
+        full.throttled
     );
     let paced_rate = paced.events as f64 / paced.seconds;
     println!(
-        "    ack latency at half rate ({paced_rate:.0} events/s): p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        "    ack latency at half rate ({paced_rate:.0} events/s, {} events per request): p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        args.paced_batch,
         percentile(&paced.latencies_us, 0.5),
         percentile(&paced.latencies_us, 0.99),
         paced.latencies_us.len()
     );
+    if paced.throttled > 0 {
+        println!("    ({} paced requests answered 429)", paced.throttled);
+    }
     match rss {
         Some(mb) => println!("    server peak RSS: {mb:.0} MB"),
         None => println!("    server peak RSS: unavailable"),

@@ -114,9 +114,10 @@ pub struct Context {
     pub extra: Option<String>,
 }
 
-/// Type-specific part of an event.
+/// Type-specific part of an event. (Externally tagged so compact binary formats such as the
+/// WAL's can encode it.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum EventBody {
     Decision(Decision),
     Interaction(Interaction),

@@ -44,6 +44,9 @@ pub enum StoreError {
     /// JSON encoding or decoding failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Binary WAL record encoding or decoding failed.
+    #[error("WAL record encoding: {0}")]
+    Postcard(#[from] postcard::Error),
     /// Arrow failed.
     #[error("Arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),

@@ -24,6 +24,8 @@ use crate::tables::{Table, TableBuilders};
 const HOUR_MS: i64 = 3_600_000;
 /// Rows per sealed in-memory batch.
 const SEAL_ROWS: usize = 8192;
+/// Files below this many rows count as small in an hour that is still being written.
+const SMALL_FILE_ROWS: u64 = 250_000;
 /// Most rows merged into one compacted file (bounds the memory of its dedup key set).
 const COMPACT_MAX_ROWS: u64 = 4_000_000;
 /// How long replaced Parquet files stay on disk for queries that still read them.
@@ -64,11 +66,11 @@ impl StoreConfig {
             dedup_window_hours: 24,
             flush_interval: Duration::from_secs(10),
             flush_rows: 1_000_000,
-            flush_bytes: 48 * 1024 * 1024,
+            flush_bytes: 32 * 1024 * 1024,
             fsync: true,
             max_pending_bytes: 64 * 1024 * 1024,
             max_buffered_rows: 4_000_000,
-            max_buffered_bytes: 192 * 1024 * 1024,
+            max_buffered_bytes: 128 * 1024 * 1024,
             compact_min_files: 8,
             wal_segment_bytes: 64 * 1024 * 1024,
         }
@@ -643,17 +645,22 @@ impl Inner {
             let Some(t) = Table::from_name(&table) else {
                 continue;
             };
-            // Small files first, up to COMPACT_MAX_ROWS per merge.
-            let mut group: Vec<_> = idx.iter().map(|&i| manifest.files[i].clone()).collect();
+            // An hour still receiving data merges only its small files, so each row is
+            // rewritten a bounded number of times; a closed hour merges everything.
+            // Smallest first, up to COMPACT_MAX_ROWS per merge.
+            let closed = all || hour < current_hour - 1;
+            let mut group: Vec<_> = idx
+                .iter()
+                .map(|&i| manifest.files[i].clone())
+                .filter(|f| closed || f.rows < SMALL_FILE_ROWS)
+                .collect();
             group.sort_by_key(|f| f.rows);
             let mut total = 0u64;
             group.retain(|f| {
                 total += f.rows;
                 total <= COMPACT_MAX_ROWS
             });
-            let closed = hour < current_hour - 1;
-            let due = group.len() >= self.config.compact_min_files
-                || ((closed || all) && group.len() >= 2);
+            let due = group.len() >= self.config.compact_min_files || (closed && group.len() >= 2);
             if !due {
                 continue;
             }
