@@ -123,10 +123,12 @@ async fn mixed_batch_gets_a_status_per_event() {
     let app = app();
     let mut bad_position = decision("e3", "carol@example.com");
     bad_position["items"][1]["position"] = json!(0);
+    // The same event twice (decision() stamps the current time, so build it once).
+    let e1 = decision("e1", "alice@example.com").to_string();
     let body = [
-        decision("e1", "alice@example.com").to_string(),
+        e1.clone(),
         "{oops".to_string(),
-        decision("e1", "alice@example.com").to_string(),
+        e1,
         bad_position.to_string(),
         String::new(),
         json!({"type": "interaction", "event_id": "i1", "timestamp": now(), "anonymous_id": "dev-1",
