@@ -1,0 +1,433 @@
+//! A seeded, deterministic simulator of personalization traffic with known ground truth.
+//!
+//! It models a catalog with latent item quality, users with segments and stable ids, an A/B
+//! test between a `control` and a `treatment` ranker (treatment ranks closer to true
+//! relevance and has a slower inference tail), a Plackett–Luce logging policy that records
+//! each item's choice probability, a position-based click model, add-to-cart and purchases
+//! that follow minutes to days later, touches from other channels, and logins that link
+//! anonymous ids to user ids. Every random draw comes from one ChaCha8 stream, so a seed
+//! fixes the output byte for byte.
+//!
+//! [`GroundTruth`] reports the parameters the traffic was drawn from: the expected CTR and
+//! conversion rate per variant (accumulated from the model's probabilities, not from the
+//! draws), latency quantiles per component, and examination probabilities by position.
+
+mod truth;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+pub use truth::{GroundTruth, LatencyTruth, VariantTruth};
+
+/// The surfaces served.
+pub const SURFACES: [&str; 3] = ["home_feed", "search", "product_recs"];
+/// The experiment every decision belongs to.
+pub const EXPERIMENT: &str = "ranker_ab";
+/// Slate length.
+pub const SLATE: usize = 10;
+/// Candidates the ranker chooses from.
+const CANDIDATES: usize = 40;
+const CATEGORIES: [&str; 8] = [
+    "shoes", "books", "games", "garden", "music", "toys", "tools", "food",
+];
+const DEVICES: [&str; 3] = ["ios", "android", "web"];
+const REGIONS: [&str; 4] = ["eu-west", "eu-north", "us-east", "ap-south"];
+/// Latency components, in serving order.
+pub const COMPONENTS: [&str; 4] = ["feature_fetch", "retrieval", "inference", "rerank"];
+
+/// Simulation settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of the random stream.
+    pub seed: u64,
+    /// Event time of the first decision (epoch ms).
+    pub start_ms: i64,
+    /// Mean decisions per second of simulated time.
+    pub decisions_per_sec: f64,
+    /// Users.
+    pub users: usize,
+    /// Catalog size.
+    pub items: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            start_ms: 1_767_225_600_000,
+            decisions_per_sec: 200.0,
+            users: 20_000,
+            items: 5_000,
+        }
+    }
+}
+
+struct CatalogItem {
+    category: usize,
+    provider: u32,
+    quality: f64,
+    price: f64,
+}
+
+struct User {
+    device: usize,
+    region: usize,
+    /// Preferred category.
+    taste: usize,
+    /// Logs in at some point (identify) after browsing anonymously.
+    logs_in: bool,
+}
+
+/// Variant of the experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The current ranker.
+    Control,
+    /// The candidate ranker.
+    Treatment,
+}
+
+impl Variant {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Control => "control",
+            Variant::Treatment => "treatment",
+        }
+    }
+}
+
+/// Examination probability at a 1-based position (position-based click model).
+pub fn examination(position: usize) -> f64 {
+    0.95 / (position as f64).powf(0.75)
+}
+
+/// Deterministic assignment of a user to a variant: hash of user id and experiment.
+pub fn assign(user_id: &str) -> Variant {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{EXPERIMENT}:{user_id}").as_bytes());
+    if h % 2 == 0 {
+        Variant::Control
+    } else {
+        Variant::Treatment
+    }
+}
+
+/// Latency model of one component: log-normal with parameters per variant.
+#[derive(Debug, Clone, Copy)]
+pub struct LogNormal {
+    /// Mean of the log.
+    pub mu: f64,
+    /// Standard deviation of the log.
+    pub sigma: f64,
+}
+
+impl LogNormal {
+    fn sample(self, rng: &mut impl Rng) -> f64 {
+        (self.mu + self.sigma * std_normal(rng)).exp()
+    }
+
+    /// The q-quantile.
+    pub fn quantile(self, q: f64) -> f64 {
+        (self.mu + self.sigma * normal_quantile(q)).exp()
+    }
+}
+
+/// Latency of `component` under `variant`.
+pub fn latency_model(component: &str, variant: Variant) -> LogNormal {
+    match (component, variant) {
+        ("feature_fetch", _) => LogNormal {
+            mu: 2.0,
+            sigma: 0.35,
+        },
+        ("retrieval", _) => LogNormal {
+            mu: 2.5,
+            sigma: 0.3,
+        },
+        ("inference", Variant::Control) => LogNormal {
+            mu: 2.7,
+            sigma: 0.3,
+        },
+        ("inference", Variant::Treatment) => LogNormal {
+            mu: 2.9,
+            sigma: 0.55,
+        },
+        _ => LogNormal {
+            mu: 1.2,
+            sigma: 0.25,
+        },
+    }
+}
+
+fn std_normal(rng: &mut impl Rng) -> f64 {
+    // Box–Muller; u1 in (0, 1] keeps ln finite.
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Inverse of the standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let plow = 0.02425;
+    if p < plow {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    } else if p <= 1.0 - plow {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        -normal_quantile(1.0 - p)
+    }
+}
+
+/// The traffic generator.
+pub struct Simulator {
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    catalog: Vec<CatalogItem>,
+    users: Vec<User>,
+    clock_ms: f64,
+    seq: u64,
+    truth: truth::Accumulator,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Simulator {
+    /// A simulator for `config`.
+    pub fn new(config: SimConfig) -> Simulator {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let catalog = (0..config.items)
+            .map(|_| CatalogItem {
+                category: rng.random_range(0..CATEGORIES.len()),
+                provider: rng.random_range(0..40),
+                quality: rng.random::<f64>(),
+                price: (5.0 + rng.random::<f64>() * 95.0 * 100.0).round() / 100.0,
+            })
+            .collect();
+        let users = (0..config.users)
+            .map(|_| User {
+                device: rng.random_range(0..DEVICES.len()),
+                region: rng.random_range(0..REGIONS.len()),
+                taste: rng.random_range(0..CATEGORIES.len()),
+                logs_in: rng.random_bool(0.3),
+            })
+            .collect();
+        let clock_ms = config.start_ms as f64;
+        Simulator {
+            config,
+            rng,
+            catalog,
+            users,
+            clock_ms,
+            seq: 0,
+            truth: truth::Accumulator::default(),
+        }
+    }
+
+    /// True relevance (click probability when examined) of an item for a user.
+    fn relevance(&self, user: usize, item: usize) -> f64 {
+        let it = &self.catalog[item];
+        let affinity = if it.category == self.users[user].taste {
+            1.0
+        } else {
+            0.0
+        };
+        sigmoid(2.2 * it.quality + 1.3 * affinity - 2.6)
+    }
+
+    fn next_id(&mut self, kind: &str) -> String {
+        self.seq += 1;
+        format!("sim{}-{kind}-{}", self.config.seed, self.seq)
+    }
+
+    /// Generate the next decision and everything that follows from it, appending the
+    /// events to `out` (a decision, its interactions, and sometimes an identify, a touch,
+    /// a conversion). Event times of follow-ups lie after the decision's.
+    pub fn step(&mut self, out: &mut Vec<Value>) {
+        let gap = -(1.0 - self.rng.random::<f64>()).ln() * 1000.0 / self.config.decisions_per_sec;
+        self.clock_ms += gap;
+        let t = self.clock_ms.round() as i64;
+        let u = self.rng.random_range(0..self.users.len());
+        let user_id = format!("user-{u}");
+        let anon_id = format!("anon-{u}");
+        let variant = assign(&user_id);
+        let logged_in = !self.users[u].logs_in || self.rng.random_bool(0.5);
+        let surface = SURFACES[self.rng.random_range(0..SURFACES.len())];
+        // Candidates and the ranker's scores: treatment sees relevance with less noise.
+        let noise = match variant {
+            Variant::Control => 1.4,
+            Variant::Treatment => 0.3,
+        };
+        let mut cands: Vec<(usize, f64)> = (0..CANDIDATES)
+            .map(|_| {
+                let i = self.rng.random_range(0..self.catalog.len());
+                let r = self.relevance(u, i);
+                let logit = (r / (1.0 - r)).ln();
+                (i, sigmoid(logit + noise * std_normal(&mut self.rng)))
+            })
+            .collect();
+        cands.sort_unstable_by_key(|c| c.0);
+        cands.dedup_by_key(|c| c.0);
+        // Plackett–Luce logging policy over exp(score / temperature).
+        let mut slate: Vec<(usize, f64, f64)> = Vec::with_capacity(SLATE);
+        let mut slate_p = 1.0;
+        for _ in 0..SLATE.min(cands.len()) {
+            let weights: Vec<f64> = cands.iter().map(|c| (c.1 / 0.15).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let mut x = self.rng.random::<f64>() * total;
+            let mut pick = cands.len() - 1;
+            for (k, w) in weights.iter().enumerate() {
+                if x < *w {
+                    pick = k;
+                    break;
+                }
+                x -= w;
+            }
+            let p = weights[pick] / total;
+            slate_p *= p;
+            let (item, score) = cands.remove(pick);
+            slate.push((item, score, p));
+        }
+        let request_id = self.next_id("req");
+        let mut latency = serde_json::Map::new();
+        let mut total_ms = 0.0;
+        for c in COMPONENTS {
+            let ms = (latency_model(c, variant).sample(&mut self.rng) * 100.0).round() / 100.0;
+            total_ms += ms;
+            latency.insert(c.to_string(), json!(ms));
+        }
+        let (device, region) = (DEVICES[self.users[u].device], REGIONS[self.users[u].region]);
+        let identity = if logged_in {
+            json!({"user_id": user_id, "anonymous_id": anon_id})
+        } else {
+            json!({"anonymous_id": anon_id})
+        };
+        let items: Vec<Value> = slate
+            .iter()
+            .enumerate()
+            .map(|(k, (i, score, p))| {
+                let it = &self.catalog[*i];
+                json!({"item_id": format!("item-{i}"), "position": k + 1, "score": (score * 1e4).round() / 1e4,
+                       "propensity": p, "attributes": {"category": CATEGORIES[it.category], "provider": format!("p{}", it.provider)}})
+            })
+            .collect();
+        let event_id = self.next_id("dec");
+        let mut decision = json!({
+            "type": "decision", "event_id": event_id, "timestamp": t,
+            "session_id": format!("sess-{u}-{}", t / 1_800_000),
+            "context": {"device": device, "region": region},
+            "request_id": request_id, "surface": surface,
+            "model": {"name": "ranker", "version": if variant == Variant::Treatment { "v8" } else { "v7" }},
+            "experiments": [{"id": EXPERIMENT, "variant": variant.as_str()}],
+            "items": items, "slate_propensity": slate_p,
+            "latency_ms": {"total": (total_ms * 100.0).round() / 100.0, "components": latency},
+            "fallback": false
+        });
+        merge(&mut decision, &identity);
+        out.push(decision);
+
+        // Outcomes: position-based clicks, add-to-cart, purchases later.
+        let mut expected_clicks = 0.0;
+        let mut p_no_purchase = 1.0;
+        let mut follow_t = t;
+        for (k, (i, _, _)) in slate.iter().enumerate() {
+            let r = self.relevance(u, *i);
+            let p_click = examination(k + 1) * r;
+            expected_clicks += p_click;
+            let p_cart_given_click = 0.25 * r;
+            let p_buy_given_cart = 0.4;
+            p_no_purchase *= 1.0 - p_click * p_cart_given_click * p_buy_given_cart;
+            if !self.rng.random_bool(p_click) {
+                continue;
+            }
+            follow_t += self.rng.random_range(1_000..20_000);
+            let dwell = (std_normal(&mut self.rng) * 0.8 + 3.0).exp().round();
+            let mut click = json!({"type": "interaction", "event_id": self.next_id("clk"), "timestamp": follow_t,
+                                   "request_id": request_id, "item_id": format!("item-{i}"), "action": "click", "value": dwell});
+            merge(&mut click, &identity);
+            out.push(click);
+            if self.rng.random_bool(p_cart_given_click) {
+                follow_t += self.rng.random_range(5_000..60_000);
+                let mut cart = json!({"type": "interaction", "event_id": self.next_id("cart"), "timestamp": follow_t,
+                                      "request_id": request_id, "item_id": format!("item-{i}"), "action": "add_to_cart"});
+                merge(&mut cart, &identity);
+                out.push(cart);
+                if self.rng.random_bool(p_buy_given_cart) {
+                    // Minutes to days later, sometimes after logging in on another device.
+                    let delay = (std_normal(&mut self.rng) * 1.5 + 8.0).exp() * 1000.0;
+                    let buy_t = follow_t + delay as i64;
+                    if !logged_in {
+                        out.push(json!({"type": "identify", "event_id": self.next_id("idf"), "timestamp": buy_t - 1000,
+                                        "user_id": user_id, "anonymous_id": anon_id}));
+                    }
+                    out.push(json!({"type": "conversion", "event_id": self.next_id("buy"), "timestamp": buy_t,
+                                    "user_id": user_id, "name": "purchase", "value": self.catalog[*i].price,
+                                    "currency": "EUR", "items": [format!("item-{i}")], "request_id": request_id}));
+                }
+            }
+        }
+        if self.rng.random_bool(0.02) {
+            let channel = ["email", "push", "paid_search"][self.rng.random_range(0..3)];
+            out.push(json!({"type": "touch", "event_id": self.next_id("tch"), "timestamp": t - 60_000,
+                            "user_id": user_id, "channel": channel, "campaign": format!("{channel}-weekly")}));
+        }
+        self.truth.record(
+            variant,
+            expected_clicks / slate.len() as f64,
+            1.0 - p_no_purchase,
+        );
+    }
+
+    /// The parameters the traffic so far was drawn from.
+    pub fn truth(&self) -> GroundTruth {
+        self.truth.finish(self.config.seed)
+    }
+
+    /// Simulated time of the latest decision (epoch ms).
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms.round() as i64
+    }
+}
+
+fn merge(target: &mut Value, extra: &Value) {
+    if let (Some(t), Some(e)) = (target.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+}
