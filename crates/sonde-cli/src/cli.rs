@@ -49,6 +49,8 @@ pub enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// Generate realistic traffic with known ground truth (to a file for now).
+    Simulate(SimulateArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -83,6 +85,26 @@ pub enum QuarantineAction {
         /// Quarantine ids (q123 ...).
         ids: Vec<String>,
     },
+}
+
+/// `sonde simulate` options.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// NDJSON file to write the events to.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON file to write the ground truth to.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Decisions to generate (each brings its interactions and outcomes).
+    #[arg(long, default_value_t = 100_000)]
+    pub decisions: usize,
+    /// Seed; the same seed gives byte-identical output.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Decisions per second of simulated time.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
 }
 
 /// A running server and a key for it (read for listing, admin for replay).

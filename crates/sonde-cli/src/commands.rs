@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             sql,
         } => runtime()?.block_on(query(url, key, data_dir, &format, &sql)),
         Command::Quarantine { action } => runtime()?.block_on(quarantine(action)),
+        Command::Simulate(args) => simulate(args),
         Command::Bench { which } => match which {
             BenchWhich::Ingest(a) => bench::ingest(a),
             BenchWhich::Query(a) => runtime()?.block_on(bench::query(a)),
@@ -222,4 +223,40 @@ async fn quarantine(action: QuarantineAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn simulate(args: crate::cli::SimulateArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
+        seed: args.seed,
+        decisions_per_sec: args.rate,
+        ..sonde_sim::SimConfig::default()
+    });
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let started = std::time::Instant::now();
+    let mut events = Vec::new();
+    let mut written = 0usize;
+    for _ in 0..args.decisions {
+        sim.step(&mut events);
+        for e in events.drain(..) {
+            serde_json::to_writer(&mut w, &e)?;
+            w.write_all(b"\n")?;
+            written += 1;
+        }
+    }
+    w.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {written} events ({} decisions) to {} in {secs:.1} s: {:.0} events/s",
+        args.decisions,
+        args.out.display(),
+        written as f64 / secs
+    );
+    if let Some(path) = args.truth {
+        std::fs::write(&path, serde_json::to_vec_pretty(&sim.truth())?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

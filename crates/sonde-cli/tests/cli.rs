@@ -69,3 +69,38 @@ fn bad_config_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn simulate_is_deterministic_and_writes_truth() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    for name in ["a.ndjson", "b.ndjson"] {
+        let out = sonde(&[
+            "simulate",
+            "--decisions",
+            "500",
+            "--seed",
+            "9",
+            "--out",
+            &path(name),
+            "--truth",
+            &path("truth.json"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let a = std::fs::read(path("a.ndjson")).expect("a");
+    assert_eq!(a, std::fs::read(path("b.ndjson")).expect("b"));
+    assert!(a.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() > 500);
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path("truth.json")).expect("truth")).expect("json");
+    assert_eq!(truth["seed"], 9);
+    assert_eq!(
+        truth["control"]["decisions"].as_u64().unwrap_or(0)
+            + truth["treatment"]["decisions"].as_u64().unwrap_or(0),
+        500
+    );
+}
