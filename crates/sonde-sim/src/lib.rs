@@ -106,7 +106,7 @@ pub fn examination(position: usize) -> f64 {
 /// Deterministic assignment of a user to a variant: hash of user id and experiment.
 pub fn assign(user_id: &str) -> Variant {
     let h = xxhash_rust::xxh3::xxh3_64(format!("{EXPERIMENT}:{user_id}").as_bytes());
-    if h % 2 == 0 {
+    if h.is_multiple_of(2) {
         Variant::Control
     } else {
         Variant::Treatment
@@ -172,7 +172,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.38357751867269e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];

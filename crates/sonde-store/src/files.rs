@@ -1,6 +1,7 @@
 //! Parquet files: writing flushed rows partitioned by table and hour, and compacting the
 //! small files of one partition into one, dropping rows whose event id repeats.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -139,13 +140,15 @@ pub fn write_partitioned(
                 let mask: BooleanArray = hours.iter().map(|h| Some(h == Some(hour))).collect();
                 filter_record_batch(batch, &mask)?
             };
-            if !writers.contains_key(&hour) {
-                writers.insert(hour, PartWriter::create(data_dir, table, hour, *next_seq)?);
-                *next_seq += 1;
-            }
-            if let Some(w) = writers.get_mut(&hour) {
-                w.write(&part)?;
-            }
+            let writer = match writers.entry(hour) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let w = v.insert(PartWriter::create(data_dir, table, hour, *next_seq)?);
+                    *next_seq += 1;
+                    w
+                }
+            };
+            writer.write(&part)?;
         }
     }
     writers.into_values().map(|w| w.finish(table)).collect()
