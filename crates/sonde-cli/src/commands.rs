@@ -214,9 +214,12 @@ async fn quarantine(action: QuarantineAction) -> anyhow::Result<()> {
             );
             for r in v["results"].as_array().into_iter().flatten() {
                 if r["outcome"] == "rejected" {
+                    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
                     println!(
-                        "  {} rejected: {} ({})",
-                        r["quarantine_id"], r["message"], r["code"]
+                        "  {} rejected again: {} ({})",
+                        s("quarantine_id"),
+                        s("message"),
+                        s("code")
                     );
                 }
             }
