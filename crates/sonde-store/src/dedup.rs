@@ -425,14 +425,6 @@ fn drop_runs(runs: Vec<Arc<Run>>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Used by tests to open a file for appending garbage.
-#[cfg(test)]
-fn append_garbage(path: &Path) {
-    if let Ok(mut f) = fs::OpenOptions::new().append(true).open(path) {
-        let _ = f.write_all(b"junk");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,7 +499,12 @@ mod tests {
         idx.spill(1).expect("spill");
         let run = idx.runs.read()[0].path.clone();
         drop(idx);
-        append_garbage(&run);
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&run)
+            .expect("open run");
+        f.write_all(b"junk").expect("append");
+        drop(f);
         assert!(matches!(
             DedupIndex::open(dir.path(), 24, 1),
             Err(StoreError::Corrupt(_))
