@@ -4,12 +4,14 @@
 //! Everything here is pure (no I/O) so it can be tested exhaustively and reused by any
 //! collector or importer.
 
+mod batch;
 mod error;
 mod event;
 mod pseudo;
 mod time;
 mod validate;
 
+pub use batch::{SplitError, split_json_array, split_ndjson};
 pub use error::{ErrorCode, EventError};
 pub use event::{
     Context, Conversion, Decision, Event, EventBody, EventData, EventType, Exposure, Identify,

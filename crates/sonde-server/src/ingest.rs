@@ -7,8 +7,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use sonde_model::{ParseCtx, Pseudonymizer, parse_event, redact_raw};
+use sonde_model::{
+    ParseCtx, Pseudonymizer, parse_event, redact_raw, split_json_array, split_ndjson,
+};
 use sonde_store::{QuarantineEntry, Seen, WriteBatch};
 
 use crate::error::ApiError;
@@ -137,23 +138,18 @@ pub(crate) async fn read_body(
 /// Split a body into the raw text of each event.
 fn split(body: &[u8], format: Format) -> Result<Vec<&[u8]>, ApiError> {
     match format {
-        Format::Ndjson => Ok(body
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-            .collect()),
+        Format::Ndjson => Ok(split_ndjson(body)),
         Format::Json => {
             let first = body.iter().find(|b| !b.is_ascii_whitespace());
             if first == Some(&b'{') {
                 return Ok(vec![body]);
             }
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            split_json_array(body).map_err(|e| {
                 ApiError::bad_request(
                     "invalid_body",
                     format!("body is not a JSON array of events: {e}"),
                 )
-            })?;
-            Ok(items.into_iter().map(|r| r.get().as_bytes()).collect())
+            })
         }
     }
 }
@@ -172,6 +168,12 @@ pub async fn post_events(
     authorize(&state, &headers, Scope::Write)?;
     let format = content_type(&headers)?;
     let limits = &state.config.limits;
+    if let Err(e) = state.store.admit() {
+        // Refuse before parsing, but drain the body so the client reads the answer on a
+        // connection that stays usable rather than a reset.
+        let _ = axum::body::to_bytes(body, limits.max_body_bytes).await;
+        return Err(e.into());
+    }
     let body = read_body(&headers, body, limits.max_body_bytes).await?;
     let raws = split(&body, format)?;
     if raws.len() > limits.max_events_per_batch {

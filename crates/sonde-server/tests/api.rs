@@ -178,6 +178,27 @@ async fn mixed_batch_gets_a_status_per_event() {
     assert_eq!(count(&app, "interactions").await, 1);
     assert_eq!(count(&app, "quarantine").await, 2);
 
+    // In a JSON array too, a malformed element is one rejected event, not a failed batch.
+    let body = format!(
+        "[{}, {{\"type\": \"decision\",, }}]",
+        decision("e4", "dave@example.com")
+    );
+    let req = post("/v1/events", &app.keys.write_key, "application/json", body);
+    let (s, _, v) = call(&app, req).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (
+            v["errors"][0]["index"].as_u64(),
+            v["errors"][0]["code"].as_str()
+        ),
+        (Some(1), Some("invalid_json"))
+    );
+    assert_eq!(count(&app, "decisions").await, 2);
+
     // A retry with different content under the same id is a conflicting duplicate.
     let (_, v) = send(&app, json!([decision("e1", "someone-else")])).await;
     assert_eq!(v["conflicting_duplicates"], 1);
@@ -191,6 +212,7 @@ async fn mixed_batch_gets_a_status_per_event() {
             "alice@example.com",
             "carol@example.com",
             "dev-1",
+            "dave@example.com",
             "someone-else",
         ] {
             assert!(

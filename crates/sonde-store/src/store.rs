@@ -1,6 +1,6 @@
 //! The store: dedup, WAL, in-memory Arrow buffer, Parquet flush, compaction and SQL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::StoreError;
 use crate::codec::{self, QuarantineEntry, ReplayEntry, WalEntry};
 use crate::dedup::{DedupIndex, Seen};
 use crate::files;
-use crate::manifest::Manifest;
+use crate::manifest::{FileEntry, Manifest};
 use crate::query::{self, QueryLimits, QueryResult, Snapshot};
 use crate::tables::{Table, TableBuilders};
 
@@ -175,6 +175,13 @@ struct Inner {
     manifest: RwLock<Arc<Manifest>>,
     counters: Counters,
     wake: (Mutex<bool>, Condvar),
+    compact_wake: (Mutex<bool>, Condvar),
+    /// Serializes manifest read-modify-write between the flusher and the compactor.
+    commit_lock: Mutex<()>,
+    /// One compaction at a time (the background compactor, or `Store::compact`).
+    compact_lock: Mutex<()>,
+    /// Next Parquet file sequence number, shared by flushes and compactions.
+    next_seq: AtomicU64,
     stopping: AtomicBool,
     doomed: Mutex<Vec<(Instant, PathBuf)>>,
 }
@@ -183,7 +190,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-    flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The flusher and compactor threads.
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 fn hour_of(ms: i64) -> u32 {
@@ -225,7 +233,8 @@ fn remove_orphans(data_dir: &Path, manifest: &Manifest) -> Result<usize, StoreEr
 }
 
 impl Store {
-    /// Open the store for reading and writing, replaying the WAL, and start the flusher.
+    /// Open the store for reading and writing, replaying the WAL, and start the flusher and
+    /// the compactor (a thread of its own, so a long merge never holds up flushes).
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         let dir = config.data_dir.clone();
         fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
@@ -269,17 +278,24 @@ impl Store {
             "store opened"
         );
         let inner = Arc::new(Inner::new(config, Some(wal), Some(dedup), mem, manifest));
-        let worker = inner.clone();
-        let handle = std::thread::Builder::new()
-            .name("sonde-flush".into())
-            .spawn(move || worker.flush_loop())
-            .map_err(|e| StoreError::Io {
-                path: dir,
-                source: e,
-            })?;
+        let mut workers = Vec::new();
+        for (name, run) in [
+            ("sonde-flush", Inner::flush_loop as fn(Arc<Inner>)),
+            ("sonde-compact", Inner::compact_loop),
+        ] {
+            let worker = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(worker))
+                .map_err(|e| StoreError::Io {
+                    path: dir.clone(),
+                    source: e,
+                })?;
+            workers.push(handle);
+        }
         Ok(Store {
             inner,
-            flusher: Arc::new(Mutex::new(Some(handle))),
+            workers: Arc::new(Mutex::new(workers)),
         })
     }
 
@@ -299,15 +315,15 @@ impl Store {
         mem.seal(true)?;
         Ok(Store {
             inner: Arc::new(Inner::new(config, None, None, mem, manifest)),
-            flusher: Arc::new(Mutex::new(None)),
+            workers: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// Durably store a batch. Resolves once every record is fsync'd and visible to SQL.
-    /// Nothing of the batch is stored when this fails.
-    pub async fn write(&self, batch: WriteBatch) -> Result<WriteOutcome, StoreError> {
+    /// Whether a write would be taken now: callers check this before reading and parsing a
+    /// request, so an overloaded server answers 429 without spending CPU on the body.
+    pub fn admit(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let (Some(wal), Some(dedup)) = (&inner.wal, &inner.dedup) else {
+        let Some(wal) = &inner.wal else {
             return Err(StoreError::ReadOnly);
         };
         if inner.stopping.load(Ordering::Acquire) {
@@ -316,15 +332,24 @@ impl Store {
         if wal.is_poisoned() {
             return Err(StoreError::Unavailable("the write-ahead log failed".into()));
         }
+        let mem = inner.mem.read();
+        if wal.pending_bytes() > inner.config.max_pending_bytes
+            || mem.rows > inner.config.max_buffered_rows
+            || mem.bytes > inner.config.max_buffered_bytes
         {
-            let mem = inner.mem.read();
-            if wal.pending_bytes() > inner.config.max_pending_bytes
-                || mem.rows > inner.config.max_buffered_rows
-                || mem.bytes > inner.config.max_buffered_bytes
-            {
-                return Err(StoreError::Overloaded);
-            }
+            return Err(StoreError::Overloaded);
         }
+        Ok(())
+    }
+
+    /// Durably store a batch. Resolves once every record is fsync'd and visible to SQL.
+    /// Nothing of the batch is stored when this fails.
+    pub async fn write(&self, batch: WriteBatch) -> Result<WriteOutcome, StoreError> {
+        self.admit()?;
+        let inner = &self.inner;
+        let (Some(wal), Some(dedup)) = (&inner.wal, &inner.dedup) else {
+            return Err(StoreError::ReadOnly);
+        };
         let mut records = Vec::with_capacity(batch.events.len() + batch.quarantine.len());
         let mut encoded = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
@@ -491,7 +516,8 @@ impl Store {
         let inner = &self.inner;
         inner.stopping.store(true, Ordering::Release);
         inner.wake_flusher();
-        if let Some(h) = self.flusher.lock().take() {
+        wake(&inner.compact_wake);
+        for h in self.workers.lock().drain(..) {
             let _ = h.join();
         }
         if let Some(wal) = &inner.wal {
@@ -513,6 +539,7 @@ impl Inner {
         manifest: Manifest,
     ) -> Inner {
         let stopping = AtomicBool::new(wal.is_none());
+        let next_seq = AtomicU64::new(manifest.next_file_seq);
         Inner {
             config,
             wal,
@@ -522,42 +549,70 @@ impl Inner {
             manifest: RwLock::new(Arc::new(manifest)),
             counters: Counters::default(),
             wake: (Mutex::new(false), Condvar::new()),
+            compact_wake: (Mutex::new(false), Condvar::new()),
+            commit_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
+            next_seq,
             stopping,
             doomed: Mutex::new(Vec::new()),
         }
     }
 
     fn wake_flusher(&self) {
-        let (lock, cv) = &self.wake;
-        *lock.lock() = true;
-        cv.notify_one();
+        wake(&self.wake);
     }
 
     fn flush_loop(self: Arc<Self>) {
-        let mut last_compact = Instant::now();
         loop {
-            {
-                let (lock, cv) = &self.wake;
-                let mut woken = lock.lock();
-                if !*woken {
-                    cv.wait_for(&mut woken, self.config.flush_interval);
-                }
-                *woken = false;
-            }
+            wait(&self.wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
             if let Err(e) = self.flush() {
                 tracing::error!(error = %e, "flush to Parquet failed; rows stay buffered and in the WAL");
             }
-            if last_compact.elapsed() >= self.config.flush_interval {
-                last_compact = Instant::now();
-                if let Err(e) = self.compact(false) {
-                    tracing::error!(error = %e, "compaction failed");
-                }
+        }
+    }
+
+    fn compact_loop(self: Arc<Self>) {
+        loop {
+            wait(&self.compact_wake, self.config.flush_interval);
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.compact(false) {
+                tracing::error!(error = %e, "compaction failed");
             }
             self.delete_doomed(false);
         }
+    }
+
+    /// Apply a change to the manifest: commit it to disk, then publish it together with
+    /// `on_publish`'s change to the buffer, so a query sees rows either buffered or in
+    /// files, never both or neither.
+    fn commit_manifest(
+        &self,
+        add: &[FileEntry],
+        remove: &[FileEntry],
+        flushed_lsn: Option<u64>,
+        on_publish: impl FnOnce(&mut Mem),
+    ) -> Result<(), StoreError> {
+        let _serial = self.commit_lock.lock();
+        let mut next = (**self.manifest.read()).clone();
+        if !remove.is_empty() {
+            let gone: HashSet<&str> = remove.iter().map(|f| f.path.as_str()).collect();
+            next.files.retain(|f| !gone.contains(f.path.as_str()));
+        }
+        next.files.extend_from_slice(add);
+        if let Some(lsn) = flushed_lsn {
+            next.flushed_lsn = next.flushed_lsn.max(lsn);
+        }
+        next.next_file_seq = self.next_seq.load(Ordering::Acquire);
+        next.commit(&self.config.data_dir)?;
+        let mut mem = self.mem.write();
+        *self.manifest.write() = Arc::new(next);
+        on_publish(&mut mem);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -575,7 +630,6 @@ impl Inner {
             return Ok(());
         }
         let started = Instant::now();
-        let mut next = (*manifest).clone();
         let mut written = Vec::new();
         let mut rows = 0usize;
         let bytes: usize = batches
@@ -591,31 +645,26 @@ impl Inner {
                 }
                 rows += b.iter().map(|x| x.num_rows()).sum::<usize>();
                 let entries =
-                    files::write_partitioned(&self.config.data_dir, t, b, &mut next.next_file_seq)?;
+                    files::write_partitioned(&self.config.data_dir, t, b, &self.next_seq)?;
                 written.extend(entries);
             }
             // Dedup state must be durable before the WAL that also holds it is trimmed.
             if let Some(d) = &self.dedup {
                 d.spill(hour_of(now_ms()))?;
             }
-            next.files.extend(written.iter().cloned());
-            next.flushed_lsn = upto;
-            next.commit(&self.config.data_dir)
+            self.commit_manifest(&written, &[], Some(upto), |mem| {
+                for v in mem.flushing.iter_mut() {
+                    v.clear();
+                }
+                mem.rows = mem.rows.saturating_sub(rows);
+                mem.bytes = mem.bytes.saturating_sub(bytes);
+            })
         })();
         if let Err(e) = result {
             for f in &written {
                 let _ = fs::remove_file(self.config.data_dir.join(&f.path));
             }
             return Err(e);
-        }
-        {
-            let mut mem = self.mem.write();
-            *self.manifest.write() = Arc::new(next);
-            for v in mem.flushing.iter_mut() {
-                v.clear();
-            }
-            mem.rows = mem.rows.saturating_sub(rows);
-            mem.bytes = mem.bytes.saturating_sub(bytes);
         }
         if let Some(wal) = &self.wal {
             wal.trim(upto)?;
@@ -633,13 +682,14 @@ impl Inner {
 
     /// Compact partitions with many files; with `all`, every partition with 2+ files.
     fn compact(&self, all: bool) -> Result<(), StoreError> {
+        let _one = self.compact_lock.lock();
         let manifest = self.manifest.read().clone();
         let current_hour = now_ms().div_euclid(HOUR_MS);
         let mut parts: BTreeMap<(String, i64), Vec<usize>> = BTreeMap::new();
         for (i, f) in manifest.files.iter().enumerate() {
             parts.entry((f.table.clone(), f.hour)).or_default().push(i);
         }
-        let mut next = (*manifest).clone();
+        let mut added = Vec::new();
         let mut replaced = Vec::new();
         for ((table, hour), idx) in parts {
             let Some(t) = Table::from_name(&table) else {
@@ -664,36 +714,25 @@ impl Inner {
             if !due {
                 continue;
             }
-            let seq = next.next_file_seq;
-            next.next_file_seq += 1;
+            let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
             let (entry, dropped) =
                 files::compact_partition(&self.config.data_dir, t, hour, &group, seq)?;
             self.counters
                 .compaction_dropped
                 .fetch_add(dropped, Ordering::Relaxed);
             self.counters.compactions.fetch_add(1, Ordering::Relaxed);
-            next.files
-                .retain(|f| !group.iter().any(|g| g.path == f.path));
-            next.files.push(entry);
+            added.push(entry);
             replaced.extend(group);
         }
         if replaced.is_empty() {
             return Ok(());
         }
-        // A flush may have committed meanwhile: merge its additions into ours.
-        let _mem = self.mem.write();
-        let mut current = self.manifest.write();
-        if current.flushed_lsn != manifest.flushed_lsn {
-            for f in &current.files {
-                if !manifest.files.iter().any(|m| m.path == f.path) {
-                    next.files.push(f.clone());
-                }
+        if let Err(e) = self.commit_manifest(&added, &replaced, None, |_| {}) {
+            for f in &added {
+                let _ = fs::remove_file(self.config.data_dir.join(&f.path));
             }
-            next.flushed_lsn = current.flushed_lsn;
-            next.next_file_seq = next.next_file_seq.max(current.next_file_seq);
+            return Err(e);
         }
-        next.commit(&self.config.data_dir)?;
-        *current = Arc::new(next);
         let when = Instant::now();
         self.doomed.lock().extend(
             replaced
@@ -719,6 +758,22 @@ impl Inner {
             }
         });
     }
+}
+
+fn wake(signal: &(Mutex<bool>, Condvar)) {
+    let (lock, cv) = signal;
+    *lock.lock() = true;
+    cv.notify_one();
+}
+
+/// Sleep until woken or `timeout` passes.
+fn wait(signal: &(Mutex<bool>, Condvar), timeout: Duration) {
+    let (lock, cv) = signal;
+    let mut woken = lock.lock();
+    if !*woken {
+        cv.wait_for(&mut woken, timeout);
+    }
+    *woken = false;
 }
 
 impl Drop for Inner {
