@@ -175,7 +175,13 @@ pub fn compact_partition(
     seq: u64,
 ) -> Result<(FileEntry, u64), StoreError> {
     let dedup = !matches!(table, Table::Quarantine | Table::QuarantineReplays);
-    let mut seen: HashSet<u128> = HashSet::new();
+    // Sized up front: growing would briefly hold the old and the new table.
+    let capacity = if dedup {
+        files.iter().map(|f| f.rows).sum::<u64>()
+    } else {
+        0
+    };
+    let mut seen: HashSet<u128> = HashSet::with_capacity(capacity as usize);
     let mut dropped = 0u64;
     let mut out = PartWriter::create(data_dir, table, hour, seq)?;
     for f in files {
@@ -197,6 +203,7 @@ pub fn compact_partition(
             let positions = b
                 .column_by_name("position")
                 .map(|c| c.as_primitive::<UInt32Type>().clone());
+            let before = dropped;
             let mask: BooleanArray = (0..b.num_rows())
                 .map(|i| {
                     let pos = positions.as_ref().map(|p| p.value(i)).unwrap_or(0);
@@ -210,7 +217,12 @@ pub fn compact_partition(
                     Some(fresh)
                 })
                 .collect();
-            out.write(&filter_record_batch(&b, &mask)?)?;
+            // Duplicates are rare: copy the batch only when it holds one.
+            if dropped == before {
+                out.write(&b)?;
+            } else {
+                out.write(&filter_record_batch(&b, &mask)?)?;
+            }
         }
     }
     Ok((out.finish(table)?, dropped))

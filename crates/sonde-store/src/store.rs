@@ -26,8 +26,9 @@ const HOUR_MS: i64 = 3_600_000;
 const SEAL_ROWS: usize = 8192;
 /// Files below this many rows count as small in an hour that is still being written.
 const SMALL_FILE_ROWS: u64 = 250_000;
-/// Most rows merged into one compacted file (bounds the memory of its dedup key set).
-const COMPACT_MAX_ROWS: u64 = 4_000_000;
+/// Most rows merged into one compacted file (bounds the memory of its dedup key set:
+/// 16 bytes a row plus the hash table's slack, about 20 MB at 1 M rows).
+const COMPACT_MAX_ROWS: u64 = 1_000_000;
 /// How long replaced Parquet files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
@@ -575,16 +576,28 @@ impl Inner {
     }
 
     fn compact_loop(self: Arc<Self>) {
+        lower_priority();
         loop {
             wait(&self.compact_wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
                 return;
+            }
+            // Flushing comes first: while the flusher is behind, merging would only take
+            // CPU and memory from it.
+            if self.flush_backlog() {
+                continue;
             }
             if let Err(e) = self.compact(false) {
                 tracing::error!(error = %e, "compaction failed");
             }
             self.delete_doomed(false);
         }
+    }
+
+    /// Whether more than one flush worth of rows waits in memory.
+    fn flush_backlog(&self) -> bool {
+        let mem = self.mem.read();
+        mem.rows > self.config.flush_rows || mem.bytes > self.config.flush_bytes
     }
 
     /// Apply a change to the manifest: commit it to disk, then publish it together with
@@ -757,6 +770,19 @@ impl Inner {
                 true
             }
         });
+    }
+}
+
+/// Run the calling thread at nice 10: compaction is background work that must not take
+/// CPU from acknowledging writes (request latency was the measured cost).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's id; no memory is passed.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the compactor's priority");
+        }
     }
 }
 
