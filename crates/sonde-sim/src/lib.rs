@@ -12,13 +12,20 @@
 //! conversion rate per variant (accumulated from the model's probabilities, not from the
 //! draws), latency quantiles per component, and examination probabilities by position.
 
+mod delivery;
+mod event;
+mod scenario;
 mod truth;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Value, json};
 
+pub use delivery::{Delivery, DeliveryStats, MessConfig, clock_skew};
+pub use event::*;
+pub use scenario::{Incident, IncidentKind, SCENARIOS, scenario};
 pub use truth::{GroundTruth, LatencyTruth, VariantTruth};
+
+use scenario::active;
 
 /// The surfaces served.
 pub const SURFACES: [&str; 3] = ["home_feed", "search", "product_recs"];
@@ -49,6 +56,8 @@ pub struct SimConfig {
     pub users: usize,
     /// Catalog size.
     pub items: usize,
+    /// Incidents to play (see [`scenario`]).
+    pub incidents: Vec<Incident>,
 }
 
 impl Default for SimConfig {
@@ -59,6 +68,7 @@ impl Default for SimConfig {
             decisions_per_sec: 200.0,
             users: 20_000,
             items: 5_000,
+            incidents: Vec::new(),
         }
     }
 }
@@ -77,6 +87,10 @@ struct User {
     taste: usize,
     /// Logs in at some point (identify) after browsing anonymously.
     logs_in: bool,
+    /// Has a second device (another anonymous id).
+    second_device: Option<usize>,
+    /// Items in the user's history (a logged feature).
+    history: u32,
 }
 
 /// Variant of the experiment.
@@ -227,6 +241,23 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+fn round_to(x: f64, scale: f64) -> f64 {
+    (x * scale).round() / scale
+}
+
+/// Inference latency multiplier during a latency spike.
+const SPIKE_FACTOR: f64 = 4.0;
+/// Share of feature lookups that fail during an outage.
+const OUTAGE_FAILURE: f64 = 0.4;
+/// Feature-store timeout (ms): a failed lookup costs this much.
+const FEATURE_TIMEOUT_MS: f64 = 250.0;
+/// Plackett–Luce temperature of the logging policy.
+const TEMPERATURE: f64 = 0.15;
+
 impl Simulator {
     /// A simulator for `config`.
     pub fn new(config: SimConfig) -> Simulator {
@@ -240,11 +271,18 @@ impl Simulator {
             })
             .collect();
         let users = (0..config.users)
-            .map(|_| User {
-                device: rng.random_range(0..DEVICES.len()),
-                region: rng.random_range(0..REGIONS.len()),
-                taste: rng.random_range(0..CATEGORIES.len()),
-                logs_in: rng.random_bool(0.3),
+            .map(|_| {
+                let device = rng.random_range(0..DEVICES.len());
+                User {
+                    device,
+                    region: rng.random_range(0..REGIONS.len()),
+                    taste: rng.random_range(0..CATEGORIES.len()),
+                    logs_in: rng.random_bool(0.3),
+                    second_device: rng
+                        .random_bool(0.2)
+                        .then(|| (device + 1 + rng.random_range(0..2)) % DEVICES.len()),
+                    history: rng.random_range(0..400),
+                }
             })
             .collect();
         let clock_ms = config.start_ms as f64;
@@ -275,40 +313,72 @@ impl Simulator {
         format!("sim{}-{kind}-{}", self.config.seed, self.seq)
     }
 
+    fn active(&self, kind: IncidentKind, t: i64) -> bool {
+        active(&self.config.incidents, kind, t)
+    }
+
     /// Generate the next decision and everything that follows from it, appending the
     /// events to `out` (a decision, its interactions, and sometimes an identify, a touch,
-    /// a conversion). Event times of follow-ups lie after the decision's.
-    pub fn step(&mut self, out: &mut Vec<Value>) {
+    /// a conversion), with true event times; follow-ups lie after the decision.
+    pub fn step(&mut self, out: &mut Vec<SimEvent>) {
         let gap = -(1.0 - self.rng.random::<f64>()).ln() * 1000.0 / self.config.decisions_per_sec;
         self.clock_ms += gap;
         let t = self.clock_ms.round() as i64;
         let u = self.rng.random_range(0..self.users.len());
         let user_id = format!("user-{u}");
-        let anon_id = format!("anon-{u}");
         let variant = assign(&user_id);
         let logged_in = !self.users[u].logs_in || self.rng.random_bool(0.5);
+        let (device, anon_id) = match self.users[u].second_device {
+            Some(d) if self.rng.random_bool(0.3) => (d, format!("anon-{u}-b")),
+            _ => (self.users[u].device, format!("anon-{u}")),
+        };
         let surface = SURFACES[self.rng.random_range(0..SURFACES.len())];
-        // Candidates and the ranker's scores: treatment sees relevance with less noise.
+        let spike = self.active(IncidentKind::LatencySpike, t);
+        let outage = self.active(IncidentKind::FeatureStoreOutage, t);
+        let drift = self.active(IncidentKind::Drift, t);
+        let broken_calibration =
+            variant == Variant::Treatment && self.active(IncidentKind::CalibrationBreak, t);
+        let fallback = outage && self.rng.random_bool(OUTAGE_FAILURE);
+        let recency =
+            (std_normal(&mut self.rng) * 0.8 + 3f64.ln()).exp() * if drift { 3.0 } else { 1.0 };
+
+        // Candidates and the ranker's scores: treatment sees relevance with less noise;
+        // the fallback ranks by popularity alone.
         let noise = match variant {
             Variant::Control => 1.4,
             Variant::Treatment => 0.3,
         };
-        let mut cands: Vec<(usize, f64)> = (0..CANDIDATES)
-            .map(|_| {
-                let i = self.rng.random_range(0..self.catalog.len());
-                let r = self.relevance(u, i);
-                let logit = (r / (1.0 - r)).ln();
-                (i, sigmoid(logit + noise * std_normal(&mut self.rng)))
-            })
-            .collect();
+        let shift = if drift { 0.8 } else { 0.0 };
+        let mut cands: Vec<(usize, f64)> = Vec::with_capacity(CANDIDATES);
+        for _ in 0..CANDIDATES {
+            let i = self.rng.random_range(0..self.catalog.len());
+            let z = std_normal(&mut self.rng);
+            let score = if fallback {
+                sigmoid(2.2 * self.catalog[i].quality - 2.0 + 0.5 * z)
+            } else {
+                sigmoid(logit(self.relevance(u, i)) + noise * z + shift)
+            };
+            cands.push((i, score));
+        }
         cands.sort_unstable_by_key(|c| c.0);
         cands.dedup_by_key(|c| c.0);
-        // Plackett–Luce logging policy over exp(score / temperature).
+
+        // The target policy for off-policy checks: the same scores, ranked greedily.
+        let mut greedy: Vec<(usize, f64)> = cands.clone();
+        greedy.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let target_value: f64 = greedy
+            .iter()
+            .take(SLATE)
+            .enumerate()
+            .map(|(k, (i, _))| examination(k + 1) * self.relevance(u, *i))
+            .sum();
+
+        // Plackett–Luce logging policy over exp(score / temperature), weights computed once.
+        let mut weights: Vec<f64> = cands.iter().map(|c| (c.1 / TEMPERATURE).exp()).collect();
+        let mut total: f64 = weights.iter().sum();
         let mut slate: Vec<(usize, f64, f64)> = Vec::with_capacity(SLATE);
         let mut slate_p = 1.0;
         for _ in 0..SLATE.min(cands.len()) {
-            let weights: Vec<f64> = cands.iter().map(|c| (c.1 / 0.15).exp()).collect();
-            let total: f64 = weights.iter().sum();
             let mut x = self.rng.random::<f64>() * total;
             let mut pick = cands.len() - 1;
             for (k, w) in weights.iter().enumerate() {
@@ -320,46 +390,113 @@ impl Simulator {
             }
             let p = weights[pick] / total;
             slate_p *= p;
+            total -= weights.remove(pick);
             let (item, score) = cands.remove(pick);
             slate.push((item, score, p));
         }
+
         let request_id = self.next_id("req");
-        let mut latency = serde_json::Map::new();
-        let mut total_ms = 0.0;
-        for c in COMPONENTS {
-            let ms = (latency_model(c, variant).sample(&mut self.rng) * 100.0).round() / 100.0;
-            total_ms += ms;
-            latency.insert(c.to_string(), json!(ms));
-        }
-        let (device, region) = (DEVICES[self.users[u].device], REGIONS[self.users[u].region]);
-        let identity = if logged_in {
-            json!({"user_id": user_id, "anonymous_id": anon_id})
-        } else {
-            json!({"anonymous_id": anon_id})
+        let ms =
+            |rng: &mut ChaCha8Rng, c: &str| round_to(latency_model(c, variant).sample(rng), 100.0);
+        let mut components = Components {
+            feature_fetch: ms(&mut self.rng, "feature_fetch"),
+            retrieval: ms(&mut self.rng, "retrieval"),
+            inference: ms(&mut self.rng, "inference"),
+            rerank: ms(&mut self.rng, "rerank"),
         };
-        let items: Vec<Value> = slate
+        if fallback {
+            components.feature_fetch =
+                FEATURE_TIMEOUT_MS + round_to(self.rng.random::<f64>() * 5.0, 100.0);
+            components.inference = round_to(components.inference * 0.2, 100.0);
+        }
+        if spike {
+            components.inference = round_to(components.inference * SPIKE_FACTOR, 100.0);
+        }
+        let total_ms = round_to(
+            components.feature_fetch
+                + components.retrieval
+                + components.inference
+                + components.rerank,
+            100.0,
+        );
+        let user = logged_in.then(|| user_id.clone());
+        let context = SimContext {
+            device: DEVICES[device],
+            region: REGIONS[self.users[u].region],
+        };
+        let session = format!("sess-{u}-{}", t / 1_800_000);
+        let items: Vec<SimItem> = slate
             .iter()
             .enumerate()
             .map(|(k, (i, score, p))| {
                 let it = &self.catalog[*i];
-                json!({"item_id": format!("item-{i}"), "position": k + 1, "score": (score * 1e4).round() / 1e4,
-                       "propensity": p, "attributes": {"category": CATEGORIES[it.category], "provider": format!("p{}", it.provider)}})
+                let reported = if broken_calibration {
+                    sigmoid(2.0 * logit(*score) + 1.5)
+                } else {
+                    *score
+                };
+                SimItem {
+                    item_id: format!("item-{i}"),
+                    position: k as u32 + 1,
+                    score: round_to(reported, 1e4),
+                    propensity: *p,
+                    attributes: Attributes {
+                        category: CATEGORIES[it.category],
+                        provider: format!("p{}", it.provider),
+                    },
+                }
             })
             .collect();
-        let event_id = self.next_id("dec");
-        let mut decision = json!({
-            "type": "decision", "event_id": event_id, "timestamp": t,
-            "session_id": format!("sess-{u}-{}", t / 1_800_000),
-            "context": {"device": device, "region": region},
-            "request_id": request_id, "surface": surface,
-            "model": {"name": "ranker", "version": if variant == Variant::Treatment { "v8" } else { "v7" }},
-            "experiments": [{"id": EXPERIMENT, "variant": variant.as_str()}],
-            "items": items, "slate_propensity": slate_p,
-            "latency_ms": {"total": (total_ms * 100.0).round() / 100.0, "components": latency},
-            "fallback": false
+        let (model_name, model_version) = match (fallback, variant) {
+            (true, _) => ("popularity", "p1"),
+            (false, Variant::Control) => ("ranker", "v7"),
+            (false, Variant::Treatment) => ("ranker", "v8"),
+        };
+        out.push(SimEvent {
+            kind: "decision",
+            event_id: self.next_id("dec"),
+            timestamp: t,
+            sent_at: None,
+            user_id: user.clone(),
+            anonymous_id: Some(anon_id.clone()),
+            session_id: Some(session.clone()),
+            context: Some(context.clone()),
+            body: Body::Decision(Box::new(DecisionBody {
+                request_id: request_id.clone(),
+                surface,
+                model: Model {
+                    name: model_name,
+                    version: model_version,
+                },
+                experiments: [Assignment {
+                    id: EXPERIMENT,
+                    variant: variant.as_str(),
+                }],
+                items,
+                slate_propensity: slate_p,
+                latency_ms: Latency {
+                    total: total_ms,
+                    components,
+                },
+                fallback,
+                features: Features {
+                    recency_days: round_to(recency, 100.0),
+                    history_len: self.users[u].history,
+                    fresh: !fallback,
+                },
+            })),
         });
-        merge(&mut decision, &identity);
-        out.push(decision);
+        let follow = |kind: &'static str, event_id: String, timestamp: i64, body: Body| SimEvent {
+            kind,
+            event_id,
+            timestamp,
+            sent_at: None,
+            user_id: user.clone(),
+            anonymous_id: Some(anon_id.clone()),
+            session_id: Some(session.clone()),
+            context: Some(context.clone()),
+            body,
+        };
 
         // Outcomes: position-based clicks, add-to-cart, purchases later.
         let mut expected_clicks = 0.0;
@@ -377,57 +514,122 @@ impl Simulator {
             }
             follow_t += self.rng.random_range(1_000..20_000);
             let dwell = (std_normal(&mut self.rng) * 0.8 + 3.0).exp().round();
-            let mut click = json!({"type": "interaction", "event_id": self.next_id("clk"), "timestamp": follow_t,
-                                   "request_id": request_id, "item_id": format!("item-{i}"), "action": "click", "value": dwell});
-            merge(&mut click, &identity);
-            out.push(click);
-            if self.rng.random_bool(p_cart_given_click) {
-                follow_t += self.rng.random_range(5_000..60_000);
-                let mut cart = json!({"type": "interaction", "event_id": self.next_id("cart"), "timestamp": follow_t,
-                                      "request_id": request_id, "item_id": format!("item-{i}"), "action": "add_to_cart"});
-                merge(&mut cart, &identity);
-                out.push(cart);
-                if self.rng.random_bool(p_buy_given_cart) {
-                    // Minutes to days later, sometimes after logging in on another device.
-                    let delay = (std_normal(&mut self.rng) * 1.5 + 8.0).exp() * 1000.0;
-                    let buy_t = follow_t + delay as i64;
-                    if !logged_in {
-                        out.push(json!({"type": "identify", "event_id": self.next_id("idf"), "timestamp": buy_t - 1000,
-                                        "user_id": user_id, "anonymous_id": anon_id}));
-                    }
-                    out.push(json!({"type": "conversion", "event_id": self.next_id("buy"), "timestamp": buy_t,
-                                    "user_id": user_id, "name": "purchase", "value": self.catalog[*i].price,
-                                    "currency": "EUR", "items": [format!("item-{i}")], "request_id": request_id}));
-                }
+            let item_id = format!("item-{i}");
+            let click_id = self.next_id("clk");
+            out.push(follow(
+                "interaction",
+                click_id,
+                follow_t,
+                Body::Interaction(InteractionBody {
+                    request_id: request_id.clone(),
+                    item_id: item_id.clone(),
+                    action: "click",
+                    value: Some(dwell),
+                }),
+            ));
+            if !self.rng.random_bool(p_cart_given_click) {
+                continue;
             }
+            follow_t += self.rng.random_range(5_000..60_000);
+            let cart_id = self.next_id("cart");
+            out.push(follow(
+                "interaction",
+                cart_id,
+                follow_t,
+                Body::Interaction(InteractionBody {
+                    request_id: request_id.clone(),
+                    item_id: item_id.clone(),
+                    action: "add_to_cart",
+                    value: None,
+                }),
+            ));
+            if !self.rng.random_bool(p_buy_given_cart) {
+                continue;
+            }
+            // Minutes to days later, sometimes after logging in on another device.
+            let delay = (std_normal(&mut self.rng) * 1.5 + 8.0).exp() * 1000.0;
+            let buy_t = follow_t + delay as i64;
+            let buy_device = match self.users[u].second_device {
+                Some(d) if d != device => d,
+                _ => device,
+            };
+            let buy_anon = if buy_device == self.users[u].device {
+                format!("anon-{u}")
+            } else {
+                format!("anon-{u}-b")
+            };
+            if !logged_in {
+                let id = self.next_id("idf");
+                out.push(SimEvent {
+                    kind: "identify",
+                    event_id: id,
+                    timestamp: buy_t - 1000,
+                    sent_at: None,
+                    user_id: Some(user_id.clone()),
+                    anonymous_id: Some(buy_anon.clone()),
+                    session_id: None,
+                    context: None,
+                    body: Body::Identify(Empty {}),
+                });
+            }
+            let id = self.next_id("buy");
+            out.push(SimEvent {
+                kind: "conversion",
+                event_id: id,
+                timestamp: buy_t,
+                sent_at: None,
+                user_id: Some(user_id.clone()),
+                anonymous_id: Some(buy_anon),
+                session_id: None,
+                context: Some(SimContext {
+                    device: DEVICES[buy_device],
+                    region: context.region,
+                }),
+                body: Body::Conversion(ConversionBody {
+                    name: "purchase",
+                    value: self.catalog[*i].price,
+                    currency: "EUR",
+                    items: vec![item_id],
+                    request_id: request_id.clone(),
+                }),
+            });
         }
         if self.rng.random_bool(0.02) {
             let channel = ["email", "push", "paid_search"][self.rng.random_range(0..3)];
-            out.push(json!({"type": "touch", "event_id": self.next_id("tch"), "timestamp": t - 60_000,
-                            "user_id": user_id, "channel": channel, "campaign": format!("{channel}-weekly")}));
+            let id = self.next_id("tch");
+            out.push(SimEvent {
+                kind: "touch",
+                event_id: id,
+                timestamp: t - 60_000,
+                sent_at: None,
+                user_id: Some(user_id),
+                anonymous_id: None,
+                session_id: None,
+                context: None,
+                body: Body::Touch(TouchBody {
+                    channel,
+                    campaign: format!("{channel}-weekly"),
+                }),
+            });
         }
-        self.truth.record(
-            variant,
-            expected_clicks / slate.len() as f64,
-            1.0 - p_no_purchase,
-        );
+        if !(spike || outage || drift || broken_calibration) {
+            self.truth.record(truth::Sample {
+                variant,
+                ctr: expected_clicks / slate.len() as f64,
+                p_purchase: 1.0 - p_no_purchase,
+                logging_value: expected_clicks,
+                target_value,
+            });
+        }
     }
 
     /// The parameters the traffic so far was drawn from.
     pub fn truth(&self) -> GroundTruth {
-        self.truth.finish(self.config.seed)
+        self.truth.finish(self.config.seed, &self.config.incidents)
     }
 
     /// Simulated time of the latest decision (epoch ms).
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms.round() as i64
-    }
-}
-
-fn merge(target: &mut Value, extra: &Value) {
-    if let (Some(t), Some(e)) = (target.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            t.insert(k.clone(), v.clone());
-        }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{COMPONENTS, SLATE, Variant, examination, latency_model};
+use crate::{COMPONENTS, Incident, SLATE, Variant, examination, latency_model};
 
 /// Truth for one variant.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -13,6 +13,11 @@ pub struct VariantTruth {
     pub ctr: f64,
     /// Expected share of decisions followed by a purchase of one of their items.
     pub conversion_rate: f64,
+    /// Expected clicks per decision under the logging policy (what was served).
+    pub logging_policy_value: f64,
+    /// Expected clicks per decision had the target policy served instead: the same scores
+    /// ranked greedily (deterministic top 10). What an off-policy estimate must recover.
+    pub target_policy_value: f64,
 }
 
 /// Latency quantiles of one component and variant, from its distribution (ms).
@@ -43,33 +48,56 @@ pub struct GroundTruth {
     pub latency: Vec<LatencyTruth>,
     /// Examination probability by position 1..=10.
     pub examination: Vec<f64>,
+    /// Incidents played. The figures above cover decisions outside them.
+    pub incidents: Vec<Incident>,
+}
+
+/// What one decision contributes to the truth.
+pub(crate) struct Sample {
+    pub variant: Variant,
+    pub ctr: f64,
+    pub p_purchase: f64,
+    pub logging_value: f64,
+    pub target_value: f64,
+}
+
+#[derive(Debug, Default)]
+struct Sums {
+    decisions: u64,
+    ctr: f64,
+    p_purchase: f64,
+    logging_value: f64,
+    target_value: f64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Accumulator {
-    // (decisions, sum of per-impression CTR, sum of purchase probability) per variant
-    control: (u64, f64, f64),
-    treatment: (u64, f64, f64),
+    control: Sums,
+    treatment: Sums,
 }
 
 impl Accumulator {
-    pub(crate) fn record(&mut self, v: Variant, ctr: f64, p_purchase: f64) {
-        let a = match v {
+    pub(crate) fn record(&mut self, s: Sample) {
+        let a = match s.variant {
             Variant::Control => &mut self.control,
             Variant::Treatment => &mut self.treatment,
         };
-        a.0 += 1;
-        a.1 += ctr;
-        a.2 += p_purchase;
+        a.decisions += 1;
+        a.ctr += s.ctr;
+        a.p_purchase += s.p_purchase;
+        a.logging_value += s.logging_value;
+        a.target_value += s.target_value;
     }
 
-    pub(crate) fn finish(&self, seed: u64) -> GroundTruth {
-        let vt = |a: &(u64, f64, f64)| {
-            let n = a.0.max(1) as f64;
+    pub(crate) fn finish(&self, seed: u64, incidents: &[Incident]) -> GroundTruth {
+        let vt = |a: &Sums| {
+            let n = a.decisions.max(1) as f64;
             VariantTruth {
-                decisions: a.0,
-                ctr: a.1 / n,
-                conversion_rate: a.2 / n,
+                decisions: a.decisions,
+                ctr: a.ctr / n,
+                conversion_rate: a.p_purchase / n,
+                logging_policy_value: a.logging_value / n,
+                target_policy_value: a.target_value / n,
             }
         };
         let (control, treatment) = (vt(&self.control), vt(&self.treatment));
@@ -94,6 +122,7 @@ impl Accumulator {
             treatment,
             latency,
             examination: (1..=SLATE).map(examination).collect(),
+            incidents: incidents.to_vec(),
         }
     }
 }
