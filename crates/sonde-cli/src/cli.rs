@@ -49,8 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
-    /// Generate realistic traffic with known ground truth (to a file for now).
+    /// Generate realistic traffic with known ground truth, to a server or a file.
     Simulate(SimulateArgs),
+    /// Start a server on a fresh directory, import a week of simulated history, stream
+    /// live traffic with incidents and print a summary every few seconds.
+    Demo(DemoArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -90,21 +93,72 @@ pub enum QuarantineAction {
 /// `sonde simulate` options.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// NDJSON file to write the events to.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// JSON file to write the ground truth to.
-    #[arg(long)]
+    /// NDJSON file to write the events to (instead of sending them).
+    #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+    pub out: Option<PathBuf>,
+    /// Server to send to, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "SONDE_URL", requires = "key")]
+    pub url: Option<String>,
+    /// Write key.
+    #[arg(long, env = "SONDE_KEY")]
+    pub key: Option<String>,
+    /// JSON file to write the ground truth to (with --out).
+    #[arg(long, requires = "out")]
     pub truth: Option<PathBuf>,
-    /// Decisions to generate (each brings its interactions and outcomes).
+    /// Decisions to generate (with --out; each brings its interactions and outcomes).
     #[arg(long, default_value_t = 100_000)]
     pub decisions: usize,
     /// Seed; the same seed gives byte-identical output.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Decisions per second of simulated time.
-    #[arg(long, default_value_t = 200.0)]
+    /// Events per second: sent per second of wall time, or simulated per second with --out.
+    #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
+    /// Stream this long (e.g. 90s, 10m); default until Ctrl-C.
+    #[arg(long, value_parser = crate::simulate::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Incidents to play: steady, latency-spike, feature-store-outage, drift,
+    /// calibration-break, incidents (all, a few minutes apart).
+    #[arg(long, default_value = "steady")]
+    pub scenario: String,
+    /// Days of history to import first (with ?backfill=true), at --backfill-rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub backfill: f64,
+    /// Events per second of simulated history during the backfill.
+    #[arg(long, default_value_t = 2.0)]
+    pub backfill_rate: f64,
+    /// No real-world mess: no late, duplicate, skewed or invalid events.
+    #[arg(long)]
+    pub clean: bool,
+}
+
+/// `sonde demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data directory (an earlier demo's is wiped; any other non-empty one is refused).
+    #[arg(long, default_value = "./sonde-demo")]
+    pub data_dir: PathBuf,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Live events per second.
+    #[arg(long, default_value_t = 300.0)]
+    pub rate: f64,
+    /// Days of history imported at start.
+    #[arg(long, default_value_t = 7.0)]
+    pub backfill_days: f64,
+    /// Events per second of simulated history (1/s: about 600k events for a week).
+    #[arg(long, default_value_t = 1.0)]
+    pub backfill_rate: f64,
+    /// Scenario of the live traffic.
+    #[arg(long, default_value = "incidents")]
+    pub scenario: String,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds between summaries.
+    #[arg(long, default_value_t = 5)]
+    pub every: u64,
 }
 
 /// A running server and a key for it (read for listing, admin for replay).

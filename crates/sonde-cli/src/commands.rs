@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(query(url, key, data_dir, &format, &sql)),
         Command::Quarantine { action } => runtime()?.block_on(quarantine(action)),
         Command::Simulate(args) => simulate(args),
+        Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         Command::Bench { which } => match which {
             BenchWhich::Ingest(a) => bench::ingest(a),
             BenchWhich::Query(a) => runtime()?.block_on(bench::query(a)),
@@ -58,7 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
@@ -229,37 +230,43 @@ async fn quarantine(action: QuarantineAction) -> anyhow::Result<()> {
 }
 
 fn simulate(args: crate::cli::SimulateArgs) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
-        seed: args.seed,
-        decisions_per_sec: args.rate,
-        ..sonde_sim::SimConfig::default()
-    });
-    let file = std::fs::File::create(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let started = std::time::Instant::now();
-    let mut events = Vec::new();
-    let mut written = 0usize;
-    for _ in 0..args.decisions {
-        sim.step(&mut events);
-        for e in events.drain(..) {
-            serde_json::to_writer(&mut w, &e)?;
-            w.write_all(b"\n")?;
-            written += 1;
-        }
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    if let Some(out) = &args.out {
+        return crate::simulate::to_file(&args, out);
     }
-    w.flush()?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "wrote {written} events ({} decisions) to {} in {secs:.1} s: {:.0} events/s",
-        args.decisions,
-        args.out.display(),
-        written as f64 / secs
-    );
-    if let Some(path) = args.truth {
-        std::fs::write(&path, serde_json::to_vec_pretty(&sim.truth())?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    let (Some(url), Some(key)) = (args.url.clone(), args.key.clone()) else {
+        anyhow::bail!("give --out FILE, or --url and --key to send to a server");
+    };
+    let target = crate::simulate::Target { url, key };
+    let run = crate::simulate::LiveRun {
+        backfill_days: args.backfill,
+        backfill_rate: args.backfill_rate,
+        duration: args.duration,
+    };
+    let tally = Arc::new(crate::simulate::Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    runtime()?.block_on(async {
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let progress = {
+            let tally = tally.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    eprintln!("{}", tally.line());
+                }
+            })
+        };
+        let result = crate::simulate::to_server(&args, target, run, tally.clone(), stop).await;
+        progress.abort();
+        result
+    })?;
+    println!("{}", tally.line());
     Ok(())
 }

@@ -5,7 +5,9 @@ mod bench;
 mod cli;
 mod commands;
 mod config;
+mod demo;
 mod http;
+mod simulate;
 mod table;
 
 use clap::Parser;

@@ -97,10 +97,18 @@ fn simulate_is_deterministic_and_writes_truth() {
     assert!(a.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() > 500);
     let truth: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path("truth.json")).expect("truth")).expect("json");
-    assert_eq!(truth["seed"], 9);
+    let (t, delivery) = (&truth["truth"], &truth["delivery"]);
+    assert_eq!(t["seed"], 9);
     assert_eq!(
-        truth["control"]["decisions"].as_u64().unwrap_or(0)
-            + truth["treatment"]["decisions"].as_u64().unwrap_or(0),
+        t["control"]["decisions"].as_u64().unwrap_or(0)
+            + t["treatment"]["decisions"].as_u64().unwrap_or(0),
         500
     );
+    // Every line written is a scheduled event, a retry copy or an invalid event.
+    let lines = a.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+    let scheduled = ["events", "duplicates", "invalid"]
+        .iter()
+        .map(|k| delivery[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert_eq!(lines, scheduled);
 }

@@ -628,6 +628,11 @@ impl Simulator {
         self.truth.finish(self.config.seed, &self.config.incidents)
     }
 
+    /// Change the mean decisions per second of simulated time from now on.
+    pub fn set_rate(&mut self, decisions_per_sec: f64) {
+        self.config.decisions_per_sec = decisions_per_sec;
+    }
+
     /// Simulated time of the latest decision (epoch ms).
     pub fn clock_ms(&self) -> i64 {
         self.clock_ms.round() as i64

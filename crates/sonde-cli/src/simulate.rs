@@ -1,0 +1,322 @@
+//! `sonde simulate`: simulated traffic to a file, or through the HTTP API with retries.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use sonde_sim::{Delivery, MessConfig, SimConfig, Simulator};
+
+use crate::cli::SimulateArgs;
+use crate::http::Client;
+
+/// Events the simulator emits per decision on average (decision, clicks, carts, purchases,
+/// touches): converts an event rate into the simulator's decision rate.
+const EVENTS_PER_DECISION: f64 = 2.4;
+/// Most events per request.
+const BATCH: usize = 1000;
+/// Attempts per batch before giving up on it.
+const ATTEMPTS: u32 = 10;
+
+/// Parse `90s`, `10m`, `2h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m or 2h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn sim_config(args: &SimulateArgs, start_ms: i64, live_start_ms: i64) -> anyhow::Result<SimConfig> {
+    let incidents = sonde_sim::scenario(&args.scenario, live_start_ms).with_context(|| {
+        format!(
+            "unknown scenario {:?}; choose one of {}",
+            args.scenario,
+            sonde_sim::SCENARIOS.join(", ")
+        )
+    })?;
+    Ok(SimConfig {
+        seed: args.seed,
+        start_ms,
+        decisions_per_sec: args.rate / EVENTS_PER_DECISION,
+        incidents,
+        ..SimConfig::default()
+    })
+}
+
+fn mess(args: &SimulateArgs) -> MessConfig {
+    if args.clean {
+        MessConfig::none()
+    } else {
+        MessConfig::default()
+    }
+}
+
+/// Write `--decisions` decisions and their outcomes to `out` as NDJSON, in send order.
+pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<()> {
+    let start = SimConfig::default().start_ms;
+    let mut sim = Simulator::new(sim_config(args, start, start)?);
+    let mut delivery = Delivery::new(args.seed, mess(args));
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let started = Instant::now();
+    let mut events = Vec::new();
+    let mut lines = Vec::new();
+    let mut written = 0usize;
+    for n in 0..args.decisions {
+        sim.step(&mut events);
+        delivery.schedule(std::mem::take(&mut events));
+        // Release what nothing can overtake any more: new events are sent after the clock
+        // (touches, the earliest, a minute before it).
+        if n % 1024 == 0 {
+            delivery.due(sim.clock_ms() - 120_000, &mut lines);
+        }
+        if n + 1 == args.decisions {
+            delivery.drain(&mut lines);
+        }
+        for l in lines.drain(..) {
+            w.write_all(&l)?;
+            w.write_all(b"\n")?;
+            written += 1;
+        }
+    }
+    w.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {written} events ({} decisions) to {} in {secs:.1} s: {:.0} events/s",
+        args.decisions,
+        out.display(),
+        written as f64 / secs
+    );
+    if let Some(path) = &args.truth {
+        write_truth(path, &sim, &delivery)?;
+    }
+    Ok(())
+}
+
+fn write_truth(path: &std::path::Path, sim: &Simulator, d: &Delivery) -> anyhow::Result<()> {
+    let v = serde_json::json!({"truth": sim.truth(), "delivery": d.stats()});
+    std::fs::write(path, serde_json::to_vec_pretty(&v)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Totals of what the server answered.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Events accepted.
+    pub accepted: AtomicU64,
+    /// Duplicates reported (the simulator's retries).
+    pub duplicates: AtomicU64,
+    /// Events rejected.
+    pub rejected: AtomicU64,
+    /// Requests retried (429, 503, network errors).
+    pub retries: AtomicU64,
+    /// Batches given up after every attempt failed.
+    pub failed_batches: AtomicU64,
+    /// Decisions generated.
+    pub decisions: AtomicU64,
+}
+
+impl Tally {
+    /// One line for humans.
+    pub fn line(&self) -> String {
+        format!(
+            "accepted {} · duplicates {} · rejected {} · retried requests {} · failed batches {}",
+            self.accepted.load(Ordering::Relaxed),
+            self.duplicates.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+            self.failed_batches.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Where and how to send.
+pub struct Target {
+    /// Server URL.
+    pub url: String,
+    /// Write key.
+    pub key: String,
+}
+
+/// Send one batch, retrying with the same bytes (so the same event ids) until it is
+/// answered 200 or the attempts run out.
+async fn send_batch(
+    client: &Client,
+    target: &Target,
+    lines: &[Vec<u8>],
+    backfill: bool,
+    tally: &Tally,
+) {
+    let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        body.extend_from_slice(l);
+        body.push(b'\n');
+    }
+    let body = Bytes::from(body);
+    let url = format!(
+        "{}/v1/events{}",
+        target.url.trim_end_matches('/'),
+        if backfill { "?backfill=true" } else { "" }
+    );
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        let reply = client
+            .send(
+                Method::POST,
+                &url,
+                Some(&target.key),
+                Some("application/x-ndjson"),
+                body.clone(),
+            )
+            .await;
+        match reply {
+            Ok(r) if r.status == StatusCode::OK => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                let get = |k: &str| v[k].as_u64().unwrap_or(0);
+                tally.accepted.fetch_add(get("accepted"), Ordering::Relaxed);
+                tally
+                    .duplicates
+                    .fetch_add(get("duplicates"), Ordering::Relaxed);
+                tally.rejected.fetch_add(get("rejected"), Ordering::Relaxed);
+                return;
+            }
+            Ok(r) if r.status.is_client_error() && r.status != StatusCode::TOO_MANY_REQUESTS => {
+                tracing::error!(status = r.status.as_u16(), body = %r.text(), "batch refused; not retrying");
+                tally.failed_batches.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(r) => tracing::debug!(
+                status = r.status.as_u16(),
+                attempt,
+                "batch not taken; retrying"
+            ),
+            Err(e) => tracing::debug!(error = %e, attempt, "batch not delivered; retrying"),
+        }
+        tally.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    tracing::error!(events = lines.len(), "batch failed after every attempt");
+    tally.failed_batches.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn send_all(
+    client: &Client,
+    target: &Target,
+    lines: &mut Vec<Vec<u8>>,
+    backfill: bool,
+    tally: &Tally,
+) {
+    for chunk in lines.chunks(BATCH) {
+        send_batch(client, target, chunk, backfill, tally).await;
+    }
+    lines.clear();
+}
+
+/// Settings of a run against a server.
+pub struct LiveRun {
+    /// Days of history to import first.
+    pub backfill_days: f64,
+    /// Events per second of history during the backfill.
+    pub backfill_rate: f64,
+    /// Stop after this long live (None: until stopped).
+    pub duration: Option<Duration>,
+}
+
+/// Backfill, then stream live traffic paced to the wall clock until `stop` or the duration.
+pub async fn to_server(
+    args: &SimulateArgs,
+    target: Target,
+    run: LiveRun,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let client = Client::new();
+    let live_start = now_ms();
+    let start = live_start - (run.backfill_days * 86_400_000.0) as i64;
+    let mut config = sim_config(args, start, live_start)?;
+    let live_rate = config.decisions_per_sec;
+    let mut delivery = Delivery::new(args.seed, mess(args));
+    let mut events = Vec::new();
+    let mut lines = Vec::new();
+    if run.backfill_days > 0.0 {
+        config.decisions_per_sec = run.backfill_rate / EVENTS_PER_DECISION;
+        let mut sim = Simulator::new(config);
+        let started = Instant::now();
+        // History: everything whose send time is already past, at full speed.
+        while sim.clock_ms() < live_start && !stop.load(Ordering::Relaxed) {
+            sim.step(&mut events);
+            tally.decisions.fetch_add(1, Ordering::Relaxed);
+            delivery.schedule(std::mem::take(&mut events));
+            delivery.due(sim.clock_ms().min(live_start), &mut lines);
+            if lines.len() >= BATCH {
+                send_all(&client, &target, &mut lines, true, &tally).await;
+            }
+        }
+        send_all(&client, &target, &mut lines, true, &tally).await;
+        tracing::info!(
+            days = run.backfill_days,
+            secs = started.elapsed().as_secs_f64(),
+            "backfill done"
+        );
+        sim.set_rate(live_rate);
+        return live(sim, delivery, &client, &target, &run, &tally, &stop).await;
+    }
+    let sim = Simulator::new(config);
+    live(sim, delivery, &client, &target, &run, &tally, &stop).await
+}
+
+async fn live(
+    mut sim: Simulator,
+    mut delivery: Delivery,
+    client: &Client,
+    target: &Target,
+    run: &LiveRun,
+    tally: &Tally,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut events = Vec::new();
+    let mut lines = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if stop.load(Ordering::Relaxed) || run.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        let now = now_ms();
+        // Catch the simulated clock up with the wall clock, then send what is due.
+        while sim.clock_ms() < now {
+            sim.step(&mut events);
+            tally.decisions.fetch_add(1, Ordering::Relaxed);
+            delivery.schedule(std::mem::take(&mut events));
+        }
+        delivery.due(now, &mut lines);
+        send_all(client, target, &mut lines, false, tally).await;
+    }
+    Ok(())
+}
