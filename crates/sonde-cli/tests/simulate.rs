@@ -50,7 +50,10 @@ fn simulated_traffic_is_stored_deduplicated_and_quarantined() {
         keys["write_key"].as_str().expect("wk").to_string(),
         keys["read_key"].as_str().expect("rk").to_string(),
     );
-    let port = 17_931;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(env!("CARGO_BIN_EXE_sonde"))
         .args([
