@@ -234,8 +234,9 @@ pub fn parse_event(raw: &[u8], ctx: &ParseCtx<'_>) -> Result<Event, Rejected> {
     build(wire, ctx).map_err(|error| Rejected { error, event_id })
 }
 
-/// Read `event_id` from an event that failed validation, if it has a string one.
-fn peek_event_id(raw: &[u8]) -> Option<String> {
+/// Read `event_id` from an event's text, if it has a string one (for events that failed
+/// validation, or whose parsed form is gone).
+pub fn peek_event_id(raw: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct Peek {
         event_id: Option<serde_json::Value>,

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sonde_model::{
-    ParseCtx, Pseudonymizer, parse_event, redact_raw, split_json_array, split_ndjson,
+    ParseCtx, Pseudonymizer, parse_event, peek_event_id, redact_raw, split_json_array, split_ndjson,
 };
 use sonde_store::{QuarantineEntry, Seen, WriteBatch};
 
@@ -223,15 +223,10 @@ pub async fn post_events(
         }
     }
     let rejected = errors.len();
-    let ids: Vec<String> = batch
-        .events
-        .iter()
-        .map(|e| e.data.event_id.clone())
-        .collect();
     let outcome = state.store.write(batch).await?;
     let mut duplicates = 0;
     let mut conflicting = 0;
-    for ((seen, index), event_id) in outcome.seen.iter().zip(accepted_index).zip(ids) {
+    for (seen, index) in outcome.seen.iter().zip(accepted_index) {
         let (code, message) = match seen {
             Seen::New => continue,
             Seen::Duplicate => (
@@ -249,7 +244,8 @@ pub async fn post_events(
         duplicates += 1;
         errors.push(EventStatus {
             index,
-            event_id: Some(event_id),
+            // Duplicates are rare: read their id again rather than copy every id up front.
+            event_id: peek_event_id(raws[index]),
             status: "duplicate",
             code,
             field: None,
