@@ -239,11 +239,6 @@ fn simulate(args: crate::cli::SimulateArgs) -> anyhow::Result<()> {
         anyhow::bail!("give --out FILE, or --url and --key to send to a server");
     };
     let target = crate::simulate::Target { url, key };
-    let run = crate::simulate::LiveRun {
-        backfill_days: args.backfill,
-        backfill_rate: args.backfill_rate,
-        duration: args.duration,
-    };
     let tally = Arc::new(crate::simulate::Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     runtime()?.block_on(async {
@@ -263,7 +258,7 @@ fn simulate(args: crate::cli::SimulateArgs) -> anyhow::Result<()> {
                 }
             })
         };
-        let result = crate::simulate::to_server(&args, target, run, tally.clone(), stop).await;
+        let result = crate::simulate::to_server(&args, target, tally.clone(), stop).await;
         progress.abort();
         result
     })?;

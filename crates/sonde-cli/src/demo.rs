@@ -12,7 +12,7 @@ use sonde_server::Project;
 
 use crate::cli::{DemoArgs, ServeArgs, SimulateArgs};
 use crate::http::{Client, ok_json};
-use crate::simulate::{LiveRun, Tally, Target};
+use crate::simulate::{Tally, Target};
 
 /// Make `dir` a fresh, empty data directory. A directory left by an earlier demo (it holds
 /// a Sonde project) is wiped; anything else that is not empty is left alone and refused.
@@ -95,14 +95,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             url: url.clone(),
             key: keys.write_key.clone(),
         };
-        let run = LiveRun {
-            backfill_days: args.backfill_days,
-            backfill_rate: args.backfill_rate,
-            duration: None,
-        };
-        tokio::spawn(async move {
-            crate::simulate::to_server(&sim_args, target, run, tally, stop).await
-        })
+        tokio::spawn(
+            async move { crate::simulate::to_server(&sim_args, target, tally, stop).await },
+        )
     };
 
     let client = Client::new();

@@ -86,6 +86,14 @@ pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<()>
     let mut events = Vec::new();
     let mut lines = Vec::new();
     let mut written = 0usize;
+    let mut write = |lines: &mut Vec<Vec<u8>>| -> std::io::Result<()> {
+        for l in lines.drain(..) {
+            w.write_all(&l)?;
+            w.write_all(b"\n")?;
+            written += 1;
+        }
+        Ok(())
+    };
     for n in 0..args.decisions {
         sim.step(&mut events);
         delivery.schedule(std::mem::take(&mut events));
@@ -93,16 +101,11 @@ pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<()>
         // (touches, the earliest, a minute before it).
         if n % 1024 == 0 {
             delivery.due(sim.clock_ms() - 120_000, &mut lines);
-        }
-        if n + 1 == args.decisions {
-            delivery.drain(&mut lines);
-        }
-        for l in lines.drain(..) {
-            w.write_all(&l)?;
-            w.write_all(b"\n")?;
-            written += 1;
+            write(&mut lines)?;
         }
     }
+    delivery.drain(&mut lines);
+    write(&mut lines)?;
     w.flush()?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -237,34 +240,24 @@ async fn send_all(
     lines.clear();
 }
 
-/// Settings of a run against a server.
-pub struct LiveRun {
-    /// Days of history to import first.
-    pub backfill_days: f64,
-    /// Events per second of history during the backfill.
-    pub backfill_rate: f64,
-    /// Stop after this long live (None: until stopped).
-    pub duration: Option<Duration>,
-}
-
 /// Backfill, then stream live traffic paced to the wall clock until `stop` or the duration.
+/// `--backfill` days of history at `--backfill-rate`, then `--rate` for `--duration`.
 pub async fn to_server(
     args: &SimulateArgs,
     target: Target,
-    run: LiveRun,
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let client = Client::new();
     let live_start = now_ms();
-    let start = live_start - (run.backfill_days * 86_400_000.0) as i64;
+    let start = live_start - (args.backfill * 86_400_000.0) as i64;
     let mut config = sim_config(args, start, live_start)?;
     let live_rate = config.decisions_per_sec;
     let mut delivery = Delivery::new(args.seed, mess(args));
     let mut events = Vec::new();
     let mut lines = Vec::new();
-    if run.backfill_days > 0.0 {
-        config.decisions_per_sec = run.backfill_rate / EVENTS_PER_DECISION;
+    if args.backfill > 0.0 {
+        config.decisions_per_sec = args.backfill_rate / EVENTS_PER_DECISION;
         let mut sim = Simulator::new(config);
         let started = Instant::now();
         // History: everything whose send time is already past, at full speed.
@@ -279,15 +272,33 @@ pub async fn to_server(
         }
         send_all(&client, &target, &mut lines, true, &tally).await;
         tracing::info!(
-            days = run.backfill_days,
+            days = args.backfill,
             secs = started.elapsed().as_secs_f64(),
             "backfill done"
         );
         sim.set_rate(live_rate);
-        return live(sim, delivery, &client, &target, &run, &tally, &stop).await;
+        return live(
+            sim,
+            delivery,
+            &client,
+            &target,
+            args.duration,
+            &tally,
+            &stop,
+        )
+        .await;
     }
     let sim = Simulator::new(config);
-    live(sim, delivery, &client, &target, &run, &tally, &stop).await
+    live(
+        sim,
+        delivery,
+        &client,
+        &target,
+        args.duration,
+        &tally,
+        &stop,
+    )
+    .await
 }
 
 async fn live(
@@ -295,7 +306,7 @@ async fn live(
     mut delivery: Delivery,
     client: &Client,
     target: &Target,
-    run: &LiveRun,
+    duration: Option<Duration>,
     tally: &Tally,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -305,7 +316,7 @@ async fn live(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        if stop.load(Ordering::Relaxed) || run.duration.is_some_and(|d| started.elapsed() >= d) {
+        if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
         let now = now_ms();
