@@ -1,16 +1,18 @@
 //! A seeded, deterministic simulator of personalization traffic with known ground truth.
 //!
-//! It models a catalog with latent item quality, users with segments and stable ids, an A/B
-//! test between a `control` and a `treatment` ranker (treatment ranks closer to true
-//! relevance and has a slower inference tail), a Plackett–Luce logging policy that records
-//! each item's choice probability, a position-based click model, add-to-cart and purchases
-//! that follow minutes to days later, touches from other channels, and logins that link
-//! anonymous ids to user ids. Every random draw comes from one ChaCha8 stream, so a seed
-//! fixes the output byte for byte.
+//! It models a catalog with latent item quality, users with segments, stable ids and second
+//! devices, an A/B test between a `control` and a `treatment` ranker (treatment ranks closer
+//! to true relevance and has a slower inference tail), a Plackett–Luce logging policy that
+//! records each item's choice probability, a position-based click model, add-to-cart and
+//! purchases that follow minutes to days later, touches from other channels, logins that link
+//! anonymous ids to user ids, and scheduled [`Incident`]s. The traffic comes from one ChaCha8
+//! stream and its [`Delivery`] (send order, late, duplicate, skewed and invalid events) from
+//! a second, so a seed fixes the output byte for byte.
 //!
 //! [`GroundTruth`] reports the parameters the traffic was drawn from: the expected CTR and
 //! conversion rate per variant (accumulated from the model's probabilities, not from the
-//! draws), latency quantiles per component, and examination probabilities by position.
+//! draws), the values of the logging and a target policy, latency quantiles per component,
+//! and examination probabilities by position. See `docs/simulator.md`.
 
 mod delivery;
 mod event;
