@@ -50,6 +50,82 @@ pub struct QueryArgs {
     pub repeat: usize,
 }
 
+/// Options of `sonde bench simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateBenchArgs {
+    /// Decisions per run (each brings ~1.4 more events).
+    #[arg(long, default_value_t = 400_000)]
+    pub decisions: usize,
+    /// Runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Directory for the output file (default: a fresh temporary directory).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// Floor of `sonde bench simulate` (events/s to a file).
+const SIMULATE_FLOOR: f64 = 500_000.0;
+
+/// `sonde bench simulate`: `sonde simulate --out` as a user runs it (default scenario and
+/// mess), several times, reporting events/s per run and the median; then once to /dev/null
+/// to separate generation from the kernel's file writing.
+pub fn simulate(args: SimulateBenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let path = dir.join("bench-simulate.ndjson");
+    let sim_args = |out: &std::path::Path| crate::cli::SimulateArgs {
+        out: Some(out.to_path_buf()),
+        url: None,
+        key: None,
+        truth: None,
+        decisions: args.decisions,
+        seed: 1,
+        rate: 500.0,
+        duration: None,
+        scenario: "steady".into(),
+        backfill: 0.0,
+        backfill_rate: 2.0,
+        clean: false,
+    };
+    let mut rates = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        let _ = std::fs::remove_file(&path);
+        let (events, secs) = crate::simulate::to_file(&sim_args(&path), &path)?;
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "run {run}: {events} events, {:.0} MB in {secs:.2} s: {:.0} events/s",
+            bytes as f64 / 1e6,
+            events as f64 / secs
+        );
+        rates.push(events as f64 / secs);
+        // Untimed: flush this run's gigabyte and let the file system settle, so one run's
+        // writeback and discards do not land in the next run's time.
+        std::fs::File::open(&path)?.sync_all()?;
+        std::fs::remove_file(&path)?;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let _ = std::fs::remove_file(&path);
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let (events, secs) = crate::simulate::to_file(
+        &sim_args(std::path::Path::new("/dev/null")),
+        std::path::Path::new("/dev/null"),
+    )?;
+    println!(
+        "to a file: median {median:.0} events/s over {} runs (floor {SIMULATE_FLOOR:.0}: {}); \
+         to /dev/null: {:.0} events/s",
+        rates.len(),
+        if median >= SIMULATE_FLOOR {
+            "met"
+        } else {
+            "MISSED"
+        },
+        events as f64 / secs
+    );
+    Ok(())
+}
+
 const SURFACES: [&str; 3] = ["home_feed", "search", "product_recs"];
 const CATEGORIES: [&str; 8] = [
     "shoes", "books", "games", "garden", "music", "toys", "tools", "food",

@@ -179,6 +179,8 @@ pub enum BenchWhich {
     Ingest(crate::bench::IngestArgs),
     /// Group-by over 10 million decision_items rows.
     Query(crate::bench::QueryArgs),
+    /// Simulator throughput writing NDJSON to a file (floor: 500k events/s).
+    Simulate(crate::bench::SimulateBenchArgs),
 }
 
 /// `sonde serve` options. Unset options fall back to the config file, then defaults.

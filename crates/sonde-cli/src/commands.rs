@@ -55,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             BenchWhich::Ingest(a) => bench::ingest(a),
             BenchWhich::Query(a) => runtime()?.block_on(bench::query(a)),
+            BenchWhich::Simulate(a) => bench::simulate(a),
         },
     }
 }
@@ -233,7 +234,7 @@ fn simulate(args: crate::cli::SimulateArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     if let Some(out) = &args.out {
-        return crate::simulate::to_file(&args, out);
+        return crate::simulate::to_file(&args, out).map(|_| ());
     }
     let (Some(url), Some(key)) = (args.url.clone(), args.key.clone()) else {
         anyhow::bail!("give --out FILE, or --url and --key to send to a server");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use sonde_sim::{Delivery, MessConfig, SimConfig, Simulator};
+use sonde_sim::{Delivery, Line, MessConfig, SimConfig, SimEvent, Simulator};
 
 use crate::cli::SimulateArgs;
 use crate::http::Client;
@@ -76,37 +76,93 @@ fn mess(args: &SimulateArgs) -> MessConfig {
 }
 
 /// Write `--decisions` decisions and their outcomes to `out` as NDJSON, in send order.
-pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<()> {
+///
+/// Three threads in a pipeline: this one simulates, `sonde-sim-json` schedules delivery and
+/// serializes into 2 MB buffers, `sonde-sim-io` writes them (the kernel's copy into the page
+/// cache is a third of the work). Batches pass in order, so the bytes depend on the seed alone.
+/// Returns the events written and the seconds it took.
+pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<(usize, f64)> {
+    const BUF: usize = 2 << 20;
     let start = SimConfig::default().start_ms;
     let mut sim = Simulator::new(sim_config(args, start, start)?);
     let mut delivery = Delivery::new(args.seed, mess(args));
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut file =
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
-    let mut events = Vec::new();
-    let mut lines = Vec::new();
-    let mut written = 0usize;
-    let mut write = |lines: &mut Vec<Vec<u8>>| -> std::io::Result<()> {
-        for l in lines.drain(..) {
-            w.write_all(&l)?;
-            w.write_all(b"\n")?;
-            written += 1;
-        }
-        Ok(())
-    };
-    for n in 0..args.decisions {
-        sim.step(&mut events);
-        delivery.schedule(std::mem::take(&mut events));
-        // Release what nothing can overtake any more: new events are sent after the clock
-        // (touches, the earliest, a minute before it).
-        if n % 1024 == 0 {
-            delivery.due(sim.clock_ms() - 120_000, &mut lines);
-            write(&mut lines)?;
-        }
+    // Simulated events, and the send time before which every line can be released.
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel::<(Vec<SimEvent>, i64)>(16);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    // A fixed pool of buffers circulates between the two: fresh ones would cost page faults.
+    for _ in 0..4 {
+        free_tx.send(Vec::with_capacity(BUF + (1 << 20)))?;
     }
-    delivery.drain(&mut lines);
-    write(&mut lines)?;
-    w.flush()?;
+    let written = std::thread::scope(|s| -> anyhow::Result<usize> {
+        let io = std::thread::Builder::new()
+            .name("sonde-sim-io".into())
+            .spawn_scoped(s, move || -> std::io::Result<()> {
+                for mut buf in full_rx {
+                    file.write_all(&buf)?;
+                    buf.clear();
+                    // The serializer may be done already; the buffer is then dropped.
+                    let _ = free_tx.send(buf);
+                }
+                file.flush()
+            })?;
+        let delivery = &mut delivery;
+        let json = std::thread::Builder::new()
+            .name("sonde-sim-json".into())
+            .spawn_scoped(s, move || {
+                let Ok(mut buf) = free_rx.recv() else {
+                    return 0;
+                };
+                let mut written = 0;
+                let mut lines = Vec::new();
+                for (events, release) in events_rx {
+                    delivery.schedule(events);
+                    delivery.due(release, &mut lines);
+                    sonde_sim::write_ndjson(&lines, &mut buf);
+                    written += lines.len();
+                    lines.clear();
+                    if buf.len() >= BUF {
+                        // A closed channel means the writer failed; it reports why.
+                        if full_tx.send(buf).is_err() {
+                            return written;
+                        }
+                        match free_rx.recv() {
+                            Ok(next) => buf = next,
+                            Err(_) => return written,
+                        }
+                    }
+                }
+                let _ = full_tx.send(buf);
+                written
+            })?;
+        let mut events = Vec::new();
+        for n in 0..args.decisions {
+            sim.step(&mut events);
+            // Release what nothing can overtake any more: new events are sent after the
+            // clock (touches, the earliest, a minute before it).
+            if n % 512 == 511 {
+                let release = sim.clock_ms() - 120_000;
+                // A closed channel means the writer failed; it reports why below.
+                if events_tx
+                    .send((std::mem::take(&mut events), release))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        let _ = events_tx.send((events, i64::MAX));
+        drop(events_tx);
+        let written = json.join();
+        match io.join() {
+            Ok(r) => r.with_context(|| format!("writing {}", out.display()))?,
+            Err(_) => anyhow::bail!("the writer thread panicked"),
+        }
+        written.map_err(|_| anyhow::anyhow!("the serializer thread panicked"))
+    })?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "wrote {written} events ({} decisions) to {} in {secs:.1} s: {:.0} events/s",
@@ -117,7 +173,7 @@ pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<()>
     if let Some(path) = &args.truth {
         write_truth(path, &sim, &delivery)?;
     }
-    Ok(())
+    Ok((written, secs))
 }
 
 fn write_truth(path: &std::path::Path, sim: &Simulator, d: &Delivery) -> anyhow::Result<()> {
@@ -170,15 +226,12 @@ pub struct Target {
 async fn send_batch(
     client: &Client,
     target: &Target,
-    lines: &[Vec<u8>],
+    lines: &[Line],
     backfill: bool,
     tally: &Tally,
 ) {
-    let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in lines {
-        body.extend_from_slice(l);
-        body.push(b'\n');
-    }
+    let mut body = Vec::with_capacity(lines.len() * 1024);
+    sonde_sim::write_ndjson(lines, &mut body);
     let body = Bytes::from(body);
     let url = format!(
         "{}/v1/events{}",
@@ -230,7 +283,7 @@ async fn send_batch(
 async fn send_all(
     client: &Client,
     target: &Target,
-    lines: &mut Vec<Vec<u8>>,
+    lines: &mut Vec<Line>,
     backfill: bool,
     tally: &Tally,
 ) {

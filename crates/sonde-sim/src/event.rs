@@ -1,6 +1,7 @@
 //! Typed events as the simulator emits them. Serialized with derived `Serialize` (no
 //! intermediate `serde_json::Value`): that is what makes file generation fast.
 
+pub use compact_str::CompactString;
 use serde::Serialize;
 
 /// One event of event model v1.
@@ -10,7 +11,7 @@ pub struct SimEvent {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Unique id (retries resend the same one).
-    pub event_id: String,
+    pub event_id: CompactString,
     /// Client clock at the event (epoch ms), skewed for users with a wrong clock.
     pub timestamp: i64,
     /// Client clock at sending; set when the event is scheduled for delivery.
@@ -18,13 +19,13 @@ pub struct SimEvent {
     pub sent_at: Option<i64>,
     /// Logged-in user.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
+    pub user_id: Option<CompactString>,
     /// Device id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub anonymous_id: Option<String>,
+    pub anonymous_id: Option<CompactString>,
     /// Session.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    pub session_id: Option<CompactString>,
     /// Device and region.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<SimContext>,
@@ -66,7 +67,7 @@ pub struct Empty {}
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionBody {
     /// Request id.
-    pub request_id: String,
+    pub request_id: CompactString,
     /// Surface.
     pub surface: &'static str,
     /// Model.
@@ -107,7 +108,7 @@ pub struct Assignment {
 #[derive(Debug, Clone, Serialize)]
 pub struct SimItem {
     /// Item id.
-    pub item_id: String,
+    pub item_id: CompactString,
     /// 1-based position.
     pub position: u32,
     /// Model score (a predicted click probability).
@@ -124,7 +125,7 @@ pub struct Attributes {
     /// Category.
     pub category: &'static str,
     /// Provider.
-    pub provider: String,
+    pub provider: CompactString,
 }
 
 /// Latency per component.
@@ -164,9 +165,9 @@ pub struct Features {
 #[derive(Debug, Clone, Serialize)]
 pub struct InteractionBody {
     /// Decision it follows.
-    pub request_id: String,
+    pub request_id: CompactString,
     /// Item.
-    pub item_id: String,
+    pub item_id: CompactString,
     /// `click` or `add_to_cart`.
     pub action: &'static str,
     /// Dwell seconds for clicks.
@@ -184,9 +185,9 @@ pub struct ConversionBody {
     /// Currency.
     pub currency: &'static str,
     /// Items bought.
-    pub items: Vec<String>,
+    pub items: Vec<CompactString>,
     /// Decision that led to it.
-    pub request_id: String,
+    pub request_id: CompactString,
 }
 
 /// A message from another channel.
@@ -195,10 +196,16 @@ pub struct TouchBody {
     /// Channel.
     pub channel: &'static str,
     /// Campaign.
-    pub campaign: String,
+    pub campaign: &'static str,
 }
 
 impl SimEvent {
+    /// Append the event's JSON text (no newline): the bytes of its derived `Serialize`,
+    /// written several times faster.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        crate::json::write_event(self, out);
+    }
+
     /// The decision body, for decisions.
     pub fn decision(&self) -> Option<&DecisionBody> {
         match &self.body {

@@ -16,13 +16,16 @@
 
 mod delivery;
 mod event;
+mod json;
 mod scenario;
 mod truth;
 
+use compact_str::format_compact;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Exp1, StandardNormal};
 
-pub use delivery::{Delivery, DeliveryStats, MessConfig, clock_skew};
+pub use delivery::{Delivery, DeliveryStats, Line, MessConfig, clock_skew, write_ndjson};
 pub use event::*;
 pub use scenario::{Incident, IncidentKind, SCENARIOS, scenario};
 pub use truth::{GroundTruth, LatencyTruth, VariantTruth};
@@ -75,14 +78,22 @@ impl Default for SimConfig {
     }
 }
 
+/// Item providers (sellers), for exposure fairness.
+const PROVIDERS: usize = 40;
+
 struct CatalogItem {
     category: usize,
-    provider: u32,
+    provider: usize,
     quality: f64,
     price: f64,
 }
 
 struct User {
+    /// `user-{n}`.
+    id: CompactString,
+    /// `anon-{n}`, and `anon-{n}-b` for the second device.
+    anon_ids: [CompactString; 2],
+    variant: Variant,
     device: usize,
     region: usize,
     /// Preferred category.
@@ -117,6 +128,11 @@ impl Variant {
 /// Examination probability at a 1-based position (position-based click model).
 pub fn examination(position: usize) -> f64 {
     0.95 / (position as f64).powf(0.75)
+}
+
+/// [`examination`] at positions 1..=SLATE, computed once.
+fn examination_table() -> [f64; SLATE] {
+    std::array::from_fn(|k| examination(k + 1))
 }
 
 /// Deterministic assignment of a user to a variant: hash of user id and experiment.
@@ -176,10 +192,8 @@ pub fn latency_model(component: &str, variant: Variant) -> LogNormal {
 }
 
 fn std_normal(rng: &mut impl Rng) -> f64 {
-    // Box–Muller; u1 in (0, 1] keeps ln finite.
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    // Ziggurat: no logarithm or cosine for almost every draw.
+    rng.sample(StandardNormal)
 }
 
 /// Inverse of the standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9).
@@ -233,7 +247,14 @@ pub struct Simulator {
     config: SimConfig,
     rng: ChaCha8Rng,
     catalog: Vec<CatalogItem>,
+    /// `item-{n}`, built once: ids are cloned, not formatted, per decision.
+    item_ids: Vec<CompactString>,
+    /// `p{n}`.
+    providers: Vec<CompactString>,
+    /// `sim{seed}-`: every event id starts with it.
+    id_prefix: CompactString,
     users: Vec<User>,
+    examination: [f64; SLATE],
     clock_ms: f64,
     seq: u64,
     truth: truth::Accumulator,
@@ -267,15 +288,19 @@ impl Simulator {
         let catalog = (0..config.items)
             .map(|_| CatalogItem {
                 category: rng.random_range(0..CATEGORIES.len()),
-                provider: rng.random_range(0..40),
+                provider: rng.random_range(0..PROVIDERS),
                 quality: rng.random::<f64>(),
                 price: (5.0 + rng.random::<f64>() * 95.0 * 100.0).round() / 100.0,
             })
             .collect();
         let users = (0..config.users)
-            .map(|_| {
+            .map(|n| {
                 let device = rng.random_range(0..DEVICES.len());
+                let id = format_compact!("user-{n}");
                 User {
+                    variant: assign(&id),
+                    id,
+                    anon_ids: [format_compact!("anon-{n}"), format_compact!("anon-{n}-b")],
                     device,
                     region: rng.random_range(0..REGIONS.len()),
                     taste: rng.random_range(0..CATEGORIES.len()),
@@ -289,30 +314,47 @@ impl Simulator {
             .collect();
         let clock_ms = config.start_ms as f64;
         Simulator {
+            item_ids: (0..config.items)
+                .map(|i| format_compact!("item-{i}"))
+                .collect(),
+            providers: (0..PROVIDERS).map(|p| format_compact!("p{p}")).collect(),
+            id_prefix: format_compact!("sim{}-", config.seed),
             config,
             rng,
             catalog,
             users,
+            examination: examination_table(),
             clock_ms,
             seq: 0,
             truth: truth::Accumulator::default(),
         }
     }
 
-    /// True relevance (click probability when examined) of an item for a user.
-    fn relevance(&self, user: usize, item: usize) -> f64 {
+    /// Log-odds of the true relevance of an item for a user.
+    fn relevance_logit(&self, user: usize, item: usize) -> f64 {
         let it = &self.catalog[item];
         let affinity = if it.category == self.users[user].taste {
             1.0
         } else {
             0.0
         };
-        sigmoid(2.2 * it.quality + 1.3 * affinity - 2.6)
+        2.2 * it.quality + 1.3 * affinity - 2.6
     }
 
-    fn next_id(&mut self, kind: &str) -> String {
+    /// True relevance (click probability when examined) of an item for a user.
+    fn relevance(&self, user: usize, item: usize) -> f64 {
+        sigmoid(self.relevance_logit(user, item))
+    }
+
+    fn next_id(&mut self, kind: &str) -> CompactString {
         self.seq += 1;
-        format!("sim{}-{kind}-{}", self.config.seed, self.seq)
+        let mut n = itoa::Buffer::new();
+        let n = n.format(self.seq);
+        let mut id = self.id_prefix.clone();
+        id.push_str(kind);
+        id.push('-');
+        id.push_str(n);
+        id
     }
 
     fn active(&self, kind: IncidentKind, t: i64) -> bool {
@@ -323,17 +365,17 @@ impl Simulator {
     /// events to `out` (a decision, its interactions, and sometimes an identify, a touch,
     /// a conversion), with true event times; follow-ups lie after the decision.
     pub fn step(&mut self, out: &mut Vec<SimEvent>) {
-        let gap = -(1.0 - self.rng.random::<f64>()).ln() * 1000.0 / self.config.decisions_per_sec;
-        self.clock_ms += gap;
+        let gap: f64 = self.rng.sample(Exp1);
+        self.clock_ms += gap * 1000.0 / self.config.decisions_per_sec;
         let t = self.clock_ms.round() as i64;
         let u = self.rng.random_range(0..self.users.len());
-        let user_id = format!("user-{u}");
-        let variant = assign(&user_id);
+        let variant = self.users[u].variant;
         let logged_in = !self.users[u].logs_in || self.rng.random_bool(0.5);
-        let (device, anon_id) = match self.users[u].second_device {
-            Some(d) if self.rng.random_bool(0.3) => (d, format!("anon-{u}-b")),
-            _ => (self.users[u].device, format!("anon-{u}")),
+        let (device, anon) = match self.users[u].second_device {
+            Some(d) if self.rng.random_bool(0.3) => (d, 1),
+            _ => (self.users[u].device, 0),
         };
+        let anon_id = self.users[u].anon_ids[anon].clone();
         let surface = SURFACES[self.rng.random_range(0..SURFACES.len())];
         let spike = self.active(IncidentKind::LatencySpike, t);
         let outage = self.active(IncidentKind::FeatureStoreOutage, t);
@@ -344,8 +386,8 @@ impl Simulator {
         let recency =
             (std_normal(&mut self.rng) * 0.8 + 3f64.ln()).exp() * if drift { 3.0 } else { 1.0 };
 
-        // Candidates and the ranker's scores: treatment sees relevance with less noise;
-        // the fallback ranks by popularity alone.
+        // Candidates (distinct items) and the ranker's scores: treatment sees relevance with
+        // less noise; the fallback ranks by popularity alone.
         let noise = match variant {
             Variant::Control => 1.4,
             Variant::Treatment => 0.3,
@@ -355,24 +397,28 @@ impl Simulator {
         for _ in 0..CANDIDATES {
             let i = self.rng.random_range(0..self.catalog.len());
             let z = std_normal(&mut self.rng);
+            if cands.iter().any(|c| c.0 == i) {
+                continue;
+            }
             let score = if fallback {
                 sigmoid(2.2 * self.catalog[i].quality - 2.0 + 0.5 * z)
             } else {
-                sigmoid(logit(self.relevance(u, i)) + noise * z + shift)
+                sigmoid(self.relevance_logit(u, i) + noise * z + shift)
             };
             cands.push((i, score));
         }
-        cands.sort_unstable_by_key(|c| c.0);
-        cands.dedup_by_key(|c| c.0);
 
         // The target policy for off-policy checks: the same scores, ranked greedily.
         let mut greedy: Vec<(usize, f64)> = cands.clone();
-        greedy.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let target_value: f64 = greedy
+        let top = SLATE.min(greedy.len());
+        if greedy.len() > top {
+            greedy.select_nth_unstable_by(top - 1, |a, b| b.1.total_cmp(&a.1));
+        }
+        greedy[..top].sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let target_value: f64 = greedy[..top]
             .iter()
-            .take(SLATE)
             .enumerate()
-            .map(|(k, (i, _))| examination(k + 1) * self.relevance(u, *i))
+            .map(|(k, (i, _))| self.examination[k] * self.relevance(u, *i))
             .sum();
 
         // Plackett–Luce logging policy over exp(score / temperature), weights computed once.
@@ -380,7 +426,7 @@ impl Simulator {
         let mut total: f64 = weights.iter().sum();
         let mut slate: Vec<(usize, f64, f64)> = Vec::with_capacity(SLATE);
         let mut slate_p = 1.0;
-        for _ in 0..SLATE.min(cands.len()) {
+        for _ in 0..top {
             let mut x = self.rng.random::<f64>() * total;
             let mut pick = cands.len() - 1;
             for (k, w) in weights.iter().enumerate() {
@@ -392,8 +438,8 @@ impl Simulator {
             }
             let p = weights[pick] / total;
             slate_p *= p;
-            total -= weights.remove(pick);
-            let (item, score) = cands.remove(pick);
+            total -= weights.swap_remove(pick);
+            let (item, score) = cands.swap_remove(pick);
             slate.push((item, score, p));
         }
 
@@ -421,12 +467,12 @@ impl Simulator {
                 + components.rerank,
             100.0,
         );
-        let user = logged_in.then(|| user_id.clone());
+        let user = logged_in.then(|| self.users[u].id.clone());
         let context = SimContext {
             device: DEVICES[device],
             region: REGIONS[self.users[u].region],
         };
-        let session = format!("sess-{u}-{}", t / 1_800_000);
+        let session = format_compact!("sess-{u}-{}", t / 1_800_000);
         let items: Vec<SimItem> = slate
             .iter()
             .enumerate()
@@ -438,13 +484,13 @@ impl Simulator {
                     *score
                 };
                 SimItem {
-                    item_id: format!("item-{i}"),
+                    item_id: self.item_ids[*i].clone(),
                     position: k as u32 + 1,
                     score: round_to(reported, 1e4),
                     propensity: *p,
                     attributes: Attributes {
                         category: CATEGORIES[it.category],
-                        provider: format!("p{}", it.provider),
+                        provider: self.providers[it.provider].clone(),
                     },
                 }
             })
@@ -488,17 +534,18 @@ impl Simulator {
                 },
             })),
         });
-        let follow = |kind: &'static str, event_id: String, timestamp: i64, body: Body| SimEvent {
-            kind,
-            event_id,
-            timestamp,
-            sent_at: None,
-            user_id: user.clone(),
-            anonymous_id: Some(anon_id.clone()),
-            session_id: Some(session.clone()),
-            context: Some(context.clone()),
-            body,
-        };
+        let follow =
+            |kind: &'static str, event_id: CompactString, timestamp: i64, body: Body| SimEvent {
+                kind,
+                event_id,
+                timestamp,
+                sent_at: None,
+                user_id: user.clone(),
+                anonymous_id: Some(anon_id.clone()),
+                session_id: Some(session.clone()),
+                context: Some(context.clone()),
+                body,
+            };
 
         // Outcomes: position-based clicks, add-to-cart, purchases later.
         let mut expected_clicks = 0.0;
@@ -506,7 +553,7 @@ impl Simulator {
         let mut follow_t = t;
         for (k, (i, _, _)) in slate.iter().enumerate() {
             let r = self.relevance(u, *i);
-            let p_click = examination(k + 1) * r;
+            let p_click = self.examination[k] * r;
             expected_clicks += p_click;
             let p_cart_given_click = 0.25 * r;
             let p_buy_given_cart = 0.4;
@@ -516,7 +563,7 @@ impl Simulator {
             }
             follow_t += self.rng.random_range(1_000..20_000);
             let dwell = (std_normal(&mut self.rng) * 0.8 + 3.0).exp().round();
-            let item_id = format!("item-{i}");
+            let item_id = self.item_ids[*i].clone();
             let click_id = self.next_id("clk");
             out.push(follow(
                 "interaction",
@@ -555,11 +602,8 @@ impl Simulator {
                 Some(d) if d != device => d,
                 _ => device,
             };
-            let buy_anon = if buy_device == self.users[u].device {
-                format!("anon-{u}")
-            } else {
-                format!("anon-{u}-b")
-            };
+            let buy_anon =
+                self.users[u].anon_ids[usize::from(buy_device != self.users[u].device)].clone();
             if !logged_in {
                 let id = self.next_id("idf");
                 out.push(SimEvent {
@@ -567,7 +611,7 @@ impl Simulator {
                     event_id: id,
                     timestamp: buy_t - 1000,
                     sent_at: None,
-                    user_id: Some(user_id.clone()),
+                    user_id: Some(self.users[u].id.clone()),
                     anonymous_id: Some(buy_anon.clone()),
                     session_id: None,
                     context: None,
@@ -580,7 +624,7 @@ impl Simulator {
                 event_id: id,
                 timestamp: buy_t,
                 sent_at: None,
-                user_id: Some(user_id.clone()),
+                user_id: Some(self.users[u].id.clone()),
                 anonymous_id: Some(buy_anon),
                 session_id: None,
                 context: Some(SimContext {
@@ -597,21 +641,22 @@ impl Simulator {
             });
         }
         if self.rng.random_bool(0.02) {
-            let channel = ["email", "push", "paid_search"][self.rng.random_range(0..3)];
+            let (channel, campaign) = [
+                ("email", "email-weekly"),
+                ("push", "push-weekly"),
+                ("paid_search", "paid_search-weekly"),
+            ][self.rng.random_range(0..3)];
             let id = self.next_id("tch");
             out.push(SimEvent {
                 kind: "touch",
                 event_id: id,
                 timestamp: t - 60_000,
                 sent_at: None,
-                user_id: Some(user_id),
+                user_id: Some(self.users[u].id.clone()),
                 anonymous_id: None,
                 session_id: None,
                 context: None,
-                body: Body::Touch(TouchBody {
-                    channel,
-                    campaign: format!("{channel}-weekly"),
-                }),
+                body: Body::Touch(TouchBody { channel, campaign }),
             });
         }
         if !(spike || outage || drift || broken_calibration) {

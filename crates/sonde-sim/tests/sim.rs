@@ -29,10 +29,7 @@ fn deliver(events: Vec<SimEvent>, seed: u64, mess: MessConfig) -> (Vec<u8>, Deli
     let mut lines = Vec::new();
     d.drain(&mut lines);
     let mut b = Vec::new();
-    for l in lines {
-        b.extend_from_slice(&l);
-        b.push(b'\n');
-    }
+    sonde_sim::write_ndjson(&lines, &mut b);
     (b, d)
 }
 
@@ -183,6 +180,43 @@ fn incidents_show_in_the_traffic() {
     assert!((share - 0.4).abs() < 0.05, "fallback share {share}");
     assert!(median(&mut score_in) > median(&mut score_out) + 0.05);
     assert_eq!(sim.truth().incidents.len(), 4);
+}
+
+#[test]
+fn fast_json_writer_gives_the_bytes_of_serde() {
+    let start = SimConfig::default().start_ms;
+    let mut config = seeded(9);
+    config.incidents = scenario("incidents", start).expect("known scenario");
+    config.decisions_per_sec = 20.0;
+    let (events, _) = run(config, 24_000);
+    let mut d = Delivery::new(9, MessConfig::default());
+    d.schedule(events);
+    let mut lines = Vec::new();
+    d.drain(&mut lines);
+    let mut kinds = std::collections::BTreeSet::new();
+    for line in &lines {
+        let sonde_sim::Line::Event(e) = line else {
+            continue;
+        };
+        kinds.insert(e.kind);
+        let mut fast = Vec::new();
+        e.write_json(&mut fast);
+        let serde = serde_json::to_vec(&**e).expect("serializable");
+        assert_eq!(
+            String::from_utf8_lossy(&fast),
+            String::from_utf8_lossy(&serde)
+        );
+    }
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    // Strings that need escapes still come out as valid JSON.
+    let mut e = match &lines[0] {
+        sonde_sim::Line::Event(e) => (**e).clone(),
+        sonde_sim::Line::Malformed(_) => panic!("first line is an event"),
+    };
+    e.event_id = "a\"b\\c\n".into();
+    let mut fast = Vec::new();
+    e.write_json(&mut fast);
+    assert_eq!(fast, serde_json::to_vec(&e).expect("serializable"));
 }
 
 #[test]
