@@ -90,12 +90,12 @@ pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<(us
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     // Simulated events, and the send time before which every line can be released.
-    let (events_tx, events_rx) = std::sync::mpsc::sync_channel::<(Vec<SimEvent>, i64)>(16);
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel::<(Vec<SimEvent>, i64)>(4);
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     // A fixed pool of buffers circulates between the two: fresh ones would cost page faults.
     for _ in 0..4 {
-        free_tx.send(Vec::with_capacity(BUF + (1 << 20)))?;
+        free_tx.send(Vec::with_capacity(BUF + (64 << 10)))?;
     }
     let written = std::thread::scope(|s| -> anyhow::Result<usize> {
         let io = std::thread::Builder::new()
@@ -121,17 +121,21 @@ pub fn to_file(args: &SimulateArgs, out: &std::path::Path) -> anyhow::Result<(us
                 for (events, release) in events_rx {
                     delivery.schedule(events);
                     delivery.due(release, &mut lines);
-                    sonde_sim::write_ndjson(&lines, &mut buf);
-                    written += lines.len();
-                    lines.clear();
-                    if buf.len() >= BUF {
-                        // A closed channel means the writer failed; it reports why.
-                        if full_tx.send(buf).is_err() {
-                            return written;
-                        }
-                        match free_rx.recv() {
-                            Ok(next) => buf = next,
-                            Err(_) => return written,
+                    for line in lines.drain(..) {
+                        line.write_json(&mut buf);
+                        buf.push(b'\n');
+                        written += 1;
+                        // Hand over before the buffer would grow (a grown one is fresh
+                        // memory, and page faults cost more than the copy).
+                        if buf.len() >= BUF {
+                            // A closed channel means the writer failed; it reports why.
+                            if full_tx.send(buf).is_err() {
+                                return written;
+                            }
+                            match free_rx.recv() {
+                                Ok(next) => buf = next,
+                                Err(_) => return written,
+                            }
                         }
                     }
                 }
