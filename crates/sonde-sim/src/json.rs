@@ -46,14 +46,14 @@ pub(crate) fn write_event(e: &SimEvent, out: &mut Vec<u8>) {
             string(out, i.action);
             if let Some(v) = i.value {
                 out.extend_from_slice(b",\"value\":");
-                float(out, v);
+                fixed(out, v, 0);
             }
         }
         Body::Conversion(c) => {
             out.extend_from_slice(b",\"name\":");
             string(out, c.name);
             out.extend_from_slice(b",\"value\":");
-            float(out, c.value);
+            fixed(out, c.value, 2);
             out.extend_from_slice(b",\"currency\":");
             string(out, c.currency);
             out.extend_from_slice(b",\"items\":[");
@@ -107,7 +107,7 @@ fn decision(out: &mut Vec<u8>, d: &DecisionBody) {
         out.extend_from_slice(b",\"position\":");
         int(out, it.position);
         out.extend_from_slice(b",\"score\":");
-        float(out, it.score);
+        fixed(out, it.score, 4);
         out.extend_from_slice(b",\"propensity\":");
         float(out, it.propensity);
         out.extend_from_slice(b",\"attributes\":{\"category\":");
@@ -119,20 +119,20 @@ fn decision(out: &mut Vec<u8>, d: &DecisionBody) {
     out.extend_from_slice(b"],\"slate_propensity\":");
     float(out, d.slate_propensity);
     out.extend_from_slice(b",\"latency_ms\":{\"total\":");
-    float(out, d.latency_ms.total);
+    fixed(out, d.latency_ms.total, 2);
     let c = &d.latency_ms.components;
     out.extend_from_slice(b",\"components\":{\"feature_fetch\":");
-    float(out, c.feature_fetch);
+    fixed(out, c.feature_fetch, 2);
     out.extend_from_slice(b",\"retrieval\":");
-    float(out, c.retrieval);
+    fixed(out, c.retrieval, 2);
     out.extend_from_slice(b",\"inference\":");
-    float(out, c.inference);
+    fixed(out, c.inference, 2);
     out.extend_from_slice(b",\"rerank\":");
-    float(out, c.rerank);
+    fixed(out, c.rerank, 2);
     out.extend_from_slice(b"}},\"fallback\":");
     boolean(out, d.fallback);
     out.extend_from_slice(b",\"features\":{\"recency_days\":");
-    float(out, d.features.recency_days);
+    fixed(out, d.features.recency_days, 2);
     out.extend_from_slice(b",\"history_len\":");
     int(out, d.features.history_len);
     out.extend_from_slice(b",\"fresh\":");
@@ -165,6 +165,70 @@ fn float(out: &mut Vec<u8>, x: f64) {
     }
 }
 
+/// As [`float`], for a value the simulator rounded to `decimals` places (scores to 4,
+/// milliseconds to 2): integer formatting gives the same shortest text without the search
+/// for it. Anything else goes to [`float`].
+fn fixed(out: &mut Vec<u8>, x: f64, decimals: usize) {
+    const SCALE: [f64; 5] = [1.0, 10.0, 100.0, 1e3, 1e4];
+    const POW: [u64; 5] = [1, 10, 100, 1_000, 10_000];
+    let Some(&scale) = SCALE.get(decimals) else {
+        return float(out, x);
+    };
+    let scaled = (x * scale).round();
+    // In this range shortest texts have no exponent and the scaled value is exact.
+    if !(1e-3..1e9).contains(&x.abs()) || scaled / scale != x {
+        return float(out, x);
+    }
+    if x < 0.0 {
+        out.push(b'-');
+    }
+    let n = scaled.abs() as u64;
+    let p = POW[decimals];
+    out.extend_from_slice(itoa::Buffer::new().format(n / p).as_bytes());
+    out.push(b'.');
+    let mut frac = n % p;
+    if frac == 0 {
+        out.push(b'0');
+        return;
+    }
+    let mut digits = decimals;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    let text = itoa::Buffer::new().format(frac).len();
+    out.extend(std::iter::repeat_n(b'0', digits - text));
+    out.extend_from_slice(itoa::Buffer::new().format(frac).as_bytes());
+}
+
 fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    fn zmij_text(x: f64) -> String {
+        let mut out = Vec::new();
+        super::float(&mut out, x);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    proptest! {
+        #[test]
+        fn fixed_matches_shortest_text(n in -2_000_000_000i64..2_000_000_000, d in 0usize..5) {
+            let x = n as f64 / [1.0, 10.0, 100.0, 1e3, 1e4][d];
+            let mut out = Vec::new();
+            super::fixed(&mut out, x, d);
+            prop_assert_eq!(String::from_utf8_lossy(&out).into_owned(), zmij_text(x));
+        }
+
+        #[test]
+        fn fixed_falls_back_for_other_values(x in -1e12f64..1e12, d in 0usize..6) {
+            let mut out = Vec::new();
+            super::fixed(&mut out, x, d);
+            prop_assert_eq!(String::from_utf8_lossy(&out).into_owned(), zmij_text(x));
+        }
+    }
 }
