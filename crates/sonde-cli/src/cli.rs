@@ -51,6 +51,8 @@ pub enum Command {
     },
     /// Generate realistic traffic with known ground truth, to a server or a file.
     Simulate(SimulateArgs),
+    /// Send an NDJSON file of events to a server, in batches with retries.
+    Import(crate::import::ImportArgs),
     /// Start a server on a fresh directory, import a week of simulated history, stream
     /// live traffic with incidents and print a summary every few seconds.
     Demo(DemoArgs),

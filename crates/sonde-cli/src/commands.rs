@@ -51,6 +51,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(query(url, key, data_dir, &format, &sql)),
         Command::Quarantine { action } => runtime()?.block_on(quarantine(action)),
         Command::Simulate(args) => simulate(args),
+        Command::Import(args) => {
+            let tally = runtime()?.block_on(crate::import::run(&args))?;
+            println!("{}", tally.line());
+            let failed = tally
+                .failed_batches
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if failed > 0 {
+                anyhow::bail!("{failed} batches could not be delivered");
+            }
+            Ok(())
+        }
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         Command::Bench { which } => match which {
             BenchWhich::Ingest(a) => bench::ingest(a),

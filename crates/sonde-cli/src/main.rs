@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod demo;
 mod http;
+mod import;
 mod simulate;
 mod table;
 

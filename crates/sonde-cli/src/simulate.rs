@@ -225,18 +225,16 @@ pub struct Target {
     pub key: String,
 }
 
-/// Send one batch, retrying with the same bytes (so the same event ids) until it is
-/// answered 200 or the attempts run out.
-async fn send_batch(
+/// Send one NDJSON batch of `events` events, retrying with the same bytes (so the same
+/// event ids) until it is answered 200 or the attempts run out.
+pub async fn send_batch(
     client: &Client,
     target: &Target,
-    lines: &[Line],
+    body: Bytes,
+    events: usize,
     backfill: bool,
     tally: &Tally,
 ) {
-    let mut body = Vec::with_capacity(lines.len() * 1024);
-    sonde_sim::write_ndjson(lines, &mut body);
-    let body = Bytes::from(body);
     let url = format!(
         "{}/v1/events{}",
         target.url.trim_end_matches('/'),
@@ -280,7 +278,7 @@ async fn send_batch(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-    tracing::error!(events = lines.len(), "batch failed after every attempt");
+    tracing::error!(events, "batch failed after every attempt");
     tally.failed_batches.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -292,7 +290,9 @@ async fn send_all(
     tally: &Tally,
 ) {
     for chunk in lines.chunks(BATCH) {
-        send_batch(client, target, chunk, backfill, tally).await;
+        let mut body = Vec::with_capacity(chunk.len() * 1024);
+        sonde_sim::write_ndjson(chunk, &mut body);
+        send_batch(client, target, body.into(), chunk.len(), backfill, tally).await;
     }
     lines.clear();
 }
