@@ -1,0 +1,20 @@
+//! Relevance measurement of served rankings: ranking quality with trec_eval's conventions,
+//! calibration of predicted scores, and distribution drift.
+//!
+//! Pure functions over slices, no I/O: the server feeds them rows it read with SQL. Every
+//! metric is checked against a reference implementation (pytrec_eval, scikit-learn,
+//! statsmodels, scipy) by fixtures that `scripts/reference/relevance.py` generates; the
+//! formulas and conventions are in `docs/relevance.md`.
+
+mod calibration;
+mod drift;
+mod error;
+mod ranking;
+
+pub use calibration::{Binning, CalibrationBin, CalibrationReport, calibration, logistic_fit};
+pub use drift::{
+    DriftTest, NumericDrift, jensen_shannon, jensen_shannon_of_shares, kolmogorov_sf, ks_2samp,
+    numeric_drift, psi, psi_of_shares, wasserstein, wasserstein_normed,
+};
+pub use error::MetricError;
+pub use ranking::{Gain, ListMetrics, RankedItem, RankingSummary, list_metrics, trec_order};
