@@ -1,10 +1,12 @@
-//! The Sonde HTTP server: the collector (`POST /v1/events`), SQL (`POST /v1/query`), the
-//! quarantine, the event schema and health endpoints, over the embedded store.
+//! The Sonde HTTP server: the collector (`POST /v1/events`), SQL (`POST /v1/query`),
+//! relevance and calibration (`GET /v1/relevance`, `GET /v1/calibration`), the quarantine,
+//! the event schema and health endpoints, over the embedded store.
 
 mod error;
 mod ingest;
 pub mod project;
 mod quarantine;
+pub mod relevance;
 mod sql;
 
 use std::net::SocketAddr;
@@ -149,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/query", post(sql::post_query))
         .route("/v1/quarantine", get(quarantine::get_quarantine))
         .route("/v1/quarantine/replay", post(quarantine::post_replay))
+        .route("/v1/relevance", get(relevance::get_relevance))
+        .route("/v1/calibration", get(relevance::get_calibration))
         .route("/v1/schema", get(schema))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -157,6 +157,36 @@ fn context(snapshot: Snapshot) -> Result<SessionContext, StoreError> {
     Ok(ctx)
 }
 
+/// Run read-only `sql` over `snapshot` and hand each output batch to `visit` as it is
+/// produced, without a row limit: for analyses that reduce many rows (every decision of a
+/// month) to a few numbers without holding them all.
+pub async fn scan(
+    snapshot: Snapshot,
+    sql: &str,
+    timeout: Duration,
+    mut visit: impl FnMut(&RecordBatch) + Send,
+) -> Result<(), StoreError> {
+    let ctx = context(snapshot)?;
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let work = async {
+        let df = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(StoreError::from_query)?;
+        let mut stream = df.execute_stream().await.map_err(StoreError::from_query)?;
+        while let Some(batch) = stream.next().await {
+            visit(&batch.map_err(StoreError::from_query)?);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| StoreError::QueryTimeout(timeout))?
+}
+
 /// Run read-only `sql` over `snapshot`. DDL, DML and other statements are refused.
 pub async fn run(
     snapshot: Snapshot,

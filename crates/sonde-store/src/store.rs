@@ -467,6 +467,16 @@ impl Store {
         query::run(self.snapshot()?, sql, limits).await
     }
 
+    /// Run read-only `sql` and hand every output batch to `visit`, with no row limit.
+    pub async fn scan(
+        &self,
+        sql: &str,
+        timeout: std::time::Duration,
+        visit: impl FnMut(&datafusion::arrow::record_batch::RecordBatch) + Send,
+    ) -> Result<(), StoreError> {
+        query::scan(self.snapshot()?, sql, timeout, visit).await
+    }
+
     /// Counters since start.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters

@@ -1,0 +1,386 @@
+//! `GET /v1/relevance` (ranking quality) and `GET /v1/calibration` (do scores mean what they
+//! claim): outcomes graded by SQL over the store, metrics by `sonde-relevance`.
+//!
+//! An item's grade is the best outcome that followed it within the window (default 30 min)
+//! with the same `request_id` and `item_id`: click 1, click with dwell ≥ 30 s 2, add to cart
+//! 2, purchase of the item 3. Filters and the grouping are query parameters; see
+//! `docs/relevance.md`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sonde_relevance::{Binning, RankedItem, RankingSummary, calibration, list_metrics};
+use sonde_store::Store;
+use sonde_store::arrow::array::{AsArray, RecordBatch};
+use sonde_store::arrow::datatypes::{Float64Type, Int64Type};
+
+use crate::{ApiError, AppState, Scope, authorize};
+
+/// Filters, grouping and options of the relevance endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RelevanceParams {
+    /// Only this surface.
+    pub surface: Option<String>,
+    /// Only this model version.
+    pub model_version: Option<String>,
+    /// Experiment whose variants `group_by=variant` and `variant=` refer to.
+    pub experiment: Option<String>,
+    /// Only this variant of `experiment`.
+    pub variant: Option<String>,
+    /// Only this device segment.
+    pub device: Option<String>,
+    /// Only this region segment.
+    pub region: Option<String>,
+    /// Decisions at or after (RFC 3339 or epoch ms).
+    pub from: Option<String>,
+    /// Decisions before (RFC 3339 or epoch ms).
+    pub to: Option<String>,
+    /// `none` (default), `surface`, `model`, `variant`, `device`, `region`, `hour`, `day`.
+    pub group_by: Option<String>,
+    /// Cutoff of the @k metrics (default 10).
+    pub k: Option<usize>,
+    /// Minutes after a decision in which outcomes count (default 30).
+    pub window_minutes: Option<u32>,
+    /// Calibration bins (default 10).
+    pub bins: Option<usize>,
+    /// `equal_mass` (default) or `equal_width`.
+    pub binning: Option<String>,
+}
+
+/// Outcome grades (the issue's defaults).
+const GAIN_CLICK: i64 = 1;
+const GAIN_LONG_DWELL: i64 = 2;
+const GAIN_CART: i64 = 2;
+const GAIN_PURCHASE: i64 = 3;
+/// Dwell seconds that make a click count as [`GAIN_LONG_DWELL`].
+const LONG_DWELL_SECS: f64 = 30.0;
+
+/// A string literal for SQL.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A timestamp parameter as a SQL literal.
+fn time_lit(name: &str, v: &str) -> Result<String, ApiError> {
+    let t = if let Ok(ms) = v.trim().parse::<i64>() {
+        chrono::DateTime::from_timestamp_millis(ms)
+    } else {
+        chrono::DateTime::parse_from_rfc3339(v.trim())
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("{name}={v:?} is neither RFC 3339 nor epoch milliseconds"),
+        )
+    })?;
+    Ok(format!(
+        "CAST({} AS TIMESTAMP)",
+        lit(&t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
+    ))
+}
+
+impl RelevanceParams {
+    fn experiment(&self) -> Result<&str, ApiError> {
+        self.experiment.as_deref().ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_parameter",
+                "variants belong to an experiment: add experiment=<id>",
+            )
+        })
+    }
+
+    /// The WHERE clause over `decision_items` aliased `i`.
+    fn where_clause(&self) -> Result<String, ApiError> {
+        let mut conds = vec!["TRUE".to_string()];
+        for (col, v) in [
+            ("i.surface", &self.surface),
+            ("i.model_version", &self.model_version),
+            ("i.device", &self.device),
+            ("i.region", &self.region),
+        ] {
+            if let Some(v) = v {
+                conds.push(format!("{col} = {}", lit(v)));
+            }
+        }
+        if let Some(v) = &self.variant {
+            conds.push(format!(
+                "i.experiments[{}] = {}",
+                lit(self.experiment()?),
+                lit(v)
+            ));
+        }
+        if let Some(v) = &self.from {
+            conds.push(format!("i.event_time >= {}", time_lit("from", v)?));
+        }
+        if let Some(v) = &self.to {
+            conds.push(format!("i.event_time < {}", time_lit("to", v)?));
+        }
+        Ok(conds.join(" AND "))
+    }
+
+    /// The group expression over `decision_items` aliased `i`.
+    fn group_expr(&self) -> Result<String, ApiError> {
+        Ok(match self.group_by.as_deref().unwrap_or("none") {
+            "none" => "'all'".into(),
+            "surface" => "i.surface".into(),
+            "model" => "i.model_name || ':' || i.model_version".into(),
+            "variant" => format!(
+                "coalesce(i.experiments[{}], '(not in experiment)')",
+                lit(self.experiment()?)
+            ),
+            "device" => "coalesce(i.device, 'unknown')".into(),
+            "region" => "coalesce(i.region, 'unknown')".into(),
+            "hour" => "CAST(date_trunc('hour', i.event_time) AS VARCHAR)".into(),
+            "day" => "CAST(date_trunc('day', i.event_time) AS VARCHAR)".into(),
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!(
+                        "group_by={other:?}: use none, surface, model, variant, device, region, hour or day"
+                    ),
+                ));
+            }
+        })
+    }
+
+    fn window(&self) -> u32 {
+        self.window_minutes.unwrap_or(30)
+    }
+
+    /// Per shown item: its group, decision, position, score, grade and whether clicked.
+    fn graded_items_sql(&self) -> Result<String, ApiError> {
+        Ok(format!(
+            "WITH outcomes AS (\
+               SELECT request_id, item_id, event_time, \
+                 CASE WHEN action = 'click' AND value >= {LONG_DWELL_SECS} THEN {GAIN_LONG_DWELL} \
+                      WHEN action = 'click' THEN {GAIN_CLICK} \
+                      WHEN action = 'add_to_cart' THEN {GAIN_CART} ELSE 0 END AS gain, \
+                 CASE WHEN action = 'click' THEN 1 ELSE 0 END AS click \
+               FROM interactions \
+               UNION ALL \
+               SELECT request_id, unnest(items) AS item_id, event_time, {GAIN_PURCHASE} AS gain, 0 AS click \
+               FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL) \
+             SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
+               max(i.score) AS score, \
+               CAST(coalesce(max(o.gain), 0) AS BIGINT) AS grade, \
+               CAST(coalesce(max(o.click), 0) AS BIGINT) AS clicked \
+             FROM decision_items i LEFT JOIN outcomes o \
+               ON o.request_id = i.request_id AND o.item_id = i.item_id \
+              AND o.event_time >= i.event_time \
+              AND o.event_time <= i.event_time + INTERVAL '{w} minutes' \
+             WHERE {filter} \
+             GROUP BY i.request_id, {group}, i.position",
+            group = self.group_expr()?,
+            w = self.window(),
+            filter = self.where_clause()?,
+        ))
+    }
+}
+
+/// Ranking metrics of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRanking {
+    /// Group value (`all` without grouping).
+    pub group: String,
+    /// Means over the group's decisions.
+    #[serde(flatten)]
+    pub summary: RankingSummary,
+}
+
+/// Compute ranking metrics per group over the store.
+pub async fn relevance_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupRanking>, ApiError> {
+    let k = p.k.unwrap_or(10).max(1);
+    let sql = format!(
+        "SELECT grp, array_agg(grade ORDER BY position) AS grades, \
+                array_agg(clicked ORDER BY position) AS clicks \
+         FROM ({}) GROUP BY request_id, grp",
+        p.graded_items_sql()?
+    );
+    let mut groups: BTreeMap<String, RankingSummary> = BTreeMap::new();
+    let mut items: Vec<RankedItem<'static>> = Vec::new();
+    store
+        .scan(&sql, timeout, |batch: &RecordBatch| {
+            let grp = batch.column(0).as_string::<i32>();
+            let grades = batch.column(1).as_list::<i32>();
+            let clicks = batch.column(2).as_list::<i32>();
+            for row in 0..batch.num_rows() {
+                let g = grades.value(row);
+                let c = clicks.value(row);
+                let (g, c) = (g.as_primitive::<Int64Type>(), c.as_primitive::<Int64Type>());
+                items.clear();
+                for (n, (grade, click)) in g.values().iter().zip(c.values()).enumerate() {
+                    items.push(RankedItem {
+                        item_id: "",
+                        score: -(n as f64),
+                        grade: *grade as f64,
+                        clicked: *click > 0,
+                    });
+                }
+                let m = list_metrics(&items, k);
+                groups
+                    .entry(grp.value(row).to_string())
+                    .or_default()
+                    .add(&m);
+            }
+        })
+        .await?;
+    Ok(groups
+        .into_iter()
+        .map(|(group, s)| GroupRanking {
+            group,
+            summary: s.finish(),
+        })
+        .collect())
+}
+
+/// `GET /v1/relevance`.
+pub async fn get_relevance(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let groups = relevance_report(&state.store, &p, state.config.query_timeout).await?;
+    Ok(axum::Json(json!({
+        "k": p.k.unwrap_or(10).max(1),
+        "window_minutes": p.window(),
+        "group_by": p.group_by.as_deref().unwrap_or("none"),
+        "gains": {"click": GAIN_CLICK, "click_dwell_30s": GAIN_LONG_DWELL,
+                  "add_to_cart": GAIN_CART, "purchase": GAIN_PURCHASE},
+        "groups": groups,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
+
+/// Calibration of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCalibration {
+    /// Group value.
+    pub group: String,
+    /// The report.
+    #[serde(flatten)]
+    pub report: sonde_relevance::CalibrationReport,
+}
+
+/// Calibration of item scores against clicks, per group.
+pub async fn calibration_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupCalibration>, ApiError> {
+    let binning = match p.binning.as_deref().unwrap_or("equal_mass") {
+        "equal_mass" => Binning::EqualMass,
+        "equal_width" => Binning::EqualWidth,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("binning={other:?}: use equal_mass or equal_width"),
+            ));
+        }
+    };
+    let bins = p.bins.unwrap_or(10);
+    if !(1..=1000).contains(&bins) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "bins must be between 1 and 1000",
+        ));
+    }
+    let sql = format!(
+        "SELECT grp, score, clicked FROM ({}) WHERE score IS NOT NULL",
+        p.graded_items_sql()?
+    );
+    let mut groups: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+    store
+        .scan(&sql, timeout, |batch: &RecordBatch| {
+            let grp = batch.column(0).as_string::<i32>();
+            let score = batch.column(1).as_primitive::<Float64Type>();
+            let clicked = batch.column(2).as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                let (s, c) = groups.entry(grp.value(row).to_string()).or_default();
+                s.push(score.value(row));
+                c.push(clicked.value(row) > 0);
+            }
+        })
+        .await?;
+    groups
+        .into_iter()
+        .map(|(group, (s, c))| {
+            let report = calibration(&s, &c, bins, binning).map_err(|e| {
+                ApiError::bad_request("invalid_data", format!("group {group}: {e}"))
+            })?;
+            Ok(GroupCalibration { group, report })
+        })
+        .collect()
+}
+
+/// `GET /v1/calibration`.
+pub async fn get_calibration(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let groups = calibration_report(&state.store, &p, state.config.query_timeout).await?;
+    Ok(axum::Json(json!({
+        "outcome": "click",
+        "window_minutes": p.window(),
+        "group_by": p.group_by.as_deref().unwrap_or("none"),
+        "groups": groups,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_become_escaped_sql() {
+        let p = RelevanceParams {
+            surface: Some("home'; DROP TABLE x; --".into()),
+            from: Some("2026-01-01T00:00:00Z".into()),
+            to: Some("1767312000000".into()),
+            ..Default::default()
+        };
+        let w = p.where_clause().expect("valid");
+        assert!(w.contains("i.surface = 'home''; DROP TABLE x; --'"), "{w}");
+        assert!(
+            w.contains("i.event_time >= CAST('2026-01-01T00:00:00.000' AS TIMESTAMP)"),
+            "{w}"
+        );
+        assert!(
+            w.contains("i.event_time < CAST('2026-01-02T00:00:00.000' AS TIMESTAMP)"),
+            "{w}"
+        );
+        let bad = RelevanceParams {
+            from: Some("yesterday".into()),
+            ..Default::default()
+        };
+        assert!(bad.where_clause().is_err());
+        let no_exp = RelevanceParams {
+            group_by: Some("variant".into()),
+            ..Default::default()
+        };
+        assert!(no_exp.group_expr().is_err());
+        let unknown = RelevanceParams {
+            group_by: Some("planet".into()),
+            ..Default::default()
+        };
+        assert!(unknown.group_expr().is_err());
+    }
+}

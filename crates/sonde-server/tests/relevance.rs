@@ -1,0 +1,214 @@
+//! `GET /v1/relevance` and `GET /v1/calibration` through the real router and store: hand-made
+//! outcomes with hand-computed metrics, and simulated traffic whose calibration breaks.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sonde_server::{AppState, NewKeys, ServerConfig};
+use tower::ServiceExt;
+
+struct App {
+    router: Router,
+    _state: AppState,
+    keys: NewKeys,
+    _dir: tempfile::TempDir,
+}
+
+fn app() -> App {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = sonde_server::ensure_project(dir.path())
+        .expect("init")
+        .expect("new keys");
+    let config = ServerConfig::new(dir.path());
+    let state = sonde_server::open(config).expect("open");
+    App {
+        router: sonde_server::router(state.clone()),
+        _state: state,
+        keys,
+        _dir: dir,
+    }
+}
+
+async fn call(app: &App, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.router.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v)
+}
+
+async fn ingest(app: &App, ndjson: Vec<u8>) {
+    let req = Request::post("/v1/events?backfill=true")
+        .header("authorization", format!("Bearer {}", app.keys.write_key))
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from(ndjson))
+        .expect("request");
+    let (status, v) = call(app, req).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["rejected"], 0, "{v}");
+}
+
+async fn get(app: &App, path: &str) -> (StatusCode, Value) {
+    let req = Request::get(path)
+        .header("authorization", format!("Bearer {}", app.keys.read_key))
+        .body(Body::empty())
+        .expect("request");
+    call(app, req).await
+}
+
+const T0: i64 = 1_767_225_600_000;
+const MIN: i64 = 60_000;
+
+fn decision(id: &str, variant: &str, t: i64) -> Value {
+    json!({"type": "decision", "event_id": format!("e-{id}"), "timestamp": t,
+        "anonymous_id": "a1", "request_id": id, "surface": "home_feed",
+        "model": {"name": "ranker", "version": "v1"},
+        "experiments": [{"id": "exp", "variant": variant}],
+        "items": (1..=3).map(|p| json!({"item_id": format!("{id}-i{p}"), "position": p,
+            "score": 0.5})).collect::<Vec<_>>()})
+}
+
+fn interaction(n: u32, req: &str, item: &str, action: &str, value: Option<f64>, t: i64) -> Value {
+    let mut v = json!({"type": "interaction", "event_id": format!("x{n}"), "timestamp": t,
+        "anonymous_id": "a1", "request_id": req, "item_id": item, "action": action});
+    if let Some(x) = value {
+        v["value"] = json!(x);
+    }
+    v
+}
+
+fn lines(events: &[Value]) -> Vec<u8> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let mut l = serde_json::to_vec(e).expect("json");
+            l.push(b'\n');
+            l
+        })
+        .collect()
+}
+
+fn close(v: &Value, want: f64) {
+    let got = v.as_f64().unwrap_or(f64::NAN);
+    assert!((got - want).abs() < 1e-12, "got {v}, want {want}");
+}
+
+#[tokio::test]
+async fn graded_outcomes_give_hand_computed_metrics() {
+    let app = app();
+    let events = vec![
+        // A (control): cart at position 1 (grade 2), short click at position 2 (grade 1).
+        decision("A", "control", T0),
+        interaction(1, "A", "A-i1", "add_to_cart", None, T0 + MIN),
+        interaction(2, "A", "A-i2", "click", Some(10.0), T0 + 2 * MIN),
+        // B (control): nothing.
+        decision("B", "control", T0),
+        // C (treatment): a purchase of position 3 within the window (grade 3); a click on
+        // position 1 after the 30-minute window does not count.
+        decision("C", "treatment", T0),
+        json!({"type": "conversion", "event_id": "buy1", "timestamp": T0 + 20 * MIN,
+            "anonymous_id": "a1", "name": "purchase", "value": 10.0, "currency": "EUR",
+            "items": ["C-i3"], "request_id": "C"}),
+        interaction(3, "C", "C-i1", "click", Some(40.0), T0 + 40 * MIN),
+    ];
+    ingest(&app, lines(&events)).await;
+
+    let (status, v) = get(&app, "/v1/relevance?group_by=variant&experiment=exp&k=2").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let groups = v["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 2, "{v}");
+    let (c, t) = (&groups[0], &groups[1]);
+    assert_eq!(c["group"], "control");
+    assert_eq!(c["lists"], 2);
+    // A: P@2 1, hit 1, RR 1, AP 1, nDCG@2 1 (already ideal), CTR@2 1/2; B: all 0.
+    close(&c["coverage"], 0.5);
+    close(&c["precision"], 0.5);
+    close(&c["hit_rate"], 0.5);
+    close(&c["mrr"], 0.5);
+    close(&c["map"], 0.5);
+    close(&c["ndcg"], 0.5);
+    close(&c["ndcg_exp"], 0.5);
+    close(&c["ctr"], 0.25);
+    // C: grades [0, 0, 3]; at k = 2 nothing relevant, RR and AP 1/3 over the whole list.
+    assert_eq!(t["group"], "treatment");
+    close(&t["coverage"], 1.0);
+    close(&t["precision"], 0.0);
+    close(&t["ndcg"], 0.0);
+    close(&t["mrr"], 1.0 / 3.0);
+    close(&t["map"], 1.0 / 3.0);
+    close(&t["ctr"], 0.0);
+
+    // A filter and a longer window: the late click now counts for C (grade 2: dwell 40 s).
+    let (_, v) = get(
+        &app,
+        "/v1/relevance?variant=treatment&experiment=exp&k=2&window_minutes=60",
+    )
+    .await;
+    let g = &v["groups"][0];
+    assert_eq!(g["lists"], 1, "{v}");
+    close(&g["precision"], 0.5);
+    close(&g["ctr"], 0.5);
+
+    // Bad parameters are clear errors.
+    let (status, v) = get(&app, "/v1/relevance?group_by=variant").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "missing_parameter", "{v}");
+    let (status, _) = get(&app, "/v1/relevance?from=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_calibration_break_shows_in_ece() {
+    let app = app();
+    let start = sonde_sim::SimConfig::default().start_ms;
+    let incidents = sonde_sim::scenario("calibration-break", start).expect("scenario");
+    let brk = incidents[0].start_ms;
+    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
+        seed: 3,
+        decisions_per_sec: 20.0,
+        incidents,
+        ..Default::default()
+    });
+    let mut events = Vec::new();
+    // 2 minutes before the break and 4 minutes into it.
+    for _ in 0..7200 {
+        sim.step(&mut events);
+    }
+    let mut body = Vec::new();
+    for (n, e) in events.iter().enumerate() {
+        e.write_json(&mut body);
+        body.push(b'\n');
+        if n % 5000 == 4999 {
+            ingest(&app, std::mem::take(&mut body)).await;
+        }
+    }
+    ingest(&app, body).await;
+
+    let ece = |v: &Value, variant: &str| {
+        v["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .find(|g| g["group"] == variant)
+            .and_then(|g| g["ece"].as_f64())
+            .unwrap_or_else(|| panic!("no {variant} in {v}"))
+    };
+    let path = |from: i64, to: i64| {
+        format!("/v1/calibration?group_by=variant&experiment=ranker_ab&from={from}&to={to}")
+    };
+    let (status, before) = get(&app, &path(start, brk)).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    let (_, during) = get(&app, &path(brk, brk + 4 * MIN)).await;
+    let bins = during["groups"][0]["bins"].as_array().expect("bins");
+    assert_eq!(bins.len(), 10, "{during}");
+    // Treatment's scores are pushed up during the break; control's are untouched. (Neither
+    // is calibrated for clicks before it: scores predict relevance, clicks also need
+    // examination.)
+    let (t0, t1) = (ece(&before, "treatment"), ece(&during, "treatment"));
+    let (c0, c1) = (ece(&before, "control"), ece(&during, "control"));
+    assert!(t1 > t0 + 0.1, "treatment ECE {t0:.3} -> {t1:.3}");
+    assert!((c1 - c0).abs() < 0.05, "control ECE {c0:.3} -> {c1:.3}");
+}
