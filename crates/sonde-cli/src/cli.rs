@@ -53,6 +53,11 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Send an NDJSON file of events to a server, in batches with retries.
     Import(crate::import::ImportArgs),
+    /// Reports over a running server.
+    Report {
+        #[command(subcommand)]
+        which: ReportWhich,
+    },
     /// Start a server on a fresh directory, import a week of simulated history, stream
     /// live traffic with incidents and print a summary every few seconds.
     Demo(DemoArgs),
@@ -172,6 +177,13 @@ pub struct Remote {
     /// API key.
     #[arg(long, env = "SONDE_KEY")]
     pub key: String,
+}
+
+/// Reports.
+#[derive(Debug, Subcommand)]
+pub enum ReportWhich {
+    /// Ranking quality (CTR@k, precision, hit rate, MRR, MAP, NDCG) and calibration per group.
+    Relevance(crate::report::RelevanceArgs),
 }
 
 /// Benchmarks.

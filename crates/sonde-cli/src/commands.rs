@@ -6,7 +6,7 @@ use sonde_server::{Project, ServerConfig};
 use sonde_store::{QueryLimits, Store};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchWhich, Cli, Command, QuarantineAction, Remote};
+use crate::cli::{BenchWhich, Cli, Command, QuarantineAction, Remote, ReportWhich};
 use crate::http::{Client, ok_json};
 use crate::{bench, config, table};
 
@@ -51,6 +51,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(query(url, key, data_dir, &format, &sql)),
         Command::Quarantine { action } => runtime()?.block_on(quarantine(action)),
         Command::Simulate(args) => simulate(args),
+        Command::Report { which } => match which {
+            ReportWhich::Relevance(a) => runtime()?.block_on(crate::report::relevance(a)),
+        },
         Command::Import(args) => {
             let tally = runtime()?.block_on(crate::import::run(&args))?;
             println!("{}", tally.line());

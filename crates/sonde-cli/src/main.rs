@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod http;
 mod import;
+mod report;
 mod simulate;
 mod table;
 

@@ -405,3 +405,80 @@ fn sql_over_a_million_simulated_decisions_recovers_the_truth() {
         }
     }
 }
+
+/// `sonde report relevance` over imported simulated traffic: both variants, treatment
+/// (the better ranker) ahead on NDCG, and the same numbers as JSON and as Markdown.
+#[test]
+fn report_relevance_ranks_the_better_variant_higher() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = dir.path().join("events.ndjson");
+    let out = sonde(&[
+        "simulate",
+        "--out",
+        events.to_str().expect("utf8"),
+        "--decisions",
+        "20000",
+        "--clean",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = start_server();
+    let url = server.url.as_str();
+    let out = sonde(&[
+        "import",
+        events.to_str().expect("utf8"),
+        "--url",
+        url,
+        "--key",
+        &server.write_key,
+        "--backfill",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = |format: &str| {
+        let out = sonde(&[
+            "report",
+            "relevance",
+            "--url",
+            url,
+            "--key",
+            &server.read_key,
+            "--group-by",
+            "variant",
+            "--experiment",
+            "ranker_ab",
+            "--format",
+            format,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let json: serde_json::Value = serde_json::from_str(&report("json")).expect("json");
+    let groups = json["relevance"]["groups"].as_array().expect("groups");
+    let ndcg = |v: &str| {
+        groups
+            .iter()
+            .find(|g| g["group"] == v)
+            .and_then(|g| g["ndcg"].as_f64())
+            .unwrap_or_else(|| panic!("no {v}: {json}"))
+    };
+    assert!(ndcg("treatment") > ndcg("control"), "{json}");
+    let decisions: u64 = groups.iter().filter_map(|g| g["lists"].as_u64()).sum();
+    assert_eq!(decisions, 20_000);
+    let md = report("markdown");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| treatment |"))
+        .unwrap_or_else(|| panic!("no treatment row: {md}"));
+    assert!(row.contains(&format!("{:.4}", ndcg("treatment"))), "{row}");
+}

@@ -1,7 +1,9 @@
 //! The Sonde HTTP server: the collector (`POST /v1/events`), SQL (`POST /v1/query`),
-//! relevance and calibration (`GET /v1/relevance`, `GET /v1/calibration`), the quarantine,
+//! relevance, calibration and drift (`GET /v1/relevance`, `/v1/calibration`, `/v1/drift`),
+//! the quarantine,
 //! the event schema and health endpoints, over the embedded store.
 
+mod drift;
 mod error;
 mod ingest;
 pub mod project;
@@ -153,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/quarantine/replay", post(quarantine::post_replay))
         .route("/v1/relevance", get(relevance::get_relevance))
         .route("/v1/calibration", get(relevance::get_calibration))
+        .route("/v1/drift", get(drift::get_drift))
         .route("/v1/schema", get(schema))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

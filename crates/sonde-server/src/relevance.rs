@@ -50,6 +50,10 @@ pub struct RelevanceParams {
     pub bins: Option<usize>,
     /// `equal_mass` (default) or `equal_width`.
     pub binning: Option<String>,
+    /// Drift: start of the reference window (RFC 3339 or epoch ms).
+    pub reference_from: Option<String>,
+    /// Drift: end of the reference window.
+    pub reference_to: Option<String>,
 }
 
 /// Outcome grades (the defaults).
@@ -61,7 +65,7 @@ const GAIN_PURCHASE: i64 = 3;
 const LONG_DWELL_SECS: f64 = 30.0;
 
 /// A string literal for SQL.
-fn lit(s: &str) -> String {
+pub(crate) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -96,8 +100,8 @@ impl RelevanceParams {
         })
     }
 
-    /// The WHERE clause over `decision_items` aliased `i`.
-    fn where_clause(&self) -> Result<String, ApiError> {
+    /// The WHERE clause over `decision_items` (or `decisions`) aliased `i`.
+    pub(crate) fn where_clause(&self) -> Result<String, ApiError> {
         let mut conds = vec!["TRUE".to_string()];
         for (col, v) in [
             ("i.surface", &self.surface),

@@ -160,12 +160,12 @@ async fn graded_outcomes_give_hand_computed_metrics() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn a_calibration_break_shows_in_ece() {
-    let app = app();
+/// A server holding 2 simulated minutes before `scenario`'s incident and 4 minutes into it;
+/// returns the simulation start and the incident start (epoch ms).
+async fn simulated(app: &App, scenario: &str) -> (i64, i64) {
     let start = sonde_sim::SimConfig::default().start_ms;
-    let incidents = sonde_sim::scenario("calibration-break", start).expect("scenario");
-    let brk = incidents[0].start_ms;
+    let incidents = sonde_sim::scenario(scenario, start).expect("scenario");
+    let at = incidents[0].start_ms;
     let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
         seed: 3,
         decisions_per_sec: 20.0,
@@ -173,7 +173,6 @@ async fn a_calibration_break_shows_in_ece() {
         ..Default::default()
     });
     let mut events = Vec::new();
-    // 2 minutes before the break and 4 minutes into it.
     for _ in 0..7200 {
         sim.step(&mut events);
     }
@@ -182,10 +181,17 @@ async fn a_calibration_break_shows_in_ece() {
         e.write_json(&mut body);
         body.push(b'\n');
         if n % 5000 == 4999 {
-            ingest(&app, std::mem::take(&mut body)).await;
+            ingest(app, std::mem::take(&mut body)).await;
         }
     }
-    ingest(&app, body).await;
+    ingest(app, body).await;
+    (start, at)
+}
+
+#[tokio::test]
+async fn a_calibration_break_shows_in_ece() {
+    let app = app();
+    let (start, brk) = simulated(&app, "calibration-break").await;
 
     let ece = |v: &Value, variant: &str| {
         v["groups"]
@@ -211,4 +217,45 @@ async fn a_calibration_break_shows_in_ece() {
     let (c0, c1) = (ece(&before, "control"), ece(&during, "control"));
     assert!(t1 > t0 + 0.1, "treatment ECE {t0:.3} -> {t1:.3}");
     assert!((c1 - c0).abs() < 0.05, "control ECE {c0:.3} -> {c1:.3}");
+}
+
+#[tokio::test]
+async fn drift_is_raised_on_exactly_the_drifted_columns() {
+    let app = app();
+    let (start, at) = simulated(&app, "drift").await;
+    let (status, v) = get(
+        &app,
+        &format!(
+            "/v1/drift?reference_from={start}&reference_to={at}&from={at}&to={}",
+            at + 4 * MIN
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let columns = v["columns"].as_array().expect("columns");
+    let drifted: Vec<&str> = columns
+        .iter()
+        .filter(|c| c["drifted"] == true)
+        .filter_map(|c| c["column"].as_str())
+        .collect();
+    let all: Vec<&str> = columns
+        .iter()
+        .filter_map(|c| c["column"].as_str())
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "features.history_len",
+            "features.recency_days",
+            "score",
+            "features.fresh"
+        ],
+        "{v}"
+    );
+    // The simulator's drift moves recency (x3) and the scores (+0.8 logit); nothing else.
+    assert_eq!(drifted, ["features.recency_days", "score"], "{v}");
+    close(&v["share_drifted"], 0.5);
+
+    let (status, v) = get(&app, "/v1/drift?from=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
 }

@@ -1,0 +1,218 @@
+//! `GET /v1/drift`: every logged `features` field of decisions, and item scores, in the
+//! current window (`from`, `to`) against a reference window (`reference_from`,
+//! `reference_to`), with the same filters as `/v1/relevance`.
+//!
+//! Numeric columns get KS, Wasserstein (raw and normed), PSI and Jensen–Shannon, and drift
+//! when the default test says so (normed Wasserstein ≥ 0.1, or KS p < 0.05 for 1,000 rows or
+//! fewer); string and boolean columns get PSI and Jensen–Shannon over category shares and
+//! drift when Jensen–Shannon ≥ 0.1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use sonde_relevance::{NumericDrift, jensen_shannon_of_shares, numeric_drift, psi_of_shares};
+use sonde_store::Store;
+use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
+use sonde_store::arrow::datatypes::Float64Type;
+
+use crate::relevance::RelevanceParams;
+use crate::{ApiError, AppState, Scope, authorize};
+
+/// Jensen–Shannon distance at which a categorical column drifts.
+const CATEGORICAL_THRESHOLD: f64 = 0.1;
+
+/// Values of each column in one window.
+#[derive(Default)]
+struct Sample {
+    numeric: BTreeMap<String, Vec<f64>>,
+    categorical: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// Drift of one column.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnDrift {
+    /// `score`, or `features.<name>`.
+    pub column: String,
+    /// `numeric` or `categorical`.
+    pub kind: &'static str,
+    /// Values in the reference window.
+    pub n_reference: usize,
+    /// Values in the current window.
+    pub n_current: usize,
+    /// Statistics of a numeric column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numeric: Option<NumericDrift>,
+    /// PSI of category shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<f64>,
+    /// Jensen–Shannon distance of category shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jensen_shannon: Option<f64>,
+    /// Whether the column drifted.
+    pub drifted: bool,
+    /// Why not computed (a window without values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+async fn sample(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Sample, ApiError> {
+    let filter = p.where_clause()?;
+    let mut s = Sample::default();
+    store
+        .scan(
+            &format!("SELECT features FROM decisions i WHERE {filter} AND features IS NOT NULL"),
+            timeout,
+            |batch: &RecordBatch| {
+                let col = batch.column(0).as_string::<i32>();
+                for row in 0..batch.num_rows() {
+                    if col.is_null(row) {
+                        continue;
+                    }
+                    let Ok(serde_json::Value::Object(m)) = serde_json::from_str(col.value(row))
+                    else {
+                        continue;
+                    };
+                    for (k, v) in m {
+                        let name = format!("features.{k}");
+                        match v {
+                            serde_json::Value::Number(n) => {
+                                if let Some(x) = n.as_f64() {
+                                    s.numeric.entry(name).or_default().push(x);
+                                }
+                            }
+                            serde_json::Value::String(c) => {
+                                *s.categorical.entry(name).or_default().entry(c).or_default() += 1;
+                            }
+                            serde_json::Value::Bool(b) => {
+                                *s.categorical
+                                    .entry(name)
+                                    .or_default()
+                                    .entry(b.to_string())
+                                    .or_default() += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+    let scores = s.numeric.entry("score".into()).or_default();
+    store
+        .scan(
+            &format!("SELECT score FROM decision_items i WHERE {filter} AND score IS NOT NULL"),
+            timeout,
+            |batch: &RecordBatch| {
+                let col = batch.column(0).as_primitive::<Float64Type>();
+                scores.extend(col.values().iter().copied());
+            },
+        )
+        .await?;
+    Ok(s)
+}
+
+fn shares(counts: &BTreeMap<String, u64>, keys: &BTreeSet<&String>) -> Vec<f64> {
+    let total: u64 = counts.values().sum();
+    keys.iter()
+        .map(|k| counts.get(*k).copied().unwrap_or(0) as f64 / total.max(1) as f64)
+        .collect()
+}
+
+/// Drift of every column between the reference and current windows of `p`.
+pub async fn drift_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<ColumnDrift>, ApiError> {
+    if p.reference_from.is_none() || p.reference_to.is_none() {
+        return Err(ApiError::bad_request(
+            "missing_parameter",
+            "drift compares two windows: give reference_from and reference_to (and from, to)",
+        ));
+    }
+    let reference = RelevanceParams {
+        from: p.reference_from.clone(),
+        to: p.reference_to.clone(),
+        ..p.clone()
+    };
+    let (r, c) = (
+        sample(store, &reference, timeout).await?,
+        sample(store, p, timeout).await?,
+    );
+    let mut out = Vec::new();
+    let names: BTreeSet<&String> = r.numeric.keys().chain(c.numeric.keys()).collect();
+    let empty = Vec::new();
+    for name in names {
+        let (a, b) = (
+            r.numeric.get(name).unwrap_or(&empty),
+            c.numeric.get(name).unwrap_or(&empty),
+        );
+        let numeric = numeric_drift(a, b).ok();
+        out.push(ColumnDrift {
+            column: name.clone(),
+            kind: "numeric",
+            n_reference: a.len(),
+            n_current: b.len(),
+            drifted: numeric.is_some_and(|d| d.drifted),
+            note: numeric
+                .is_none()
+                .then(|| "no values in one of the windows".to_string()),
+            numeric,
+            psi: None,
+            jensen_shannon: None,
+        });
+    }
+    let names: BTreeSet<&String> = r.categorical.keys().chain(c.categorical.keys()).collect();
+    let none = BTreeMap::new();
+    for name in names {
+        let (a, b) = (
+            r.categorical.get(name).unwrap_or(&none),
+            c.categorical.get(name).unwrap_or(&none),
+        );
+        let (na, nb) = (a.values().sum::<u64>(), b.values().sum::<u64>());
+        let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let (sa, sb) = (shares(a, &keys), shares(b, &keys));
+        let computed = na > 0 && nb > 0;
+        let js = computed.then(|| jensen_shannon_of_shares(&sa, &sb));
+        out.push(ColumnDrift {
+            column: name.clone(),
+            kind: "categorical",
+            n_reference: na as usize,
+            n_current: nb as usize,
+            numeric: None,
+            psi: computed.then(|| psi_of_shares(&sa, &sb)),
+            jensen_shannon: js,
+            drifted: js.is_some_and(|d| d >= CATEGORICAL_THRESHOLD),
+            note: (!computed).then(|| "no values in one of the windows".to_string()),
+        });
+    }
+    Ok(out)
+}
+
+/// `GET /v1/drift`.
+pub async fn get_drift(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let columns = drift_report(&state.store, &p, state.config.query_timeout).await?;
+    let drifted = columns.iter().filter(|c| c.drifted).count();
+    Ok(axum::Json(json!({
+        "columns": columns,
+        "drifted": drifted,
+        "share_drifted": drifted as f64 / columns.len().max(1) as f64,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
