@@ -1,5 +1,5 @@
 //! Relevance measurement of served rankings: ranking quality with trec_eval's conventions,
-//! calibration of predicted scores, and distribution drift.
+//! calibration of predicted scores, distribution drift, and position bias.
 //!
 //! Pure functions over slices, no I/O: the server feeds them rows it read with SQL. Every
 //! metric is checked against a reference implementation (pytrec_eval, scikit-learn,
@@ -9,6 +9,7 @@
 mod calibration;
 mod drift;
 mod error;
+mod position;
 mod ranking;
 
 pub use calibration::{Binning, CalibrationBin, CalibrationReport, calibration, logistic_fit};
@@ -17,4 +18,5 @@ pub use drift::{
     numeric_drift, psi, psi_of_shares, wasserstein, wasserstein_normed,
 };
 pub use error::MetricError;
+pub use position::{ClickCell, PositionBias, position_bias_em};
 pub use ranking::{Gain, ListMetrics, RankedItem, RankingSummary, list_metrics, trec_order};

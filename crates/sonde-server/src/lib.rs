@@ -6,6 +6,7 @@
 mod drift;
 mod error;
 mod ingest;
+mod position;
 pub mod project;
 mod quarantine;
 pub mod relevance;
@@ -156,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/relevance", get(relevance::get_relevance))
         .route("/v1/calibration", get(relevance::get_calibration))
         .route("/v1/drift", get(drift::get_drift))
+        .route("/v1/position-bias", get(position::get_position_bias))
         .route("/v1/schema", get(schema))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

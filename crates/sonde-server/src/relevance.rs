@@ -50,6 +50,8 @@ pub struct RelevanceParams {
     pub bins: Option<usize>,
     /// `equal_mass` (default) or `equal_width`.
     pub binning: Option<String>,
+    /// Position bias: score bins per model that key relevance in the EM (default 20).
+    pub score_bins: Option<usize>,
     /// Drift: start of the reference window (RFC 3339 or epoch ms).
     pub reference_from: Option<String>,
     /// Drift: end of the reference window.
@@ -154,12 +156,12 @@ impl RelevanceParams {
         })
     }
 
-    fn window(&self) -> u32 {
+    pub(crate) fn window(&self) -> u32 {
         self.window_minutes.unwrap_or(30)
     }
 
-    /// Per shown item: its group, decision, position, score, grade and whether clicked.
-    fn graded_items_sql(&self) -> Result<String, ApiError> {
+    /// Per shown item: its group, decision, position, score, model, grade and whether clicked.
+    pub(crate) fn graded_items_sql(&self) -> Result<String, ApiError> {
         Ok(format!(
             "WITH outcomes AS (\
                SELECT request_id, item_id, event_time, \
@@ -172,7 +174,7 @@ impl RelevanceParams {
                SELECT request_id, unnest(items) AS item_id, event_time, {GAIN_PURCHASE} AS gain, 0 AS click \
                FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL) \
              SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
-               max(i.score) AS score, \
+               max(i.score) AS score, max(i.model_name || ':' || i.model_version) AS model, \
                CAST(coalesce(max(o.gain), 0) AS BIGINT) AS grade, \
                CAST(coalesce(max(o.click), 0) AS BIGINT) AS clicked \
              FROM decision_items i LEFT JOIN outcomes o \

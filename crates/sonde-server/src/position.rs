@@ -1,0 +1,200 @@
+//! `GET /v1/position-bias`: CTR by position and the examination probability of each
+//! position estimated by EM of the position-based model, relevance keyed by (model version,
+//! score bin); see `sonde_relevance::position_bias_em` and `docs/relevance.md`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use sonde_relevance::{ClickCell, position_bias_em};
+use sonde_store::Store;
+use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
+use sonde_store::arrow::datatypes::{Float64Type, Int64Type, UInt32Type};
+
+use crate::relevance::RelevanceParams;
+use crate::{ApiError, AppState, Scope, authorize};
+
+/// Positions beyond this are ignored (slates are rarely longer).
+const MAX_POSITION: usize = 50;
+
+/// One position of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct PositionRow {
+    /// 1-based position.
+    pub position: usize,
+    /// Items shown there.
+    pub impressions: u64,
+    /// Of which clicked.
+    pub clicks: u64,
+    /// clicks / impressions.
+    pub ctr: f64,
+    /// Estimated examination probability relative to position 1.
+    pub examination: Option<f64>,
+}
+
+/// Position bias of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupPositionBias {
+    /// Group value.
+    pub group: String,
+    /// Per position.
+    pub positions: Vec<PositionRow>,
+    /// EM iterations (None when the fit failed, e.g. no impressions at position 1).
+    pub em_iterations: Option<usize>,
+    /// Relevance keys used: (model, score bin) pairs.
+    pub relevance_keys: usize,
+}
+
+/// One shown item, for the fit.
+struct Shown {
+    model: u32,
+    position: u32,
+    score: f64,
+    clicked: bool,
+}
+
+/// Equal-mass bin of `score` among the sorted `scores` of its model.
+fn bin_of(sorted: &[f64], bins: usize, score: f64) -> usize {
+    if score.is_nan() {
+        // Items without a score share their own key.
+        return bins;
+    }
+    let rank = sorted.partition_point(|s| *s < score);
+    (rank * bins / sorted.len().max(1)).min(bins - 1)
+}
+
+/// Position bias per group over the store.
+pub async fn position_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupPositionBias>, ApiError> {
+    let bins = p.score_bins.unwrap_or(20);
+    if !(1..=1000).contains(&bins) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "score_bins must be between 1 and 1000",
+        ));
+    }
+    let sql = format!(
+        "SELECT grp, model, position, score, clicked FROM ({})",
+        p.graded_items_sql()?
+    );
+    let mut models: BTreeMap<String, u32> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<Shown>> = BTreeMap::new();
+    store
+        .scan(&sql, timeout, |batch: &RecordBatch| {
+            let grp = batch.column(0).as_string::<i32>();
+            let model = batch.column(1).as_string::<i32>();
+            let position = batch.column(2).as_primitive::<UInt32Type>();
+            let score = batch.column(3).as_primitive::<Float64Type>();
+            let clicked = batch.column(4).as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                let next = models.len() as u32;
+                let m = *models.entry(model.value(row).to_string()).or_insert(next);
+                groups
+                    .entry(grp.value(row).to_string())
+                    .or_default()
+                    .push(Shown {
+                        model: m,
+                        position: position.value(row),
+                        score: if score.is_null(row) {
+                            f64::NAN
+                        } else {
+                            score.value(row)
+                        },
+                        clicked: clicked.value(row) > 0,
+                    });
+            }
+        })
+        .await?;
+    let mut out = Vec::new();
+    for (group, items) in groups {
+        let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+        for s in items.iter().filter(|s| !s.score.is_nan()) {
+            sorted[s.model as usize].push(s.score);
+        }
+        for v in &mut sorted {
+            v.sort_by(f64::total_cmp);
+        }
+        let keys_per_model = bins + 1;
+        let positions = items
+            .iter()
+            .map(|s| s.position as usize)
+            .max()
+            .unwrap_or(0)
+            .min(MAX_POSITION);
+        let mut cells: BTreeMap<(usize, usize), (f64, f64)> = BTreeMap::new();
+        let mut by_position = vec![(0u64, 0u64); positions];
+        for s in &items {
+            let pos = s.position as usize;
+            if pos == 0 || pos > positions {
+                continue;
+            }
+            let key = s.model as usize * keys_per_model
+                + bin_of(&sorted[s.model as usize], bins, s.score);
+            let c = cells.entry((pos, key)).or_default();
+            c.0 += 1.0;
+            c.1 += f64::from(u8::from(s.clicked));
+            by_position[pos - 1].0 += 1;
+            by_position[pos - 1].1 += u64::from(s.clicked);
+        }
+        // Dense key indices for the fit.
+        let mut dense: BTreeMap<usize, usize> = BTreeMap::new();
+        for (_, key) in cells.keys() {
+            let next = dense.len();
+            dense.entry(*key).or_insert(next);
+        }
+        let cells: Vec<ClickCell> = cells
+            .into_iter()
+            .map(|((position, key), (impressions, clicks))| ClickCell {
+                position,
+                key: dense[&key],
+                impressions,
+                clicks,
+            })
+            .collect();
+        let fit = position_bias_em(&cells, positions.max(1), dense.len().max(1), 5000).ok();
+        out.push(GroupPositionBias {
+            positions: by_position
+                .iter()
+                .enumerate()
+                .map(|(k, (n, c))| PositionRow {
+                    position: k + 1,
+                    impressions: *n,
+                    clicks: *c,
+                    ctr: *c as f64 / (*n).max(1) as f64,
+                    examination: fit.as_ref().map(|f| f.examination[k]),
+                })
+                .collect(),
+            em_iterations: fit.as_ref().map(|f| f.iterations),
+            relevance_keys: dense.len(),
+            group,
+        });
+    }
+    Ok(out)
+}
+
+/// `GET /v1/position-bias`.
+pub async fn get_position_bias(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let groups = position_report(&state.store, &p, state.config.query_timeout).await?;
+    Ok(axum::Json(json!({
+        "outcome": "click",
+        "method": "EM of the position-based model, relevance keyed by (model version, score bin)",
+        "score_bins": p.score_bins.unwrap_or(20),
+        "window_minutes": p.window(),
+        "groups": groups,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
