@@ -64,6 +64,105 @@ pub struct SimulateBenchArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
+/// Options of `sonde bench relevance`.
+#[derive(Debug, Args)]
+pub struct RelevanceBenchArgs {
+    /// Lists (decisions) of 10 items.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lists: usize,
+    /// A Python with ranx installed, to time ranx's NDCG@10 on the same lists
+    /// (`scripts/reference/ranx_bench.py`). Without it only Sonde's figures are printed.
+    #[arg(long)]
+    pub python: Option<std::path::PathBuf>,
+}
+
+/// `sonde bench relevance`: every ranking metric at k = 10 over `--lists` lists of 10
+/// graded items (grades drawn like the simulator's outcomes), and NDCG@10 alone; then,
+/// with `--python`, ranx's NDCG@10 over the same lists in the same run.
+pub fn relevance(args: RelevanceBenchArgs) -> anyhow::Result<()> {
+    use sonde_relevance::{RankedItem, RankingSummary, list_metrics};
+    const LEN: usize = 10;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // About a fifth of the lists have an outcome, as in the simulator at a 7% CTR.
+    let grades: Vec<u8> = (0..args.lists * LEN)
+        .map(|i| {
+            let pos = (i % LEN) as f64 + 1.0;
+            let r: f64 = rng.random();
+            let p = 0.06 / pos.powf(0.5);
+            if r < p * 0.3 {
+                3
+            } else if r < p * 0.6 {
+                2
+            } else if r < p {
+                1
+            } else {
+                0
+            }
+        })
+        .collect();
+    let lists = |f: &mut dyn FnMut(&[RankedItem<'_>])| {
+        let mut items = Vec::with_capacity(LEN);
+        for chunk in grades.chunks(LEN) {
+            items.clear();
+            items.extend(chunk.iter().enumerate().map(|(n, g)| RankedItem {
+                item_id: "",
+                score: -(n as f64),
+                grade: f64::from(*g),
+                clicked: *g > 0,
+            }));
+            f(&items);
+        }
+    };
+    let started = Instant::now();
+    let mut all = RankingSummary::default();
+    lists(&mut |items| all.add(&list_metrics(items, 10)));
+    let all_secs = started.elapsed().as_secs_f64();
+    let all = all.finish();
+    let started = Instant::now();
+    let mut ndcg = 0.0;
+    lists(&mut |items| ndcg += list_metrics(items, 10).ndcg);
+    let ndcg_secs = started.elapsed().as_secs_f64();
+    println!(
+        "sonde: {} lists, {} items: every ranking metric at k=10 in {all_secs:.3} s \
+         (floor 2 s: {}); NDCG@10 in {ndcg_secs:.3} s; mean NDCG@10 {:.6}, coverage {:.4}",
+        args.lists,
+        args.lists * LEN,
+        if all_secs < 2.0 { "met" } else { "MISSED" },
+        all.ndcg,
+        all.coverage,
+    );
+    let Some(python) = args.python else {
+        println!("ranx: skipped (give --python with ranx installed)");
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("lists.bin");
+    std::fs::write(&path, &grades)?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/reference/ranx_bench.py"
+    );
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(&path)
+        .arg(LEN.to_string())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!("ranx failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("ranx output")?;
+    let warm = v["warm_secs"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "ranx: NDCG@10 in {warm:.3} s warm ({:.3} s first, with numba compilation); mean NDCG@10 \
+         {:.6}; sonde is {:.1}x faster (warm)",
+        v["first_secs"].as_f64().unwrap_or(f64::NAN),
+        v["ndcg10_mean_all"].as_f64().unwrap_or(f64::NAN),
+        warm / ndcg_secs,
+    );
+    Ok(())
+}
+
 /// Floor of `sonde bench simulate` (events/s to a file).
 const SIMULATE_FLOOR: f64 = 500_000.0;
 

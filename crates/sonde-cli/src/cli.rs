@@ -195,6 +195,8 @@ pub enum BenchWhich {
     Query(crate::bench::QueryArgs),
     /// Simulator throughput writing NDJSON to a file (floor: 500k events/s).
     Simulate(crate::bench::SimulateBenchArgs),
+    /// Ranking metrics over 1M lists (floor: 2 s), side by side with ranx.
+    Relevance(crate::bench::RelevanceBenchArgs),
 }
 
 /// `sonde serve` options. Unset options fall back to the config file, then defaults.

@@ -70,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             BenchWhich::Ingest(a) => bench::ingest(a),
             BenchWhich::Query(a) => runtime()?.block_on(bench::query(a)),
             BenchWhich::Simulate(a) => bench::simulate(a),
+            BenchWhich::Relevance(a) => bench::relevance(a),
         },
     }
 }
