@@ -16,12 +16,13 @@ import pathlib
 
 import numpy as np
 import pytrec_eval
+import rbo
 import scipy
 import sklearn
 import statsmodels
 import statsmodels.api as sm
 from scipy import stats
-from scipy.spatial.distance import jensenshannon
+from scipy.spatial.distance import jensenshannon, pdist
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
 
@@ -37,6 +38,7 @@ def versions():
         "scikit-learn": sklearn.__version__,
         "statsmodels": statsmodels.__version__,
         "pytrec_eval": "pytrec-eval-terrier 0.5.7",
+        "rbo": "rbo 0.1.3",
     }
 
 
@@ -175,9 +177,39 @@ def drift():
     return {"versions": versions(), "cases": cases, "kolmogorov_sf": ks_sf}
 
 
+def stability_diversity():
+    pairs = []
+    for case in range(60):
+        n, m = int(rng.integers(1, 15)), int(rng.integers(1, 15))
+        if case % 3 == 0:
+            m = n
+        pool = [f"i{j}" for j in range(25)]
+        a = list(rng.choice(pool, n, replace=False))
+        b = list(rng.choice(pool, m, replace=False))
+        pairs.append({"a": a, "b": b, "rbo_ext_0.9": float(rbo.RankingSimilarity(a, b).rbo_ext(p=0.9))})
+    lists = []
+    for case in range(40):
+        x = rng.integers(0, 50, int(rng.integers(1, 40))).astype(float)
+        if case == 0:
+            x[:] = 3.0
+        cats = rng.integers(0, 4, int(rng.integers(2, 12)))
+        # Gini as mean absolute difference over twice the mean (a different formula from Sonde's).
+        g = float(np.abs(x[:, None] - x[None, :]).mean() / (2 * x.mean())) if x.sum() > 0 else 0.0
+        pos = x[x > 0]
+        lists.append({
+            "values": x.tolist(),
+            "gini": g,
+            "novelty": float(stats.entropy(pos / pos.sum(), base=2)) if len(pos) else 0.0,
+            "categories": cats.tolist(),
+            "ild": float(pdist(cats.reshape(-1, 1), metric="hamming").mean()),
+        })
+    return {"versions": versions(), "pairs": pairs, "lists": lists}
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, f in [("ranking", ranking), ("calibration", calibration), ("drift", drift)]:
+    for name, f in [("ranking", ranking), ("calibration", calibration), ("drift", drift),
+                    ("stability_diversity", stability_diversity)]:
         (OUT / f"{name}.json").write_text(json.dumps(f(), indent=1) + "\n")
         print(f"wrote {OUT / (name + '.json')}")
 

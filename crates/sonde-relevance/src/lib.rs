@@ -1,5 +1,6 @@
 //! Relevance measurement of served rankings: ranking quality with trec_eval's conventions,
-//! calibration of predicted scores, distribution drift, and position bias.
+//! calibration of predicted scores, distribution drift, position bias, stability between
+//! consecutive slates, diversity, coverage and exposure fairness.
 //!
 //! Pure functions over slices, no I/O: the server feeds them rows it read with SQL. Every
 //! metric is checked against a reference implementation (pytrec_eval, scikit-learn,
@@ -7,12 +8,17 @@
 //! formulas and conventions are in `docs/relevance.md`.
 
 mod calibration;
+mod diversity;
 mod drift;
 mod error;
 mod position;
 mod ranking;
+mod stability;
 
 pub use calibration::{Binning, CalibrationBin, CalibrationReport, calibration, logistic_fit};
+pub use diversity::{
+    GroupExposure, exposure_fairness, exposure_weight, gini, intra_list_diversity, novelty,
+};
 pub use drift::{
     DriftTest, NumericDrift, jensen_shannon, jensen_shannon_of_shares, kolmogorov_sf, ks_2samp,
     numeric_drift, psi, psi_of_shares, wasserstein, wasserstein_normed,
@@ -20,3 +26,4 @@ pub use drift::{
 pub use error::MetricError;
 pub use position::{ClickCell, PositionBias, position_bias_em};
 pub use ranking::{Gain, ListMetrics, RankedItem, RankingSummary, list_metrics, trec_order};
+pub use stability::{jaccard_at_k, rbo_ext};

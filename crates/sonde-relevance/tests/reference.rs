@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 use sonde_relevance::{
-    Binning, RankedItem, calibration, jensen_shannon, kolmogorov_sf, ks_2samp, list_metrics, psi,
-    trec_order, wasserstein, wasserstein_normed,
+    Binning, RankedItem, calibration, gini, intra_list_diversity, jensen_shannon, kolmogorov_sf,
+    ks_2samp, list_metrics, novelty, psi, rbo_ext, trec_order, wasserstein, wasserstein_normed,
 };
 
 const TOL: f64 = 1e-9;
@@ -212,6 +212,50 @@ fn drift_statistics_match_scipy_and_evidently_formulas() {
             kolmogorov_sf(x),
             s["sf"].as_f64().expect("sf"),
             &format!("kolmogorov sf({x})"),
+        );
+    }
+}
+
+#[test]
+fn stability_and_diversity_match_rbo_scipy_and_numpy() {
+    let f = fixture("stability_diversity");
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s.as_str().expect("str").to_string())
+            .collect()
+    };
+    for (i, p) in f["pairs"].as_array().expect("pairs").iter().enumerate() {
+        let (a, b) = (strs(&p["a"]), strs(&p["b"]));
+        close(
+            rbo_ext(&a, &b, 0.9),
+            p["rbo_ext_0.9"].as_f64().expect("rbo"),
+            &format!("pair {i} rbo_ext"),
+        );
+    }
+    for (i, l) in f["lists"].as_array().expect("lists").iter().enumerate() {
+        let x = f64s(&l["values"]);
+        close(
+            gini(&x),
+            l["gini"].as_f64().expect("gini"),
+            &format!("list {i} gini"),
+        );
+        close(
+            novelty(&x),
+            l["novelty"].as_f64().expect("novelty"),
+            &format!("list {i} novelty"),
+        );
+        let cats: Vec<u64> = l["categories"]
+            .as_array()
+            .expect("cats")
+            .iter()
+            .map(|c| c.as_u64().expect("cat"))
+            .collect();
+        close(
+            intra_list_diversity(&cats),
+            l["ild"].as_f64().expect("ild"),
+            &format!("list {i} ild"),
         );
     }
 }
