@@ -5,6 +5,7 @@
 
 mod drift;
 mod error;
+mod exposure;
 mod ingest;
 mod position;
 pub mod project;
@@ -158,6 +159,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calibration", get(relevance::get_calibration))
         .route("/v1/drift", get(drift::get_drift))
         .route("/v1/position-bias", get(position::get_position_bias))
+        .route("/v1/stability", get(exposure::get_stability))
+        .route("/v1/diversity", get(exposure::get_diversity))
+        .route("/v1/fairness", get(exposure::get_fairness))
         .route("/v1/schema", get(schema))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -50,6 +50,11 @@ pub struct RelevanceParams {
     pub bins: Option<usize>,
     /// `equal_mass` (default) or `equal_width`.
     pub binning: Option<String>,
+    /// Diversity and fairness: the item attribute, `category` or `provider` (default
+    /// `category` for diversity, `provider` for fairness).
+    pub attribute: Option<String>,
+    /// Fairness: device or region, for outcome rates per user segment.
+    pub segment: Option<String>,
     /// Position bias: score bins per model that key relevance in the EM (default 20).
     pub score_bins: Option<usize>,
     /// Drift: start of the reference window (RFC 3339 or epoch ms).
@@ -132,7 +137,7 @@ impl RelevanceParams {
     }
 
     /// The group expression over `decision_items` aliased `i`.
-    fn group_expr(&self) -> Result<String, ApiError> {
+    pub(crate) fn group_expr(&self) -> Result<String, ApiError> {
         Ok(match self.group_by.as_deref().unwrap_or("none") {
             "none" => "'all'".into(),
             "surface" => "i.surface".into(),
@@ -175,6 +180,7 @@ impl RelevanceParams {
                FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL) \
              SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
                max(i.score) AS score, max(i.model_name || ':' || i.model_version) AS model, \
+               max(i.category) AS category, max(i.provider) AS provider, \
                CAST(coalesce(max(o.gain), 0) AS BIGINT) AS grade, \
                CAST(coalesce(max(o.click), 0) AS BIGINT) AS clicked \
              FROM decision_items i LEFT JOIN outcomes o \

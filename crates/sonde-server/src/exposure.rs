@@ -1,0 +1,406 @@
+//! `GET /v1/stability`, `GET /v1/diversity` and `GET /v1/fairness`: how slates change from
+//! one decision to the next for the same user and surface, what they mix and how much of the
+//! catalog they show, and whether provider groups and user segments are treated in line with
+//! the outcomes they earn. Formulas in `docs/relevance.md`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use sonde_relevance::{
+    GroupExposure, exposure_fairness, gini, intra_list_diversity, jaccard_at_k, novelty, rbo_ext,
+};
+use sonde_store::Store;
+use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
+use sonde_store::arrow::datatypes::{Float64Type, Int64Type};
+
+use crate::relevance::RelevanceParams;
+use crate::{ApiError, AppState, Scope, authorize};
+
+/// Persistence of rank-biased overlap.
+const RBO_P: f64 = 0.9;
+
+fn attribute(p: &RelevanceParams, default: &'static str) -> Result<&'static str, ApiError> {
+    match p.attribute.as_deref().unwrap_or(default) {
+        "category" => Ok("category"),
+        "provider" => Ok("provider"),
+        other => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("attribute={other:?}: use category or provider"),
+        )),
+    }
+}
+
+fn strings(list: &dyn Array) -> Vec<String> {
+    let a = list.as_string::<i32>();
+    (0..a.len())
+        .map(|i| {
+            if a.is_null(i) {
+                String::new()
+            } else {
+                a.value(i).to_string()
+            }
+        })
+        .collect()
+}
+
+/// Stability of one group: consecutive decisions for the same user and surface.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupStability {
+    /// Group of the later decision of each pair.
+    pub group: String,
+    /// Consecutive pairs compared.
+    pub pairs: u64,
+    /// Mean extrapolated RBO (p = 0.9).
+    pub rbo: f64,
+    /// Mean Jaccard of the top k.
+    pub jaccard: f64,
+    /// Pairs across a change of model version.
+    pub model_change_pairs: u64,
+    /// Mean top-k churn (1 − Jaccard@k) across a model change.
+    pub model_change_churn: f64,
+}
+
+/// Stability per group over the store.
+pub async fn stability_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupStability>, ApiError> {
+    let k = p.k.unwrap_or(10).max(1);
+    let sql = format!(
+        "SELECT coalesce(i.user_key, i.anonymous_key) AS who, i.surface AS surface, \
+                {group} AS grp, max(i.model_name || ':' || i.model_version) AS model, \
+                array_agg(i.item_id ORDER BY i.position) AS items, min(i.event_time) AS t \
+         FROM decision_items i WHERE {filter} AND coalesce(i.user_key, i.anonymous_key) IS NOT NULL \
+         GROUP BY i.request_id, who, surface, grp ORDER BY who, surface, t, i.request_id",
+        group = p.group_expr()?,
+        filter = p.where_clause()?,
+    );
+    let mut groups: BTreeMap<String, GroupStability> = BTreeMap::new();
+    let mut prev: Option<(String, String, String, Vec<String>)> = None;
+    store
+        .scan(&sql, timeout, |batch: &RecordBatch| {
+            let who = batch.column(0).as_string::<i32>();
+            let surface = batch.column(1).as_string::<i32>();
+            let grp = batch.column(2).as_string::<i32>();
+            let model = batch.column(3).as_string::<i32>();
+            let items = batch.column(4).as_list::<i32>();
+            for row in 0..batch.num_rows() {
+                let cur = (
+                    who.value(row).to_string(),
+                    surface.value(row).to_string(),
+                    model.value(row).to_string(),
+                    strings(items.value(row).as_ref()),
+                );
+                if let Some(pr) = &prev
+                    && pr.0 == cur.0
+                    && pr.1 == cur.1
+                {
+                    let g = groups.entry(grp.value(row).to_string()).or_default();
+                    g.pairs += 1;
+                    g.rbo += rbo_ext(&pr.3, &cur.3, RBO_P);
+                    let j = jaccard_at_k(&pr.3, &cur.3, k);
+                    g.jaccard += j;
+                    if pr.2 != cur.2 {
+                        g.model_change_pairs += 1;
+                        g.model_change_churn += 1.0 - j;
+                    }
+                }
+                prev = Some(cur);
+            }
+        })
+        .await?;
+    Ok(groups
+        .into_iter()
+        .map(|(group, mut g)| {
+            let n = g.pairs.max(1) as f64;
+            g.rbo /= n;
+            g.jaccard /= n;
+            g.model_change_churn /= g.model_change_pairs.max(1) as f64;
+            g.group = group;
+            g
+        })
+        .collect())
+}
+
+/// Diversity and coverage of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupDiversity {
+    /// Group value.
+    pub group: String,
+    /// Decisions.
+    pub decisions: u64,
+    /// Mean intra-list diversity of the attribute.
+    pub intra_list_diversity: f64,
+    /// Distinct items shown.
+    pub distinct_items: u64,
+    /// Distinct items shown over distinct items shown in all groups of the window.
+    pub catalog_coverage: f64,
+    /// Gini coefficient of impressions across the items shown.
+    pub exposure_gini: f64,
+    /// Mean self-information of the impressions (bits).
+    pub novelty: f64,
+}
+
+/// Diversity per group over the store.
+pub async fn diversity_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupDiversity>, ApiError> {
+    let attr = attribute(p, "category")?;
+    let (group, filter) = (p.group_expr()?, p.where_clause()?);
+    let mut ild: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    store
+        .scan(
+            &format!(
+                "SELECT {group} AS grp, array_agg(coalesce(i.{attr}, '') ORDER BY i.position) AS a \
+                 FROM decision_items i WHERE {filter} GROUP BY i.request_id, grp"
+            ),
+            timeout,
+            |batch: &RecordBatch| {
+                let grp = batch.column(0).as_string::<i32>();
+                let a = batch.column(1).as_list::<i32>();
+                for row in 0..batch.num_rows() {
+                    let e = ild.entry(grp.value(row).to_string()).or_default();
+                    e.0 += 1;
+                    e.1 += intra_list_diversity(&strings(a.value(row).as_ref()));
+                }
+            },
+        )
+        .await?;
+    let mut impressions: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut all_items = 0u64;
+    store
+        .scan(
+            &format!(
+                "SELECT {group} AS grp, i.item_id, CAST(count(*) AS DOUBLE) AS n \
+                 FROM decision_items i WHERE {filter} GROUP BY grp, i.item_id"
+            ),
+            timeout,
+            |batch: &RecordBatch| {
+                let grp = batch.column(0).as_string::<i32>();
+                let n = batch.column(2).as_primitive::<Float64Type>();
+                for row in 0..batch.num_rows() {
+                    impressions
+                        .entry(grp.value(row).to_string())
+                        .or_default()
+                        .push(n.value(row));
+                }
+            },
+        )
+        .await?;
+    store
+        .scan(
+            &format!("SELECT count(DISTINCT i.item_id) FROM decision_items i WHERE {filter}"),
+            timeout,
+            |batch: &RecordBatch| {
+                if let Some(c) = batch.column(0).as_primitive_opt::<Int64Type>()
+                    && !c.is_empty()
+                {
+                    all_items = c.value(0) as u64;
+                }
+            },
+        )
+        .await?;
+    Ok(ild
+        .into_iter()
+        .map(|(group, (decisions, ild_sum))| {
+            let imp = impressions.remove(&group).unwrap_or_default();
+            GroupDiversity {
+                decisions,
+                intra_list_diversity: ild_sum / decisions.max(1) as f64,
+                distinct_items: imp.len() as u64,
+                catalog_coverage: imp.len() as f64 / all_items.max(1) as f64,
+                exposure_gini: gini(&imp),
+                novelty: novelty(&imp),
+                group,
+            }
+        })
+        .collect())
+}
+
+/// Outcome rate of one user segment against the reference segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentRate {
+    /// Segment value.
+    pub segment: String,
+    /// Decisions.
+    pub decisions: u64,
+    /// Share of decisions with any outcome.
+    pub outcome_rate: f64,
+    /// outcome_rate over the reference segment's (disparate impact).
+    pub ratio_to_reference: Option<f64>,
+    /// Whether the ratio lies in [0.8, 1.25].
+    pub within_band: Option<bool>,
+}
+
+/// Fairness of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupFairness {
+    /// Group value.
+    pub group: String,
+    /// Exposure against outcomes per attribute value (provider by default).
+    pub exposure: Vec<GroupExposure>,
+    /// Share of attribute values within the band (of those with outcomes).
+    pub share_within_band: f64,
+}
+
+/// Exposure fairness per group, and outcome rates per user segment.
+pub async fn fairness_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<(Vec<GroupFairness>, Option<(String, Vec<SegmentRate>)>), ApiError> {
+    let attr = attribute(p, "provider")?;
+    let graded = p.graded_items_sql()?;
+    let mut groups: BTreeMap<String, Vec<(String, f64, f64)>> = BTreeMap::new();
+    store
+        .scan(
+            &format!(
+                "SELECT grp, coalesce({attr}, '(none)') AS a, \
+                        sum(1.0 / log2(1.0 + CAST(position AS DOUBLE))) AS exposure, \
+                        CAST(sum(CASE WHEN grade >= 1 THEN 1 ELSE 0 END) AS DOUBLE) AS outcomes \
+                 FROM ({graded}) GROUP BY grp, a ORDER BY grp, a"
+            ),
+            timeout,
+            |batch: &RecordBatch| {
+                let grp = batch.column(0).as_string::<i32>();
+                let a = batch.column(1).as_string::<i32>();
+                let e = batch.column(2).as_primitive::<Float64Type>();
+                let o = batch.column(3).as_primitive::<Float64Type>();
+                for row in 0..batch.num_rows() {
+                    groups.entry(grp.value(row).to_string()).or_default().push((
+                        a.value(row).to_string(),
+                        e.value(row),
+                        o.value(row),
+                    ));
+                }
+            },
+        )
+        .await?;
+    let fairness = groups
+        .into_iter()
+        .map(|(group, rows)| {
+            let exposure = exposure_fairness(&rows);
+            let judged: Vec<bool> = exposure.iter().filter_map(|g| g.within_band).collect();
+            GroupFairness {
+                group,
+                share_within_band: judged.iter().filter(|b| **b).count() as f64
+                    / judged.len().max(1) as f64,
+                exposure,
+            }
+        })
+        .collect();
+    let Some(segment) = p.segment.as_deref() else {
+        return Ok((fairness, None));
+    };
+    if !matches!(segment, "device" | "region") {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("segment={segment:?}: use device or region"),
+        ));
+    }
+    let mut rates: Vec<(String, u64, f64)> = Vec::new();
+    store
+        .scan(
+            &format!(
+                "SELECT seg, count(*) AS n, avg(CASE WHEN best >= 1 THEN 1.0 ELSE 0.0 END) AS rate FROM \
+                   (SELECT request_id, max(seg) AS seg, max(grade) AS best FROM \
+                     (SELECT g.request_id, g.grade, coalesce(d.{segment}, 'unknown') AS seg \
+                      FROM ({graded}) g JOIN decisions d ON d.request_id = g.request_id) \
+                    GROUP BY request_id) \
+                 GROUP BY seg ORDER BY n DESC, seg"
+            ),
+            timeout,
+            |batch: &RecordBatch| {
+                let s = batch.column(0).as_string::<i32>();
+                let n = batch.column(1).as_primitive::<Int64Type>();
+                let r = batch.column(2).as_primitive::<Float64Type>();
+                for row in 0..batch.num_rows() {
+                    rates.push((s.value(row).to_string(), n.value(row) as u64, r.value(row)));
+                }
+            },
+        )
+        .await?;
+    // The reference is the largest segment.
+    let reference = rates.first().map(|r| (r.0.clone(), r.2));
+    let segments = rates
+        .into_iter()
+        .map(|(segment, decisions, outcome_rate)| {
+            let ratio = reference
+                .as_ref()
+                .filter(|r| r.1 > 0.0)
+                .map(|r| outcome_rate / r.1);
+            SegmentRate {
+                segment,
+                decisions,
+                outcome_rate,
+                ratio_to_reference: ratio,
+                within_band: ratio.map(|x| (0.8..=1.25).contains(&x)),
+            }
+        })
+        .collect();
+    Ok((fairness, reference.map(|r| (r.0, segments))))
+}
+
+/// `GET /v1/stability`.
+pub async fn get_stability(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let groups = stability_report(&state.store, &p, state.config.query_timeout).await?;
+    Ok(axum::Json(json!({
+        "k": p.k.unwrap_or(10).max(1),
+        "rbo_p": RBO_P,
+        "groups": groups,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/diversity`.
+pub async fn get_diversity(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let groups = diversity_report(&state.store, &p, state.config.query_timeout).await?;
+    Ok(axum::Json(json!({
+        "attribute": attribute(&p, "category")?,
+        "groups": groups,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/fairness`.
+pub async fn get_fairness(
+    State(state): State<AppState>,
+    Query(p): Query<RelevanceParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let started = Instant::now();
+    let (groups, segments) = fairness_report(&state.store, &p, state.config.query_timeout).await?;
+    Ok(axum::Json(json!({
+        "attribute": attribute(&p, "provider")?,
+        "band": [0.8, 1.25],
+        "groups": groups,
+        "segments": segments.as_ref().map(|(reference, s)| json!({
+            "by": p.segment, "reference": reference, "rates": s})),
+        "window_minutes": p.window(),
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
