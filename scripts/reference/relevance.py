@@ -1,4 +1,5 @@
 """Reference values for crates/sonde-relevance, from the libraries the metrics must match.
+(ranx's numba compilation makes a run take a minute.)
 
 Run from the repository root (needs the pinned packages of requirements.txt):
 
@@ -17,6 +18,7 @@ import pathlib
 import numpy as np
 import pytrec_eval
 import rbo
+from ranx import Qrels as RanxQrels, Run as RanxRun, evaluate as ranx_evaluate
 import scipy
 import sklearn
 import statsmodels
@@ -39,6 +41,7 @@ def versions():
         "statsmodels": statsmodels.__version__,
         "pytrec_eval": "pytrec-eval-terrier 0.5.7",
         "rbo": "rbo 0.1.3",
+        "ranx": "ranx 0.3.21",
     }
 
 
@@ -76,6 +79,29 @@ def ranking():
             **{f"ndcg_cut_{k}": r[f"ndcg_cut_{k}"] for k in CUTOFFS},
             **{f"ndcg_exp_cut_{k}": e[f"ndcg_cut_{k}"] for k in CUTOFFS},
         }
+    return {"versions": versions(), "cutoffs": CUTOFFS, "lists": lists}
+
+
+def ranking_ranx():
+    """ranx on lists with distinct scores (ranx and trec_eval break ties differently; Sonde
+    follows trec_eval, checked above) and at least one relevant item (ranx drops queries
+    without judgments)."""
+    lists = []
+    for q in range(200):
+        n = int(rng.integers(1, 16))
+        scores = [float(s) for s in rng.permutation(n) + 1.0]
+        grades = [int(g) for g in rng.choice([0, 0, 0, 1, 2, 3], n)]
+        if max(grades) == 0:
+            grades[int(rng.integers(0, n))] = 1
+        items = [f"d{int(i)}" for i in rng.choice(1000, n, replace=False)]
+        lists.append({"id": f"q{q}", "items": items, "scores": scores, "grades": grades})
+    run = RanxRun({l["id"]: dict(zip(l["items"], l["scores"])) for l in lists})
+    qrels = RanxQrels({l["id"]: {d: g for d, g in zip(l["items"], l["grades"]) if g > 0} for l in lists})
+    metrics = [f"{m}@{k}" for k in CUTOFFS for m in ("ndcg", "ndcg_burges", "precision", "hit_rate")] + ["mrr", "map"]
+    ranx_evaluate(qrels, run, metrics, make_comparable=True)
+    # Per-query scores, by query id (ranx keeps its own query order).
+    for l in lists:
+        l["expected"] = {m: float(run.scores[m][l["id"]]) for m in metrics}
     return {"versions": versions(), "cutoffs": CUTOFFS, "lists": lists}
 
 
@@ -209,7 +235,7 @@ def stability_diversity():
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for name, f in [("ranking", ranking), ("calibration", calibration), ("drift", drift),
-                    ("stability_diversity", stability_diversity)]:
+                    ("stability_diversity", stability_diversity), ("ranking_ranx", ranking_ranx)]:
         (OUT / f"{name}.json").write_text(json.dumps(f(), indent=1) + "\n")
         print(f"wrote {OUT / (name + '.json')}")
 

@@ -104,6 +104,67 @@ fn ranking_metrics_match_pytrec_eval() {
 }
 
 #[test]
+fn ranking_metrics_match_ranx() {
+    let f = fixture("ranking_ranx");
+    let cutoffs: Vec<usize> = f["cutoffs"]
+        .as_array()
+        .expect("cutoffs")
+        .iter()
+        .map(|k| k.as_u64().expect("k") as usize)
+        .collect();
+    for l in f["lists"].as_array().expect("lists") {
+        let ids: Vec<&str> = l["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|s| s.as_str().expect("id"))
+            .collect();
+        let (scores, grades) = (f64s(&l["scores"]), f64s(&l["grades"]));
+        let mut items: Vec<RankedItem<'_>> = ids
+            .iter()
+            .zip(&scores)
+            .zip(&grades)
+            .map(|((id, s), g)| RankedItem {
+                item_id: id,
+                score: *s,
+                grade: *g,
+                clicked: false,
+            })
+            .collect();
+        trec_order(&mut items);
+        let e = &l["expected"];
+        let q = l["id"].as_str().expect("id");
+        let full = list_metrics(&items, usize::MAX);
+        close(
+            full.rr,
+            e["mrr"].as_f64().expect("mrr"),
+            &format!("{q} mrr"),
+        );
+        close(
+            full.ap,
+            e["map"].as_f64().expect("map"),
+            &format!("{q} map"),
+        );
+        for &k in &cutoffs {
+            let m = list_metrics(&items, k);
+            let want = |name: &str| e[format!("{name}@{k}")].as_f64().expect("metric");
+            close(m.ndcg, want("ndcg"), &format!("{q} ndcg@{k}"));
+            close(
+                m.ndcg_exp,
+                want("ndcg_burges"),
+                &format!("{q} ndcg_burges@{k}"),
+            );
+            close(
+                m.precision,
+                want("precision"),
+                &format!("{q} precision@{k}"),
+            );
+            close(m.hit, want("hit_rate"), &format!("{q} hit_rate@{k}"));
+        }
+    }
+}
+
+#[test]
 fn calibration_matches_scikit_learn_and_statsmodels() {
     let f = fixture("calibration");
     for (i, c) in f["cases"].as_array().expect("cases").iter().enumerate() {
