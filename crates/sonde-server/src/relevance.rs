@@ -40,7 +40,8 @@ pub struct RelevanceParams {
     pub from: Option<String>,
     /// Decisions before (RFC 3339 or epoch ms).
     pub to: Option<String>,
-    /// `none` (default), `surface`, `model`, `variant`, `device`, `region`, `hour`, `day`.
+    /// `none` (default), `surface`, `model`, `variant`, `device`, `region`, `hour`, `day`,
+    /// or several joined by commas (`variant,day`): groups are then named `a | b`.
     pub group_by: Option<String>,
     /// Cutoff of the @k metrics (default 10).
     pub k: Option<usize>,
@@ -50,6 +51,9 @@ pub struct RelevanceParams {
     pub bins: Option<usize>,
     /// `equal_mass` (default) or `equal_width`.
     pub binning: Option<String>,
+    /// Calibration: the outcome scores are held against, `click` (default) or `conversion`
+    /// (a purchase of the item within the window).
+    pub outcome: Option<String>,
     /// Diversity and fairness: the item attribute, `category` or `provider` (default
     /// `category` for diversity, `provider` for fairness).
     pub attribute: Option<String>,
@@ -138,7 +142,23 @@ impl RelevanceParams {
 
     /// The group expression over `decision_items` aliased `i`.
     pub(crate) fn group_expr(&self) -> Result<String, ApiError> {
-        Ok(match self.group_by.as_deref().unwrap_or("none") {
+        let dims = self
+            .group_by
+            .as_deref()
+            .unwrap_or("none")
+            .split(',')
+            .map(|d| self.dimension(d.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(if dims.len() == 1 {
+            dims.concat()
+        } else {
+            format!("concat_ws(' | ', {})", dims.join(", "))
+        })
+    }
+
+    /// One grouping dimension as SQL.
+    fn dimension(&self, name: &str) -> Result<String, ApiError> {
+        Ok(match name {
             "none" => "'all'".into(),
             "surface" => "i.surface".into(),
             "model" => "i.model_name || ':' || i.model_version".into(),
@@ -154,7 +174,8 @@ impl RelevanceParams {
                 return Err(ApiError::bad_request(
                     "invalid_parameter",
                     format!(
-                        "group_by={other:?}: use none, surface, model, variant, device, region, hour or day"
+                        "group_by={other:?}: use none, surface, model, variant, device, region, \
+                         hour or day, or several joined by commas"
                     ),
                 ));
             }
@@ -310,8 +331,18 @@ pub async fn calibration_report(
             "bins must be between 1 and 1000",
         ));
     }
+    let label = match p.outcome.as_deref().unwrap_or("click") {
+        "click" => "clicked".to_string(),
+        "conversion" => format!("CASE WHEN grade >= {GAIN_PURCHASE} THEN 1 ELSE 0 END"),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("outcome={other:?}: use click or conversion"),
+            ));
+        }
+    };
     let sql = format!(
-        "SELECT grp, score, clicked FROM ({}) WHERE score IS NOT NULL",
+        "SELECT grp, score, CAST({label} AS BIGINT) FROM ({}) WHERE score IS NOT NULL",
         p.graded_items_sql()?
     );
     let mut groups: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
@@ -348,7 +379,7 @@ pub async fn get_calibration(
     let started = Instant::now();
     let groups = calibration_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({
-        "outcome": "click",
+        "outcome": p.outcome.as_deref().unwrap_or("click"),
         "window_minutes": p.window(),
         "group_by": p.group_by.as_deref().unwrap_or("none"),
         "groups": groups,
@@ -394,5 +425,13 @@ mod tests {
             ..Default::default()
         };
         assert!(unknown.group_expr().is_err());
+        let two = RelevanceParams {
+            group_by: Some("surface, day".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            two.group_expr().expect("valid"),
+            "concat_ws(' | ', i.surface, CAST(date_trunc('day', i.event_time) AS VARCHAR))"
+        );
     }
 }

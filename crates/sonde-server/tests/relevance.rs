@@ -164,6 +164,17 @@ async fn graded_outcomes_give_hand_computed_metrics() {
     close(&g["precision"], 0.5);
     close(&g["ctr"], 0.5);
 
+    // Two dimensions at once; calibration against purchases (only C's third item).
+    let (_, v) = get(
+        &app,
+        "/v1/relevance?group_by=variant,surface&experiment=exp&k=2",
+    )
+    .await;
+    assert_eq!(v["groups"][0]["group"], "control | home_feed", "{v}");
+    let (status, v) = get(&app, "/v1/calibration?outcome=conversion&bins=1").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    close(&v["groups"][0]["bins"][0]["observed"], 1.0 / 9.0);
+
     // Bad parameters are clear errors.
     let (status, v) = get(&app, "/v1/relevance?group_by=variant").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
