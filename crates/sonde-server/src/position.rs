@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
-use sonde_relevance::{ClickCell, position_bias_em};
+use sonde_relevance::{ClickCell, RankedItem, list_metrics, position_bias_em};
 use sonde_store::Store;
 use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
 use sonde_store::arrow::datatypes::{Float64Type, Int64Type, UInt32Type};
@@ -47,14 +47,64 @@ pub struct GroupPositionBias {
     pub em_iterations: Option<usize>,
     /// Relevance keys used: (model, score bin) pairs.
     pub relevance_keys: usize,
+    /// Clicks weighted by 1 / examination of their position, per impression: the CTR had
+    /// every item been looked at like position 1.
+    pub ipw_ctr: Option<f64>,
+    /// Mean NDCG@k with each grade divided by its position's examination.
+    pub ipw_ndcg: Option<f64>,
+}
+
+/// Propensity-weighted CTR and NDCG@k of `items` under `examination` (relative, by
+/// position). Sorts `items` by decision and position.
+fn propensity_weighted(
+    items: &mut [Shown],
+    examination: &[f64],
+    k: usize,
+) -> (Option<f64>, Option<f64>) {
+    let weight = |pos: u32| {
+        examination
+            .get(pos as usize - 1)
+            .copied()
+            .filter(|e| *e > 0.0)
+            .map(|e| 1.0 / e)
+    };
+    let (mut clicks, mut shown) = (0.0, 0usize);
+    for s in items.iter().filter(|s| s.position >= 1) {
+        if let Some(w) = weight(s.position) {
+            shown += 1;
+            if s.clicked {
+                clicks += w;
+            }
+        }
+    }
+    items.sort_unstable_by_key(|s| (s.decision, s.position));
+    let (mut sum, mut lists) = (0.0, 0usize);
+    let mut ranked: Vec<RankedItem<'static>> = Vec::new();
+    for list in items.chunk_by(|a, b| a.decision == b.decision) {
+        ranked.clear();
+        ranked.extend(list.iter().filter(|s| s.position >= 1).map(|s| RankedItem {
+            item_id: "",
+            score: -f64::from(s.position),
+            grade: s.grade * weight(s.position).unwrap_or(0.0),
+            clicked: s.clicked,
+        }));
+        sum += list_metrics(&ranked, k).ndcg;
+        lists += 1;
+    }
+    (
+        (shown > 0).then(|| clicks / shown as f64),
+        (lists > 0).then(|| sum / lists as f64),
+    )
 }
 
 /// One shown item, for the fit.
 struct Shown {
+    decision: u32,
     model: u32,
     position: u32,
     score: f64,
     clicked: bool,
+    grade: f64,
 }
 
 /// Equal-mass bin of `score` among the sorted `scores` of its model.
@@ -74,6 +124,7 @@ pub async fn position_report(
     timeout: std::time::Duration,
 ) -> Result<Vec<GroupPositionBias>, ApiError> {
     let bins = p.score_bins.unwrap_or(20);
+    let k = p.k.unwrap_or(10).max(1);
     if !(1..=1000).contains(&bins) {
         return Err(ApiError::bad_request(
             "invalid_parameter",
@@ -81,10 +132,11 @@ pub async fn position_report(
         ));
     }
     let sql = format!(
-        "SELECT grp, model, position, score, clicked FROM ({})",
+        "SELECT grp, model, position, score, clicked, request_id, grade FROM ({})",
         p.graded_items_sql()?
     );
     let mut models: BTreeMap<String, u32> = BTreeMap::new();
+    let mut decisions: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut groups: BTreeMap<String, Vec<Shown>> = BTreeMap::new();
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
@@ -93,13 +145,21 @@ pub async fn position_report(
             let position = batch.column(2).as_primitive::<UInt32Type>();
             let score = batch.column(3).as_primitive::<Float64Type>();
             let clicked = batch.column(4).as_primitive::<Int64Type>();
+            let request = batch.column(5).as_string::<i32>();
+            let grade = batch.column(6).as_primitive::<Int64Type>();
             for row in 0..batch.num_rows() {
                 let next = models.len() as u32;
                 let m = *models.entry(model.value(row).to_string()).or_insert(next);
+                let next = decisions.len() as u32;
+                let d = *decisions
+                    .entry(request.value(row).to_string())
+                    .or_insert(next);
                 groups
                     .entry(grp.value(row).to_string())
                     .or_default()
                     .push(Shown {
+                        decision: d,
+                        grade: grade.value(row) as f64,
                         model: m,
                         position: position.value(row),
                         score: if score.is_null(row) {
@@ -113,7 +173,7 @@ pub async fn position_report(
         })
         .await?;
     let mut out = Vec::new();
-    for (group, items) in groups {
+    for (group, mut items) in groups {
         let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
         for s in items.iter().filter(|s| !s.score.is_nan()) {
             sorted[s.model as usize].push(s.score);
@@ -159,7 +219,13 @@ pub async fn position_report(
             })
             .collect();
         let fit = position_bias_em(&cells, positions.max(1), dense.len().max(1), 5000).ok();
+        let (ipw_ctr, ipw_ndcg) = match &fit {
+            Some(f) => propensity_weighted(&mut items, &f.examination, k),
+            None => (None, None),
+        };
         out.push(GroupPositionBias {
+            ipw_ctr,
+            ipw_ndcg,
             positions: by_position
                 .iter()
                 .enumerate()

@@ -309,6 +309,22 @@ async fn position_bias_em_recovers_the_simulated_examination() {
         );
         naive_error = naive_error.max((p["ctr"].as_f64().expect("ctr") / ctr1 - truth[k]).abs());
     }
+    // Weighting clicks by 1/examination gives the CTR of an item looked at like position 1:
+    // above the raw CTR over all positions, below position 1's own CTR (the ranker puts
+    // the most relevant items there).
+    let shown: f64 = positions
+        .iter()
+        .filter_map(|p| p["impressions"].as_f64())
+        .sum();
+    let clicks: f64 = positions.iter().filter_map(|p| p["clicks"].as_f64()).sum();
+    let ipw = v["groups"][0]["ipw_ctr"].as_f64().expect("ipw ctr");
+    assert!(
+        clicks / shown < ipw && ipw < ctr1,
+        "{} < {ipw} < {ctr1}",
+        clicks / shown
+    );
+    let ndcg = v["groups"][0]["ipw_ndcg"].as_f64().expect("ipw ndcg");
+    assert!(ndcg > 0.0 && ndcg <= 1.0);
     // The ranker puts relevant items on top, so raw CTR overstates the position effect.
     eprintln!("largest error: EM {em_error:.4}, CTR ratio {naive_error:.4}");
     assert!(
