@@ -26,7 +26,7 @@ import statsmodels.api as sm
 from scipy import stats
 from scipy.spatial.distance import jensenshannon, pdist
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, log_loss
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/sonde-relevance/tests/fixtures"
 CUTOFFS = [1, 3, 5, 10, 20]
@@ -229,7 +229,18 @@ def stability_diversity():
             "categories": cats.tolist(),
             "ild": float(pdist(cats.reshape(-1, 1), metric="hamming").mean()),
         })
-    return {"versions": versions(), "pairs": pairs, "lists": lists}
+    aucs = []
+    for case in range(30):
+        n = int(rng.integers(2, 300))
+        x = rng.normal(0, 1, n)
+        if case % 3 == 0:
+            x = np.round(x, 0)  # ties
+        y = (rng.random(n) < 1 / (1 + np.exp(-x * (case % 5 - 2)))).astype(int)
+        y[0], y[1] = 0, 1
+        q = float(rng.random())
+        aucs.append({"x": x.tolist(), "y": y.tolist(), "auc": float(roc_auc_score(y, x)),
+                     "q": q, "quantile": float(np.quantile(x, q))})
+    return {"versions": versions(), "pairs": pairs, "lists": lists, "auc": aucs}
 
 
 def main():

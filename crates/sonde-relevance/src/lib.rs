@@ -7,6 +7,7 @@
 //! statsmodels, scipy) by fixtures that `scripts/reference/relevance.py` generates; the
 //! formulas and conventions are in `docs/relevance.md`.
 
+mod audit;
 mod calibration;
 mod diversity;
 mod drift;
@@ -15,6 +16,7 @@ mod position;
 mod ranking;
 mod stability;
 
+pub use audit::{auc, quantile};
 pub use calibration::{Binning, CalibrationBin, CalibrationReport, calibration, logistic_fit};
 pub use diversity::{
     GroupExposure, exposure_fairness, exposure_weight, gini, intra_list_diversity, novelty,

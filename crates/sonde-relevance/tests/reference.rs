@@ -3,8 +3,9 @@
 
 use serde_json::Value;
 use sonde_relevance::{
-    Binning, RankedItem, calibration, gini, intra_list_diversity, jensen_shannon, kolmogorov_sf,
-    ks_2samp, list_metrics, novelty, psi, rbo_ext, trec_order, wasserstein, wasserstein_normed,
+    Binning, RankedItem, auc, calibration, gini, intra_list_diversity, jensen_shannon,
+    kolmogorov_sf, ks_2samp, list_metrics, novelty, psi, quantile, rbo_ext, trec_order,
+    wasserstein, wasserstein_normed,
 };
 
 const TOL: f64 = 1e-9;
@@ -278,7 +279,7 @@ fn drift_statistics_match_scipy_and_evidently_formulas() {
 }
 
 #[test]
-fn stability_and_diversity_match_rbo_scipy_and_numpy() {
+fn stability_diversity_and_audit_match_rbo_scipy_numpy_and_scikit_learn() {
     let f = fixture("stability_diversity");
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -317,6 +318,21 @@ fn stability_and_diversity_match_rbo_scipy_and_numpy() {
             intra_list_diversity(&cats),
             l["ild"].as_f64().expect("ild"),
             &format!("list {i} ild"),
+        );
+    }
+    for (i, c) in f["auc"].as_array().expect("auc").iter().enumerate() {
+        let x = f64s(&c["x"]);
+        let y: Vec<bool> = f64s(&c["y"]).iter().map(|v| *v == 1.0).collect();
+        close(
+            auc(&x, &y).expect("both classes"),
+            c["auc"].as_f64().expect("auc"),
+            &format!("auc {i}"),
+        );
+        let q = c["q"].as_f64().expect("q");
+        close(
+            quantile(&x, q).expect("values"),
+            c["quantile"].as_f64().expect("quantile"),
+            &format!("quantile {i}"),
         );
     }
 }
