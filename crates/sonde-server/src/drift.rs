@@ -17,9 +17,9 @@ use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{NumericDrift, jensen_shannon_of_shares, numeric_drift, psi_of_shares};
 use sonde_store::Store;
-use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
-use sonde_store::arrow::datatypes::Float64Type;
+use sonde_store::arrow::array::{Array, RecordBatch};
 
+use crate::columns::{f64s, utf8};
 use crate::relevance::RelevanceParams;
 use crate::{ApiError, AppState, Scope, authorize};
 
@@ -72,7 +72,7 @@ async fn sample(
             &format!("SELECT features FROM decisions i WHERE {filter} AND features IS NOT NULL"),
             timeout,
             |batch: &RecordBatch| {
-                let col = batch.column(0).as_string::<i32>();
+                let col = utf8(batch, 0)?;
                 for row in 0..batch.num_rows() {
                     if col.is_null(row) {
                         continue;
@@ -103,6 +103,7 @@ async fn sample(
                         }
                     }
                 }
+                Ok(())
             },
         )
         .await?;
@@ -112,8 +113,9 @@ async fn sample(
             &format!("SELECT score FROM decision_items i WHERE {filter} AND score IS NOT NULL"),
             timeout,
             |batch: &RecordBatch| {
-                let col = batch.column(0).as_primitive::<Float64Type>();
+                let col = f64s(batch, 0)?;
                 scores.extend(col.values().iter().copied());
+                Ok(())
             },
         )
         .await?;

@@ -15,9 +15,10 @@ use sonde_relevance::{
     GroupExposure, exposure_fairness, gini, intra_list_diversity, jaccard_at_k, novelty, rbo_ext,
 };
 use sonde_store::Store;
-use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
-use sonde_store::arrow::datatypes::{Float64Type, Int64Type};
+use sonde_store::StoreError;
+use sonde_store::arrow::array::{Array, ArrayRef, RecordBatch};
 
+use crate::columns::{f64s, i64s, list, utf8, utf8_array};
 use crate::relevance::RelevanceParams;
 use crate::{ApiError, AppState, Scope, authorize};
 
@@ -35,9 +36,9 @@ fn attribute(p: &RelevanceParams, default: &'static str) -> Result<&'static str,
     }
 }
 
-fn strings(list: &dyn Array) -> Vec<String> {
-    let a = list.as_string::<i32>();
-    (0..a.len())
+fn strings(list: &ArrayRef) -> Result<Vec<String>, StoreError> {
+    let a = utf8_array(list)?;
+    Ok((0..a.len())
         .map(|i| {
             if a.is_null(i) {
                 String::new()
@@ -45,7 +46,7 @@ fn strings(list: &dyn Array) -> Vec<String> {
                 a.value(i).to_string()
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Stability of one group: consecutive decisions for the same user and surface.
@@ -85,17 +86,17 @@ pub async fn stability_report(
     let mut prev: Option<(String, String, String, Vec<String>)> = None;
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
-            let who = batch.column(0).as_string::<i32>();
-            let surface = batch.column(1).as_string::<i32>();
-            let grp = batch.column(2).as_string::<i32>();
-            let model = batch.column(3).as_string::<i32>();
-            let items = batch.column(4).as_list::<i32>();
+            let who = utf8(batch, 0)?;
+            let surface = utf8(batch, 1)?;
+            let grp = utf8(batch, 2)?;
+            let model = utf8(batch, 3)?;
+            let items = list(batch, 4)?;
             for row in 0..batch.num_rows() {
                 let cur = (
                     who.value(row).to_string(),
                     surface.value(row).to_string(),
                     model.value(row).to_string(),
-                    strings(items.value(row).as_ref()),
+                    strings(&items.value(row))?,
                 );
                 if let Some(pr) = &prev
                     && pr.0 == cur.0
@@ -113,6 +114,7 @@ pub async fn stability_report(
                 }
                 prev = Some(cur);
             }
+            Ok(())
         })
         .await?;
     Ok(groups
@@ -164,13 +166,14 @@ pub async fn diversity_report(
             ),
             timeout,
             |batch: &RecordBatch| {
-                let grp = batch.column(0).as_string::<i32>();
-                let a = batch.column(1).as_list::<i32>();
+                let grp = utf8(batch, 0)?;
+                let a = list(batch, 1)?;
                 for row in 0..batch.num_rows() {
                     let e = ild.entry(grp.value(row).to_string()).or_default();
                     e.0 += 1;
-                    e.1 += intra_list_diversity(&strings(a.value(row).as_ref()));
+                    e.1 += intra_list_diversity(&strings(&a.value(row))?);
                 }
+                Ok(())
             },
         )
         .await?;
@@ -184,14 +187,15 @@ pub async fn diversity_report(
             ),
             timeout,
             |batch: &RecordBatch| {
-                let grp = batch.column(0).as_string::<i32>();
-                let n = batch.column(2).as_primitive::<Float64Type>();
+                let grp = utf8(batch, 0)?;
+                let n = f64s(batch, 2)?;
                 for row in 0..batch.num_rows() {
                     impressions
                         .entry(grp.value(row).to_string())
                         .or_default()
                         .push(n.value(row));
                 }
+                Ok(())
             },
         )
         .await?;
@@ -200,11 +204,11 @@ pub async fn diversity_report(
             &format!("SELECT count(DISTINCT i.item_id) FROM decision_items i WHERE {filter}"),
             timeout,
             |batch: &RecordBatch| {
-                if let Some(c) = batch.column(0).as_primitive_opt::<Int64Type>()
-                    && !c.is_empty()
-                {
+                let c = i64s(batch, 0)?;
+                if !c.is_empty() {
                     all_items = c.value(0) as u64;
                 }
+                Ok(())
             },
         )
         .await?;
@@ -270,10 +274,10 @@ pub async fn fairness_report(
             ),
             timeout,
             |batch: &RecordBatch| {
-                let grp = batch.column(0).as_string::<i32>();
-                let a = batch.column(1).as_string::<i32>();
-                let e = batch.column(2).as_primitive::<Float64Type>();
-                let o = batch.column(3).as_primitive::<Float64Type>();
+                let grp = utf8(batch, 0)?;
+                let a = utf8(batch, 1)?;
+                let e = f64s(batch, 2)?;
+                let o = f64s(batch, 3)?;
                 for row in 0..batch.num_rows() {
                     groups.entry(grp.value(row).to_string()).or_default().push((
                         a.value(row).to_string(),
@@ -281,6 +285,7 @@ pub async fn fairness_report(
                         o.value(row),
                     ));
                 }
+                Ok(())
             },
         )
         .await?;
@@ -319,12 +324,13 @@ pub async fn fairness_report(
             ),
             timeout,
             |batch: &RecordBatch| {
-                let s = batch.column(0).as_string::<i32>();
-                let n = batch.column(1).as_primitive::<Int64Type>();
-                let r = batch.column(2).as_primitive::<Float64Type>();
+                let s = utf8(batch, 0)?;
+                let n = i64s(batch, 1)?;
+                let r = f64s(batch, 2)?;
                 for row in 0..batch.num_rows() {
                     rates.push((s.value(row).to_string(), n.value(row) as u64, r.value(row)));
                 }
+                Ok(())
             },
         )
         .await?;

@@ -3,6 +3,8 @@
 //! the quarantine,
 //! the event schema and health endpoints, over the embedded store.
 
+mod audit;
+mod columns;
 mod drift;
 mod error;
 mod exposure;
@@ -162,6 +164,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stability", get(exposure::get_stability))
         .route("/v1/diversity", get(exposure::get_diversity))
         .route("/v1/fairness", get(exposure::get_fairness))
+        .route("/v1/feature-audit", get(audit::get_feature_audit))
+        .route("/v1/engagement", get(audit::get_engagement))
         .route("/v1/schema", get(schema))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -12,9 +12,9 @@ use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{ClickCell, RankedItem, list_metrics, position_bias_em};
 use sonde_store::Store;
-use sonde_store::arrow::array::{Array, AsArray, RecordBatch};
-use sonde_store::arrow::datatypes::{Float64Type, Int64Type, UInt32Type};
+use sonde_store::arrow::array::{Array, RecordBatch};
 
+use crate::columns::{f64s, i64s, u32s, utf8};
 use crate::relevance::RelevanceParams;
 use crate::{ApiError, AppState, Scope, authorize};
 
@@ -140,13 +140,13 @@ pub async fn position_report(
     let mut groups: BTreeMap<String, Vec<Shown>> = BTreeMap::new();
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
-            let grp = batch.column(0).as_string::<i32>();
-            let model = batch.column(1).as_string::<i32>();
-            let position = batch.column(2).as_primitive::<UInt32Type>();
-            let score = batch.column(3).as_primitive::<Float64Type>();
-            let clicked = batch.column(4).as_primitive::<Int64Type>();
-            let request = batch.column(5).as_string::<i32>();
-            let grade = batch.column(6).as_primitive::<Int64Type>();
+            let grp = utf8(batch, 0)?;
+            let model = utf8(batch, 1)?;
+            let position = u32s(batch, 2)?;
+            let score = f64s(batch, 3)?;
+            let clicked = i64s(batch, 4)?;
+            let request = utf8(batch, 5)?;
+            let grade = i64s(batch, 6)?;
             for row in 0..batch.num_rows() {
                 let next = models.len() as u32;
                 let m = *models.entry(model.value(row).to_string()).or_insert(next);
@@ -170,6 +170,7 @@ pub async fn position_report(
                         clicked: clicked.value(row) > 0,
                     });
             }
+            Ok(())
         })
         .await?;
     let mut out = Vec::new();

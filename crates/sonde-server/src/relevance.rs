@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sonde_relevance::{Binning, RankedItem, RankingSummary, calibration, list_metrics};
 use sonde_store::Store;
-use sonde_store::arrow::array::{AsArray, RecordBatch};
-use sonde_store::arrow::datatypes::{Float64Type, Int64Type};
+use sonde_store::arrow::array::RecordBatch;
 
+use crate::columns::{f64s, i64_array, i64s, list, utf8};
 use crate::{ApiError, AppState, Scope, authorize};
 
 /// Filters, grouping and options of the relevance endpoints.
@@ -59,6 +59,8 @@ pub struct RelevanceParams {
     pub attribute: Option<String>,
     /// Fairness: device or region, for outcome rates per user segment.
     pub segment: Option<String>,
+    /// Feature audit: time bucket, `hour` or `day` (default).
+    pub bucket: Option<String>,
     /// Position bias: score bins per model that key relevance in the EM (default 20).
     pub score_bins: Option<usize>,
     /// Drift: start of the reference window (RFC 3339 or epoch ms).
@@ -244,13 +246,13 @@ pub async fn relevance_report(
     let mut items: Vec<RankedItem<'static>> = Vec::new();
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
-            let grp = batch.column(0).as_string::<i32>();
-            let grades = batch.column(1).as_list::<i32>();
-            let clicks = batch.column(2).as_list::<i32>();
+            let grp = utf8(batch, 0)?;
+            let grades = list(batch, 1)?;
+            let clicks = list(batch, 2)?;
             for row in 0..batch.num_rows() {
                 let g = grades.value(row);
                 let c = clicks.value(row);
-                let (g, c) = (g.as_primitive::<Int64Type>(), c.as_primitive::<Int64Type>());
+                let (g, c) = (i64_array(&g)?, i64_array(&c)?);
                 items.clear();
                 for (n, (grade, click)) in g.values().iter().zip(c.values()).enumerate() {
                     items.push(RankedItem {
@@ -266,6 +268,7 @@ pub async fn relevance_report(
                     .or_default()
                     .add(&m);
             }
+            Ok(())
         })
         .await?;
     Ok(groups
@@ -348,14 +351,15 @@ pub async fn calibration_report(
     let mut groups: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
-            let grp = batch.column(0).as_string::<i32>();
-            let score = batch.column(1).as_primitive::<Float64Type>();
-            let clicked = batch.column(2).as_primitive::<Int64Type>();
+            let grp = utf8(batch, 0)?;
+            let score = f64s(batch, 1)?;
+            let clicked = i64s(batch, 2)?;
             for row in 0..batch.num_rows() {
                 let (s, c) = groups.entry(grp.value(row).to_string()).or_default();
                 s.push(score.value(row));
                 c.push(clicked.value(row) > 0);
             }
+            Ok(())
         })
         .await?;
     groups

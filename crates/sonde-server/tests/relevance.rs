@@ -412,3 +412,78 @@ async fn diversity_and_fairness_over_simulated_traffic() {
     let (status, _) = get(&app, "/v1/fairness?segment=planet").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn feature_audit_flags_a_shifting_feature_and_engagement_counts_returns() {
+    let app = app();
+    const DAY: i64 = 86_400_000;
+    let mut events = Vec::new();
+    let mut n_ev = 100;
+    for day in 0..2 {
+        for n in 0..20i64 {
+            let id = format!("F{day}-{n}");
+            let t = T0 + day * DAY + n * 1000;
+            let mut d = decision(&id, "control", t);
+            d["anonymous_id"] = json!(format!("u{n}"));
+            // x separates clicked decisions perfectly on day 0 and not at all on day 1;
+            // y is constant.
+            d["features"] = json!({"x": n as f64, "y": 1.0, "kind": "a"});
+            events.push(d);
+            let clicked = if day == 0 { n >= 10 } else { n % 2 == 0 };
+            if clicked {
+                n_ev += 1;
+                events.push(interaction(
+                    n_ev,
+                    &id,
+                    &format!("{id}-i1"),
+                    "click",
+                    Some((n + 1) as f64),
+                    t + MIN,
+                ));
+            }
+        }
+    }
+    events.push(decision("solo", "control", T0));
+    events.push(interaction(
+        1,
+        "solo",
+        "solo-i1",
+        "scroll",
+        Some(0.5),
+        T0 + MIN,
+    ));
+    events.push(interaction(
+        2,
+        "solo",
+        "solo-i1",
+        "scroll",
+        Some(1.0),
+        T0 + MIN,
+    ));
+    ingest(&app, lines(&events)).await;
+
+    let (status, v) = get(&app, "/v1/feature-audit?bucket=day").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let features = v["features"].as_array().expect("features");
+    let f = |name: &str| {
+        features
+            .iter()
+            .find(|f| f["feature"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {v}"))
+    };
+    close(&f("features.x")["buckets"][0]["auc"], 1.0);
+    close(&f("features.x")["buckets"][1]["auc"], 0.45);
+    assert_eq!(f("features.x")["flagged"], true);
+    assert_eq!(f("features.y")["flagged"], false);
+    assert_eq!(v["flagged"], 1);
+
+    let (status, v) = get(&app, "/v1/engagement").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let g = &v["groups"][0];
+    // Dwell of the 20 clicks: 11..=20 on day 0 and 1, 3, ..., 19 on day 1.
+    assert_eq!(g["dwell_secs"]["n"], 20, "{v}");
+    close(&g["scroll_depth"]["p50"], 0.75);
+    // u0..u19 come back the next day; "solo"'s anonymous id a1 does not.
+    assert_eq!(g["users"], 21, "{v}");
+    close(&g["repeat_visit_rate_7d"], 20.0 / 21.0);
+}

@@ -164,7 +164,7 @@ pub async fn scan(
     snapshot: Snapshot,
     sql: &str,
     timeout: Duration,
-    mut visit: impl FnMut(&RecordBatch) + Send,
+    mut visit: impl FnMut(&RecordBatch) -> Result<(), StoreError> + Send,
 ) -> Result<(), StoreError> {
     let ctx = context(snapshot)?;
     let options = SQLOptions::new()
@@ -178,7 +178,7 @@ pub async fn scan(
             .map_err(StoreError::from_query)?;
         let mut stream = df.execute_stream().await.map_err(StoreError::from_query)?;
         while let Some(batch) = stream.next().await {
-            visit(&batch.map_err(StoreError::from_query)?);
+            visit(&batch.map_err(StoreError::from_query)?)?;
         }
         Ok(())
     };

@@ -472,7 +472,8 @@ impl Store {
         &self,
         sql: &str,
         timeout: std::time::Duration,
-        visit: impl FnMut(&datafusion::arrow::record_batch::RecordBatch) + Send,
+        visit: impl FnMut(&datafusion::arrow::record_batch::RecordBatch) -> Result<(), StoreError>
+        + Send,
     ) -> Result<(), StoreError> {
         query::scan(self.snapshot()?, sql, timeout, visit).await
     }

@@ -1,0 +1,68 @@
+//! Typed access to the columns of an analysis query's result. DataFusion may hand back a
+//! string column as `Utf8View` or a count as another integer width; these cast to the type
+//! the analysis reads and turn a mismatch into an error instead of a panic.
+
+use sonde_store::StoreError;
+use sonde_store::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
+    UInt32Array,
+};
+use sonde_store::arrow::compute::cast;
+use sonde_store::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
+
+fn unexpected(what: &str, col: &dyn Array) -> StoreError {
+    StoreError::Query(format!(
+        "internal: expected {what}, the query returned {}",
+        col.data_type()
+    ))
+}
+
+/// An array as text.
+pub(crate) fn utf8_array(col: &ArrayRef) -> Result<StringArray, StoreError> {
+    let c = cast(col, &DataType::Utf8)?;
+    c.as_string_opt::<i32>()
+        .cloned()
+        .ok_or_else(|| unexpected("text", c.as_ref()))
+}
+
+/// An array as 64-bit integers.
+pub(crate) fn i64_array(col: &ArrayRef) -> Result<Int64Array, StoreError> {
+    let c = cast(col, &DataType::Int64)?;
+    c.as_primitive_opt::<Int64Type>()
+        .cloned()
+        .ok_or_else(|| unexpected("integers", c.as_ref()))
+}
+
+/// Column `i` as text.
+pub(crate) fn utf8(batch: &RecordBatch, i: usize) -> Result<StringArray, StoreError> {
+    utf8_array(batch.column(i))
+}
+
+/// Column `i` as 64-bit integers.
+pub(crate) fn i64s(batch: &RecordBatch, i: usize) -> Result<Int64Array, StoreError> {
+    i64_array(batch.column(i))
+}
+
+/// Column `i` as floats.
+pub(crate) fn f64s(batch: &RecordBatch, i: usize) -> Result<Float64Array, StoreError> {
+    let c = cast(batch.column(i), &DataType::Float64)?;
+    c.as_primitive_opt::<Float64Type>()
+        .cloned()
+        .ok_or_else(|| unexpected("numbers", c.as_ref()))
+}
+
+/// Column `i` as unsigned 32-bit integers.
+pub(crate) fn u32s(batch: &RecordBatch, i: usize) -> Result<UInt32Array, StoreError> {
+    let c = cast(batch.column(i), &DataType::UInt32)?;
+    c.as_primitive_opt::<UInt32Type>()
+        .cloned()
+        .ok_or_else(|| unexpected("positions", c.as_ref()))
+}
+
+/// Column `i` as lists.
+pub(crate) fn list(batch: &RecordBatch, i: usize) -> Result<ListArray, StoreError> {
+    let c = batch.column(i);
+    c.as_list_opt::<i32>()
+        .cloned()
+        .ok_or_else(|| unexpected("a list", c.as_ref()))
+}
