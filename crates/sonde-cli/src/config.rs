@@ -25,6 +25,8 @@ pub struct FileConfig {
     max_event_bytes: Option<usize>,
     query_timeout_secs: Option<u64>,
     query_max_rows: Option<usize>,
+    /// `[relevance]`: how outcomes grade the items they follow.
+    relevance: Option<sonde_server::relevance::Gains>,
 }
 
 /// Resolve the server configuration.
@@ -73,6 +75,13 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(n) = args.query_max_rows.or(file.query_max_rows) {
         c.query_max_rows = n;
     }
+    if let Some(g) = file.relevance {
+        anyhow::ensure!(
+            g.window_minutes > 0 && g.long_dwell_secs >= 0.0,
+            "[relevance] window_minutes must be positive and long_dwell_secs not negative"
+        );
+        c.gains = g;
+    }
     Ok(c)
 }
 
@@ -100,6 +109,11 @@ mod tests {
         assert_eq!(c.limits.max_events_per_batch, 7);
         assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
         assert!(!c.store_raw_ids);
+        std::fs::write(&path, "[relevance]\npurchase = 5\nwindow_minutes = 60\n").expect("write");
+        let c = resolve(&args).expect("resolve");
+        assert_eq!(c.gains.purchase, 5);
+        assert_eq!(c.gains.window_minutes, 60);
+        assert_eq!(c.gains.click, 1, "unset gains keep their defaults");
         std::fs::write(&path, "listen_port = 1\n").expect("write");
         let err = resolve(&args).expect_err("unknown key");
         assert!(format!("{err:#}").contains("listen_port"), "{err:#}");

@@ -263,10 +263,11 @@ pub async fn engagement(
 /// `GET /v1/feature-audit`.
 pub async fn get_feature_audit(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let features = feature_audit(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({
@@ -283,10 +284,11 @@ pub async fn get_feature_audit(
 /// `GET /v1/engagement`.
 pub async fn get_engagement(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let groups = engagement(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({

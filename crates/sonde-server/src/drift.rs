@@ -203,10 +203,11 @@ pub async fn drift_report(
 /// `GET /v1/drift`.
 pub async fn get_drift(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let columns = drift_report(&state.store, &p, state.config.query_timeout).await?;
     let drifted = columns.iter().filter(|c| c.drifted).count();

@@ -358,10 +358,11 @@ pub async fn fairness_report(
 /// `GET /v1/stability`.
 pub async fn get_stability(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let groups = stability_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({
@@ -376,10 +377,11 @@ pub async fn get_stability(
 /// `GET /v1/diversity`.
 pub async fn get_diversity(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let groups = diversity_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({
@@ -393,10 +395,11 @@ pub async fn get_diversity(
 /// `GET /v1/fairness`.
 pub async fn get_fairness(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let (groups, segments) = fairness_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({

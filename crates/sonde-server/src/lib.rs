@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub query_timeout: Duration,
     /// Most rows a query returns.
     pub query_max_rows: usize,
+    /// How outcomes grade items for the relevance endpoints.
+    pub gains: relevance::Gains,
 }
 
 impl ServerConfig {
@@ -84,6 +86,7 @@ impl ServerConfig {
             store_raw_ids: false,
             query_timeout: Duration::from_secs(30),
             query_max_rows: 100_000,
+            gains: relevance::Gains::default(),
         }
     }
 }

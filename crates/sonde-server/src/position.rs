@@ -249,10 +249,11 @@ pub async fn position_report(
 /// `GET /v1/position-bias`.
 pub async fn get_position_bias(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let groups = position_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({

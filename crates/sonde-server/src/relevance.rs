@@ -63,19 +63,46 @@ pub struct RelevanceParams {
     pub bucket: Option<String>,
     /// Position bias: score bins per model that key relevance in the EM (default 20).
     pub score_bins: Option<usize>,
+    /// The project's gains (from the server configuration, not the query string).
+    #[serde(skip)]
+    pub gains: Gains,
     /// Drift: start of the reference window (RFC 3339 or epoch ms).
     pub reference_from: Option<String>,
     /// Drift: end of the reference window.
     pub reference_to: Option<String>,
 }
 
-/// Outcome grades (the issue's defaults).
-const GAIN_CLICK: i64 = 1;
-const GAIN_LONG_DWELL: i64 = 2;
-const GAIN_CART: i64 = 2;
-const GAIN_PURCHASE: i64 = 3;
-/// Dwell seconds that make a click count as [`GAIN_LONG_DWELL`].
-const LONG_DWELL_SECS: f64 = 30.0;
+/// How outcomes grade the items they follow: a project setting (`[relevance]` in the config
+/// file), defaults click 1, click with 30 s dwell 2, add to cart 2, purchase 3, window 30 min.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gains {
+    /// Grade of a click.
+    pub click: i64,
+    /// Grade of a click whose dwell (`value`) reaches `long_dwell_secs`.
+    pub long_dwell: i64,
+    /// Dwell seconds of a long click.
+    pub long_dwell_secs: f64,
+    /// Grade of an add-to-cart.
+    pub add_to_cart: i64,
+    /// Grade of a purchase of the item.
+    pub purchase: i64,
+    /// Default minutes after a decision in which outcomes count.
+    pub window_minutes: u32,
+}
+
+impl Default for Gains {
+    fn default() -> Self {
+        Gains {
+            click: 1,
+            long_dwell: 2,
+            long_dwell_secs: 30.0,
+            add_to_cart: 2,
+            purchase: 3,
+            window_minutes: 30,
+        }
+    }
+}
 
 /// A string literal for SQL.
 pub(crate) fn lit(s: &str) -> String {
@@ -185,27 +212,31 @@ impl RelevanceParams {
     }
 
     pub(crate) fn window(&self) -> u32 {
-        self.window_minutes.unwrap_or(30)
+        self.window_minutes.unwrap_or(self.gains.window_minutes)
     }
 
-    /// Per shown item: its group, decision, position, score, model, grade and whether clicked.
+    /// Per shown item: its group, decision, position, score, model, attributes, grade, and
+    /// whether it was clicked and purchased.
     pub(crate) fn graded_items_sql(&self) -> Result<String, ApiError> {
+        let g = &self.gains;
         Ok(format!(
             "WITH outcomes AS (\
                SELECT request_id, item_id, event_time, \
-                 CASE WHEN action = 'click' AND value >= {LONG_DWELL_SECS} THEN {GAIN_LONG_DWELL} \
-                      WHEN action = 'click' THEN {GAIN_CLICK} \
-                      WHEN action = 'add_to_cart' THEN {GAIN_CART} ELSE 0 END AS gain, \
-                 CASE WHEN action = 'click' THEN 1 ELSE 0 END AS click \
+                 CASE WHEN action = 'click' AND value >= {dwell:?} THEN {long} \
+                      WHEN action = 'click' THEN {click} \
+                      WHEN action = 'add_to_cart' THEN {cart} ELSE 0 END AS gain, \
+                 CASE WHEN action = 'click' THEN 1 ELSE 0 END AS click, 0 AS purchase \
                FROM interactions \
                UNION ALL \
-               SELECT request_id, unnest(items) AS item_id, event_time, {GAIN_PURCHASE} AS gain, 0 AS click \
+               SELECT request_id, unnest(items) AS item_id, event_time, {buy} AS gain, 0 AS click, \
+                 1 AS purchase \
                FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL) \
              SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
                max(i.score) AS score, max(i.model_name || ':' || i.model_version) AS model, \
                max(i.category) AS category, max(i.provider) AS provider, \
                CAST(coalesce(max(o.gain), 0) AS BIGINT) AS grade, \
-               CAST(coalesce(max(o.click), 0) AS BIGINT) AS clicked \
+               CAST(coalesce(max(o.click), 0) AS BIGINT) AS clicked, \
+               CAST(coalesce(max(o.purchase), 0) AS BIGINT) AS purchased \
              FROM decision_items i LEFT JOIN outcomes o \
                ON o.request_id = i.request_id AND o.item_id = i.item_id \
               AND o.event_time >= i.event_time \
@@ -215,6 +246,11 @@ impl RelevanceParams {
             group = self.group_expr()?,
             w = self.window(),
             filter = self.where_clause()?,
+            dwell = g.long_dwell_secs,
+            long = g.long_dwell,
+            click = g.click,
+            cart = g.add_to_cart,
+            buy = g.purchase,
         ))
     }
 }
@@ -283,18 +319,18 @@ pub async fn relevance_report(
 /// `GET /v1/relevance`.
 pub async fn get_relevance(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let groups = relevance_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({
         "k": p.k.unwrap_or(10).max(1),
         "window_minutes": p.window(),
         "group_by": p.group_by.as_deref().unwrap_or("none"),
-        "gains": {"click": GAIN_CLICK, "click_dwell_30s": GAIN_LONG_DWELL,
-                  "add_to_cart": GAIN_CART, "purchase": GAIN_PURCHASE},
+        "gains": p.gains,
         "groups": groups,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
     }))
@@ -336,7 +372,7 @@ pub async fn calibration_report(
     }
     let label = match p.outcome.as_deref().unwrap_or("click") {
         "click" => "clicked".to_string(),
-        "conversion" => format!("CASE WHEN grade >= {GAIN_PURCHASE} THEN 1 ELSE 0 END"),
+        "conversion" => "purchased".to_string(),
         other => {
             return Err(ApiError::bad_request(
                 "invalid_parameter",
@@ -376,10 +412,11 @@ pub async fn calibration_report(
 /// `GET /v1/calibration`.
 pub async fn get_calibration(
     State(state): State<AppState>,
-    Query(p): Query<RelevanceParams>,
+    Query(mut p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    p.gains = state.config.gains;
     let started = Instant::now();
     let groups = calibration_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({

@@ -17,11 +17,16 @@ struct App {
 }
 
 fn app() -> App {
+    app_with(|_| {})
+}
+
+fn app_with(tune: impl FnOnce(&mut ServerConfig)) -> App {
     let dir = tempfile::tempdir().expect("tmp");
     let keys = sonde_server::ensure_project(dir.path())
         .expect("init")
         .expect("new keys");
-    let config = ServerConfig::new(dir.path());
+    let mut config = ServerConfig::new(dir.path());
+    tune(&mut config);
     let state = sonde_server::open(config).expect("open");
     App {
         router: sonde_server::router(state.clone()),
@@ -486,4 +491,22 @@ async fn feature_audit_flags_a_shifting_feature_and_engagement_counts_returns() 
     // u0..u19 come back the next day; "solo"'s anonymous id a1 does not.
     assert_eq!(g["users"], 21, "{v}");
     close(&g["repeat_visit_rate_7d"], 20.0 / 21.0);
+}
+
+#[tokio::test]
+async fn project_gains_change_the_grades() {
+    // A project that does not count short clicks as relevant.
+    let app = app_with(|c| c.gains.click = 0);
+    let events = vec![
+        decision("A", "control", T0),
+        interaction(1, "A", "A-i1", "add_to_cart", None, T0 + MIN),
+        interaction(2, "A", "A-i2", "click", Some(10.0), T0 + 2 * MIN),
+    ];
+    ingest(&app, lines(&events)).await;
+    let (status, v) = get(&app, "/v1/relevance?k=2").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["gains"]["click"], 0, "{v}");
+    // Grades [2, 0, 0] instead of [2, 1, 0]; the click still counts for CTR.
+    close(&v["groups"][0]["precision"], 0.5);
+    close(&v["groups"][0]["ctr"], 0.5);
 }
