@@ -186,6 +186,7 @@ pub fn simulate(args: SimulateBenchArgs) -> anyhow::Result<()> {
         backfill: 0.0,
         backfill_rate: 2.0,
         clean: false,
+        swap_share: 0.0,
     };
     let mut rates = Vec::new();
     for run in 1..=args.runs.max(1) {

@@ -137,6 +137,10 @@ pub struct SimulateArgs {
     /// No real-world mess: no late, duplicate, skewed or invalid events.
     #[arg(long)]
     pub clean: bool,
+    /// Share of decisions in a swap intervention (ranks 1 and k exchanged, flagged
+    /// `flags.swap = k`), for position-bias estimation from randomization.
+    #[arg(long, default_value_t = 0.0)]
+    pub swap_share: f64,
 }
 
 /// `sonde demo` options.

@@ -63,6 +63,7 @@ fn sim_config(args: &SimulateArgs, start_ms: i64, live_start_ms: i64) -> anyhow:
         start_ms,
         decisions_per_sec: args.rate / EVENTS_PER_DECISION,
         incidents,
+        swap_share: args.swap_share.clamp(0.0, 1.0),
         ..SimConfig::default()
     })
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/position-bias`: CTR by position and the examination probability of each
-//! position estimated by EM of the position-based model, relevance keyed by (model version,
+//! position: from swap interventions where decisions flag them (`flags: {"swap": k}`),
+//! otherwise by EM of the position-based model with relevance keyed by (model version,
 //! score bin); see `sonde_relevance::position_bias_em` and `docs/relevance.md`.
 
 use std::collections::BTreeMap;
@@ -32,8 +33,82 @@ pub struct PositionRow {
     pub clicks: u64,
     /// clicks / impressions.
     pub ctr: f64,
-    /// Estimated examination probability relative to position 1.
+    /// Examination probability relative to position 1: from swap interventions where the
+    /// decisions flag them, else from EM.
     pub examination: Option<f64>,
+    /// Which estimate `examination` is: `swap` or `em`.
+    pub source: &'static str,
+    /// The EM estimate.
+    pub examination_em: Option<f64>,
+    /// The swap-intervention estimate.
+    pub examination_swap: Option<f64>,
+    /// Decisions whose flags swapped position 1 with this one.
+    pub swap_decisions: u64,
+}
+
+/// Swap-intervention counts of one group (Joachims et al. 2017): decisions flagged
+/// `{"swap": k}` showed the item ranked 1 at position k (k = 1: order kept).
+#[derive(Debug, Default, Clone)]
+struct SwapCounts {
+    /// Per k (index k − 1): decisions, and clicks at position k.
+    at: Vec<(u64, u64)>,
+}
+
+impl SwapCounts {
+    /// θ_k / θ_1 = CTR of the top-ranked item shown at k / CTR of it shown at 1.
+    fn estimate(&self, k: usize) -> Option<f64> {
+        let (n1, c1) = *self.at.first()?;
+        let (nk, ck) = *self.at.get(k - 1)?;
+        (n1 > 0 && c1 > 0 && nk > 0).then(|| (ck as f64 / nk as f64) / (c1 as f64 / n1 as f64))
+    }
+}
+
+/// The swap position of a decision's flags text, if it has one.
+fn swap_of(flags: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(flags).ok()?;
+    let k = match &v["swap"] {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    (1..=MAX_POSITION as u64).contains(&k).then_some(k as usize)
+}
+
+async fn swap_counts(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<BTreeMap<String, SwapCounts>, ApiError> {
+    let sql = format!(
+        "SELECT g.grp, d.flags, g.position, g.clicked FROM ({}) g \
+         JOIN decisions d ON d.request_id = g.request_id WHERE d.flags IS NOT NULL",
+        p.graded_items_sql()?
+    );
+    let mut out: BTreeMap<String, SwapCounts> = BTreeMap::new();
+    store
+        .scan(&sql, timeout, |batch: &RecordBatch| {
+            let grp = utf8(batch, 0)?;
+            let flags = utf8(batch, 1)?;
+            let position = u32s(batch, 2)?;
+            let clicked = i64s(batch, 3)?;
+            for row in 0..batch.num_rows() {
+                let Some(k) = swap_of(flags.value(row)) else {
+                    continue;
+                };
+                if position.value(row) as usize != k {
+                    continue;
+                }
+                let s = out.entry(grp.value(row).to_string()).or_default();
+                if s.at.len() < k {
+                    s.at.resize(k, (0, 0));
+                }
+                s.at[k - 1].0 += 1;
+                s.at[k - 1].1 += u64::from(clicked.value(row) > 0);
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(out)
 }
 
 /// Position bias of one group.
@@ -173,6 +248,7 @@ pub async fn position_report(
             Ok(())
         })
         .await?;
+    let swaps = swap_counts(store, p, timeout).await?;
     let mut out = Vec::new();
     for (group, mut items) in groups {
         let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
@@ -220,24 +296,35 @@ pub async fn position_report(
             })
             .collect();
         let fit = position_bias_em(&cells, positions.max(1), dense.len().max(1), 5000).ok();
-        let (ipw_ctr, ipw_ndcg) = match &fit {
-            Some(f) => propensity_weighted(&mut items, &f.examination, k),
+        let swaps = swaps.get(&group);
+        let rows: Vec<PositionRow> = by_position
+            .iter()
+            .enumerate()
+            .map(|(i, (n, c))| {
+                let em = fit.as_ref().map(|f| f.examination[i]);
+                let swap = swaps.and_then(|s| s.estimate(i + 1));
+                PositionRow {
+                    position: i + 1,
+                    impressions: *n,
+                    clicks: *c,
+                    ctr: *c as f64 / (*n).max(1) as f64,
+                    examination: swap.or(em),
+                    source: if swap.is_some() { "swap" } else { "em" },
+                    examination_em: em,
+                    examination_swap: swap,
+                    swap_decisions: swaps.and_then(|s| s.at.get(i)).map_or(0, |a| a.0),
+                }
+            })
+            .collect();
+        let chosen: Option<Vec<f64>> = rows.iter().map(|r| r.examination).collect();
+        let (ipw_ctr, ipw_ndcg) = match &chosen {
+            Some(e) => propensity_weighted(&mut items, e, k),
             None => (None, None),
         };
         out.push(GroupPositionBias {
             ipw_ctr,
             ipw_ndcg,
-            positions: by_position
-                .iter()
-                .enumerate()
-                .map(|(k, (n, c))| PositionRow {
-                    position: k + 1,
-                    impressions: *n,
-                    clicks: *c,
-                    ctr: *c as f64 / (*n).max(1) as f64,
-                    examination: fit.as_ref().map(|f| f.examination[k]),
-                })
-                .collect(),
+            positions: rows,
             em_iterations: fit.as_ref().map(|f| f.iterations),
             relevance_keys: dense.len(),
             group,
@@ -258,7 +345,7 @@ pub async fn get_position_bias(
     let groups = position_report(&state.store, &p, state.config.query_timeout).await?;
     Ok(axum::Json(json!({
         "outcome": "click",
-        "method": "EM of the position-based model, relevance keyed by (model version, score bin)",
+        "method": "swap interventions where decisions flag them (flags.swap = k), else EM of the position-based model with relevance keyed by (model version, score bin)",
         "score_bins": p.score_bins.unwrap_or(20),
         "window_minutes": p.window(),
         "groups": groups,

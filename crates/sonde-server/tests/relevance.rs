@@ -510,3 +510,34 @@ async fn project_gains_change_the_grades() {
     close(&v["groups"][0]["precision"], 0.5);
     close(&v["groups"][0]["ctr"], 0.5);
 }
+
+/// Decisions flagged with swap interventions: the estimate comes from them, within 0.06 of
+/// the simulator's examination at every position.
+#[tokio::test]
+async fn swap_interventions_estimate_examination() {
+    let app = app();
+    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
+        seed: 6,
+        swap_share: 1.0,
+        ..Default::default()
+    });
+    let mut events = Vec::new();
+    for _ in 0..60_000 {
+        sim.step(&mut events);
+    }
+    ingest_simulated(&app, &events).await;
+    let (status, v) = get(&app, "/v1/position-bias").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let positions = v["groups"][0]["positions"].as_array().expect("positions");
+    for (k, p) in positions.iter().enumerate() {
+        let truth = sonde_sim::examination(k + 1) / sonde_sim::examination(1);
+        assert_eq!(p["source"], "swap", "{p}");
+        assert!(p["swap_decisions"].as_u64().unwrap_or(0) > 4000, "{p}");
+        let e = p["examination"].as_f64().expect("examination");
+        assert!(
+            (e - truth).abs() < 0.06,
+            "position {}: swap {e:.3}, truth {truth:.3}",
+            k + 1
+        );
+    }
+}

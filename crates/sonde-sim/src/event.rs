@@ -74,6 +74,10 @@ pub struct DecisionBody {
     pub model: Model,
     /// Experiment assignments.
     pub experiments: [Assignment; 1],
+    /// Feature flags: `{"swap": k}` when the decision is part of a swap intervention (the
+    /// items ranked 1 and k were exchanged; k = 1 leaves the order as ranked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<Flags>,
     /// The slate.
     pub items: Vec<SimItem>,
     /// Probability of the whole slate under the logging policy.
@@ -84,6 +88,13 @@ pub struct DecisionBody {
     pub fallback: bool,
     /// Context features the model used.
     pub features: Features,
+}
+
+/// Feature flags of a decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flags {
+    /// Position swapped with position 1.
+    pub swap: u32,
 }
 
 /// Model name and version.

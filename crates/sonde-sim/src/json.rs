@@ -97,7 +97,13 @@ fn decision(out: &mut Vec<u8>, d: &DecisionBody) {
         string(out, a.variant);
         out.push(b'}');
     }
-    out.extend_from_slice(b"],\"items\":[");
+    out.push(b']');
+    if let Some(f) = &d.flags {
+        out.extend_from_slice(b",\"flags\":{\"swap\":");
+        int(out, f.swap);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"items\":[");
     for (k, it) in d.items.iter().enumerate() {
         if k > 0 {
             out.push(b',');

@@ -63,6 +63,10 @@ pub struct SimConfig {
     pub items: usize,
     /// Incidents to play (see [`scenario`]).
     pub incidents: Vec<Incident>,
+    /// Share of decisions in a swap intervention (Joachims et al. 2017): the item ranked 1
+    /// is exchanged with the one at a uniformly drawn position k in 1..=10 (k = 1: kept),
+    /// and the decision carries `flags: {"swap": k}`. 0 by default.
+    pub swap_share: f64,
 }
 
 impl Default for SimConfig {
@@ -74,6 +78,7 @@ impl Default for SimConfig {
             users: 20_000,
             items: 5_000,
             incidents: Vec::new(),
+            swap_share: 0.0,
         }
     }
 }
@@ -443,6 +448,14 @@ impl Simulator {
             slate.push((item, score, p));
         }
 
+        // A swap intervention exchanges ranks 1 and k after ranking; the logged propensities
+        // stay those of the ranked order (the swap is known from the flag).
+        let flags = (self.config.swap_share > 0.0 && self.rng.random_bool(self.config.swap_share))
+            .then(|| {
+                let k = self.rng.random_range(1..=slate.len().max(1));
+                slate.swap(0, k - 1);
+                Flags { swap: k as u32 }
+            });
         let request_id = self.next_id("req");
         let ms =
             |rng: &mut ChaCha8Rng, c: &str| round_to(latency_model(c, variant).sample(rng), 100.0);
@@ -520,6 +533,7 @@ impl Simulator {
                     id: EXPERIMENT,
                     variant: variant.as_str(),
                 }],
+                flags,
                 items,
                 slate_propensity: slate_p,
                 latency_ms: Latency {

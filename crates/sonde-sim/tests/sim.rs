@@ -188,7 +188,13 @@ fn fast_json_writer_gives_the_bytes_of_serde() {
     let mut config = seeded(9);
     config.incidents = scenario("incidents", start).expect("known scenario");
     config.decisions_per_sec = 20.0;
+    config.swap_share = 0.3;
     let (events, _) = run(config, 24_000);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.decision().is_some_and(|d| d.flags.is_some()))
+    );
     let mut d = Delivery::new(9, MessConfig::default());
     d.schedule(events);
     let mut lines = Vec::new();
