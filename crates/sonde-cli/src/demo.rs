@@ -88,6 +88,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         backfill: args.backfill_days,
         backfill_rate: args.backfill_rate,
         clean: false,
+        swap_share: 0.0,
     };
     let sim = {
         let (tally, stop) = (tally.clone(), stop.clone());
