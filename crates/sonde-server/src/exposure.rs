@@ -334,8 +334,22 @@ pub async fn fairness_report(
             },
         )
         .await?;
-    // The reference is the largest segment.
-    let reference = rates.first().map(|r| (r.0.clone(), r.2));
+    // The reference is the one asked for, else the largest segment.
+    let reference = match &p.reference_segment {
+        Some(name) => Some(
+            rates
+                .iter()
+                .find(|r| &r.0 == name)
+                .map(|r| (r.0.clone(), r.2))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("reference_segment={name:?} has no decisions in the window"),
+                    )
+                })?,
+        ),
+        None => rates.first().map(|r| (r.0.clone(), r.2)),
+    };
     let segments = rates
         .into_iter()
         .map(|(segment, decisions, outcome_rate)| {

@@ -59,6 +59,8 @@ pub struct RelevanceParams {
     pub attribute: Option<String>,
     /// Fairness: device or region, for outcome rates per user segment.
     pub segment: Option<String>,
+    /// Fairness: the segment the others are compared with (default: the largest).
+    pub reference_segment: Option<String>,
     /// Feature audit: time bucket, `hour` or `day` (default).
     pub bucket: Option<String>,
     /// Position bias: score bins per model that key relevance in the EM (default 20).
@@ -230,19 +232,23 @@ impl RelevanceParams {
                UNION ALL \
                SELECT request_id, unnest(items) AS item_id, event_time, {buy} AS gain, 0 AS click, \
                  1 AS purchase \
-               FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL) \
+               FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL), \
+             graded AS (\
+               SELECT o.request_id, o.item_id, max(o.gain) AS gain, max(o.click) AS click, \
+                 max(o.purchase) AS purchase \
+               FROM outcomes o JOIN decisions d ON d.request_id = o.request_id \
+               WHERE o.event_time >= d.event_time \
+                 AND o.event_time <= d.event_time + INTERVAL '{w} minutes' \
+               GROUP BY o.request_id, o.item_id) \
              SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
-               max(i.score) AS score, max(i.model_name || ':' || i.model_version) AS model, \
-               max(i.category) AS category, max(i.provider) AS provider, \
-               CAST(coalesce(max(o.gain), 0) AS BIGINT) AS grade, \
-               CAST(coalesce(max(o.click), 0) AS BIGINT) AS clicked, \
-               CAST(coalesce(max(o.purchase), 0) AS BIGINT) AS purchased \
-             FROM decision_items i LEFT JOIN outcomes o \
-               ON o.request_id = i.request_id AND o.item_id = i.item_id \
-              AND o.event_time >= i.event_time \
-              AND o.event_time <= i.event_time + INTERVAL '{w} minutes' \
-             WHERE {filter} \
-             GROUP BY i.request_id, {group}, i.position",
+               i.score AS score, i.model_name || ':' || i.model_version AS model, \
+               i.category AS category, i.provider AS provider, \
+               CAST(coalesce(g.gain, 0) AS BIGINT) AS grade, \
+               CAST(coalesce(g.click, 0) AS BIGINT) AS clicked, \
+               CAST(coalesce(g.purchase, 0) AS BIGINT) AS purchased \
+             FROM decision_items i LEFT JOIN graded g \
+               ON g.request_id = i.request_id AND g.item_id = i.item_id \
+             WHERE {filter}",
             group = self.group_expr()?,
             w = self.window(),
             filter = self.where_clause()?,
@@ -272,32 +278,33 @@ pub async fn relevance_report(
     timeout: std::time::Duration,
 ) -> Result<Vec<GroupRanking>, ApiError> {
     let k = p.k.unwrap_or(10).max(1);
+    // One row per decision with its items packed as position·1024 + grade·2 + clicked: an
+    // unordered array_agg is several times cheaper than one ordered by position, and ten
+    // items sort in no time here.
     let sql = format!(
-        "SELECT grp, array_agg(grade ORDER BY position) AS grades, \
-                array_agg(clicked ORDER BY position) AS clicks \
-         FROM ({}) GROUP BY request_id, grp",
+        "SELECT max(grp) AS grp, \
+                array_agg(CAST(position AS BIGINT) * 1024 + least(greatest(grade, 0), 511) * 2 + clicked) AS items \
+         FROM ({}) GROUP BY request_id",
         p.graded_items_sql()?
     );
     let mut groups: BTreeMap<String, RankingSummary> = BTreeMap::new();
     let mut items: Vec<RankedItem<'static>> = Vec::new();
+    let mut packed: Vec<i64> = Vec::new();
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
             let grp = utf8(batch, 0)?;
-            let grades = list(batch, 1)?;
-            let clicks = list(batch, 2)?;
+            let lists = list(batch, 1)?;
             for row in 0..batch.num_rows() {
-                let g = grades.value(row);
-                let c = clicks.value(row);
-                let (g, c) = (i64_array(&g)?, i64_array(&c)?);
+                packed.clear();
+                packed.extend(i64_array(&lists.value(row))?.values().iter().copied());
+                packed.sort_unstable();
                 items.clear();
-                for (n, (grade, click)) in g.values().iter().zip(c.values()).enumerate() {
-                    items.push(RankedItem {
-                        item_id: "",
-                        score: -(n as f64),
-                        grade: *grade as f64,
-                        clicked: *click > 0,
-                    });
-                }
+                items.extend(packed.iter().map(|v| RankedItem {
+                    item_id: "",
+                    score: -((v >> 10) as f64),
+                    grade: ((v >> 1) & 511) as f64,
+                    clicked: v & 1 == 1,
+                }));
                 let m = list_metrics(&items, k);
                 groups
                     .entry(grp.value(row).to_string())

@@ -414,6 +414,18 @@ async fn diversity_and_fairness_over_simulated_traffic() {
     assert_eq!(rates[0]["segment"], v["segments"]["reference"]);
     close(&rates[0]["ratio_to_reference"], 1.0);
 
+    let (_, w) = get(&app, "/v1/fairness?segment=device&reference_segment=web").await;
+    assert_eq!(w["segments"]["reference"], "web", "{w}");
+    let web = w["segments"]["rates"]
+        .as_array()
+        .expect("rates")
+        .iter()
+        .find(|r| r["segment"] == "web")
+        .cloned()
+        .unwrap_or_default();
+    close(&web["ratio_to_reference"], 1.0);
+    let (status, _) = get(&app, "/v1/fairness?segment=device&reference_segment=fax").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = get(&app, "/v1/fairness?segment=planet").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
