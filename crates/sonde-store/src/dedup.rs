@@ -225,7 +225,10 @@ fn decode_rec(b: &[u8]) -> (u128, u64, u32) {
 pub struct DedupIndex {
     dir: PathBuf,
     window_hours: u32,
-    mem: Mutex<HashMap<u128, (u64, u32)>>,
+    /// id → (content hash, hour, durable). An id is durable once its WAL record is: only
+    /// durable ids may be spilled, or a crash could leave a run that remembers an event the
+    /// WAL lost, and its retry would be answered "duplicate" and never stored.
+    mem: Mutex<HashMap<u128, (u64, u32, bool)>>,
     runs: RwLock<Vec<Arc<Run>>>,
     next_seq: Mutex<u64>,
 }
@@ -269,7 +272,7 @@ impl DedupIndex {
     }
 
     fn lookup(&self, id: u128) -> Result<Option<u64>, StoreError> {
-        if let Some(&(content, _)) = self.mem.lock().get(&id) {
+        if let Some(&(content, _, _)) = self.mem.lock().get(&id) {
             return Ok(Some(content));
         }
         for run in self.runs.read().iter().rev() {
@@ -280,11 +283,12 @@ impl DedupIndex {
         Ok(None)
     }
 
-    /// Check `id` and, if new, record it. The caller serializes check-and-insert per batch.
+    /// Check `id` and, if new, record it as pending until [`DedupIndex::confirm`]. The caller
+    /// serializes check-and-insert per batch.
     pub fn check_and_insert(&self, id: u128, content: u64, hour: u32) -> Result<Seen, StoreError> {
         Ok(match self.lookup(id)? {
             None => {
-                self.mem.lock().insert(id, (content, hour));
+                self.mem.lock().insert(id, (content, hour, false));
                 Seen::New
             }
             Some(c) if c == content => Seen::Duplicate,
@@ -292,9 +296,19 @@ impl DedupIndex {
         })
     }
 
-    /// Record an id unconditionally (WAL replay).
+    /// Record an id unconditionally, as durable (WAL replay).
     pub fn insert(&self, id: u128, content: u64, hour: u32) {
-        self.mem.lock().insert(id, (content, hour));
+        self.mem.lock().insert(id, (content, hour, true));
+    }
+
+    /// Mark ids durable: their WAL records are on disk, so a spill may write them.
+    pub fn confirm(&self, ids: &[u128]) {
+        let mut mem = self.mem.lock();
+        for id in ids {
+            if let Some(e) = mem.get_mut(id) {
+                e.2 = true;
+            }
+        }
     }
 
     /// Forget ids whose append failed, so a retry is not mistaken for a duplicate.
@@ -320,12 +334,15 @@ impl DedupIndex {
         self.runs.read().len()
     }
 
-    /// Spill the in-memory ids to a new run, then merge runs and drop expired ones.
-    /// Call from one thread at a time (the flusher).
+    /// Spill the durable in-memory ids to a new run, then merge runs and drop expired ones.
+    /// Pending ids stay in memory. Call from one thread at a time (the flusher).
     pub fn spill(&self, now_hour: u32) -> Result<(), StoreError> {
         let mut recs: Vec<(u128, u64, u32)> = {
             let mem = self.mem.lock();
-            mem.iter().map(|(&id, &(c, h))| (id, c, h)).collect()
+            mem.iter()
+                .filter(|(_, e)| e.2)
+                .map(|(&id, &(c, h, _))| (id, c, h))
+                .collect()
         };
         if !recs.is_empty() {
             recs.sort_unstable_by_key(|r| r.0);
@@ -442,6 +459,7 @@ mod tests {
             idx.check_and_insert(1, 11, 100).expect("ok"),
             Seen::Conflict
         );
+        idx.confirm(&[1]);
         idx.spill(100).expect("spill");
         assert_eq!(idx.mem_len(), 0);
         assert_eq!(
@@ -453,6 +471,7 @@ mod tests {
                 idx.check_and_insert(id * 7919, 1, 100).expect("ok"),
                 Seen::New
             );
+            idx.confirm(&[id * 7919]);
             if id % 500 == 0 {
                 idx.spill(100).expect("spill");
             }
@@ -474,13 +493,39 @@ mod tests {
         assert_eq!(idx.check_and_insert(3, 1, 101).expect("ok"), Seen::New);
     }
 
+    /// An id whose WAL record is not yet durable stays out of spilled runs: after a crash
+    /// its retry is new, not a duplicate of an event that was never stored.
+    #[test]
+    fn pending_ids_are_not_spilled() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let idx = DedupIndex::open(dir.path(), 24, 100).expect("open");
+        idx.check_and_insert(7, 1, 100).expect("ok");
+        idx.check_and_insert(8, 1, 100).expect("ok");
+        idx.confirm(&[8]);
+        idx.spill(100).expect("spill");
+        // Still known while the process lives.
+        assert_eq!(
+            idx.check_and_insert(7, 1, 100).expect("ok"),
+            Seen::Duplicate
+        );
+        drop(idx);
+        let idx = DedupIndex::open(dir.path(), 24, 100).expect("reopen");
+        assert_eq!(idx.check_and_insert(7, 1, 100).expect("ok"), Seen::New);
+        assert_eq!(
+            idx.check_and_insert(8, 1, 100).expect("ok"),
+            Seen::Duplicate
+        );
+    }
+
     #[test]
     fn ids_past_the_window_are_forgotten() {
         let dir = tempfile::tempdir().expect("tmp");
         let idx = DedupIndex::open(dir.path(), 24, 100).expect("open");
         idx.check_and_insert(42, 1, 100).expect("ok");
+        idx.confirm(&[42]);
         idx.spill(100).expect("spill");
         idx.check_and_insert(43, 1, 125).expect("ok");
+        idx.confirm(&[43]);
         idx.spill(125).expect("spill");
         assert_eq!(idx.check_and_insert(42, 1, 125).expect("ok"), Seen::New);
         assert_eq!(
@@ -496,6 +541,7 @@ mod tests {
         idx.check_and_insert(5, 1, 1).expect("ok");
         idx.remove(&[5]);
         assert_eq!(idx.check_and_insert(5, 1, 1).expect("ok"), Seen::New);
+        idx.confirm(&[5]);
         idx.spill(1).expect("spill");
         let run = idx.runs.read()[0].path.clone();
         drop(idx);

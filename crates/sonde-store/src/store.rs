@@ -391,6 +391,9 @@ impl Store {
                 Box::new(move |res| {
                     let out = match res {
                         Ok(range) => {
+                            if let Some(d) = &worker.dedup {
+                                d.confirm(&fresh_ids);
+                            }
                             let first = *range.start();
                             let qids = {
                                 let mut mem = worker.mem.write();
