@@ -7,11 +7,10 @@
 //! back within 7 days. Formulas in `docs/relevance.md`.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{auc, quantile};
@@ -19,8 +18,8 @@ use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
 use crate::columns::{f64s, i64s, utf8};
-use crate::relevance::RelevanceParams;
-use crate::{ApiError, AppState, Scope, authorize};
+use crate::relevance::{RelevanceParams, analysis};
+use crate::{ApiError, AppState};
 
 /// AUC movement between buckets that flags a feature.
 const AUC_SHIFT: f64 = 0.1;
@@ -263,38 +262,34 @@ pub async fn engagement(
 /// `GET /v1/feature-audit`.
 pub async fn get_feature_audit(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let features = feature_audit(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "outcome": "click",
-        "bucket": bucket(&p)?,
-        "auc_shift_threshold": AUC_SHIFT,
-        "features": features,
-        "flagged": features.iter().filter(|f| f.flagged).count(),
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let features = feature_audit(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "outcome": "click",
+            "bucket": bucket(&p)?,
+            "auc_shift_threshold": AUC_SHIFT,
+            "features": features,
+            "flagged": features.iter().filter(|f| f.flagged).count(),
+        }))
+    })
+    .await
 }
 
 /// `GET /v1/engagement`.
 pub async fn get_engagement(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let groups = engagement(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "groups": groups,
-        "new_visit_after_minutes": NEW_VISIT_MINUTES,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let groups = engagement(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "groups": groups,
+            "new_visit_after_minutes": NEW_VISIT_MINUTES,
+        }))
+    })
+    .await
 }

@@ -8,11 +8,10 @@
 //! drift when Jensen–Shannon ≥ 0.1.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{NumericDrift, jensen_shannon_of_shares, numeric_drift, psi_of_shares};
@@ -20,8 +19,8 @@ use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
 use crate::columns::{f64s, utf8};
-use crate::relevance::RelevanceParams;
-use crate::{ApiError, AppState, Scope, authorize};
+use crate::relevance::{RelevanceParams, analysis};
+use crate::{ApiError, AppState};
 
 /// Jensen–Shannon distance at which a categorical column drifts.
 const CATEGORICAL_THRESHOLD: f64 = 0.1;
@@ -203,19 +202,17 @@ pub async fn drift_report(
 /// `GET /v1/drift`.
 pub async fn get_drift(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let columns = drift_report(&state.store, &p, state.config.query_timeout).await?;
-    let drifted = columns.iter().filter(|c| c.drifted).count();
-    Ok(axum::Json(json!({
-        "columns": columns,
-        "drifted": drifted,
-        "share_drifted": drifted as f64 / columns.len().max(1) as f64,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let columns = drift_report(&state.store, &p, state.config.query_timeout).await?;
+        let drifted = columns.iter().filter(|c| c.drifted).count();
+        Ok(json!({
+            "columns": columns,
+            "drifted": drifted,
+            "share_drifted": drifted as f64 / columns.len().max(1) as f64,
+        }))
+    })
+    .await
 }

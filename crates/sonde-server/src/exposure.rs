@@ -4,11 +4,10 @@
 //! the outcomes they earn. Formulas in `docs/relevance.md`.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{
@@ -19,8 +18,8 @@ use sonde_store::StoreError;
 use sonde_store::arrow::array::{Array, ArrayRef, RecordBatch};
 
 use crate::columns::{f64s, i64s, list, utf8, utf8_array};
-use crate::relevance::RelevanceParams;
-use crate::{ApiError, AppState, Scope, authorize};
+use crate::relevance::{RelevanceParams, analysis};
+use crate::{ApiError, AppState};
 
 /// Persistence of rank-biased overlap.
 const RBO_P: f64 = 0.9;
@@ -372,58 +371,53 @@ pub async fn fairness_report(
 /// `GET /v1/stability`.
 pub async fn get_stability(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let groups = stability_report(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "k": p.k.unwrap_or(10).max(1),
-        "rbo_p": RBO_P,
-        "groups": groups,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let groups = stability_report(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "k": p.k.unwrap_or(10).max(1),
+            "rbo_p": RBO_P,
+            "groups": groups,
+        }))
+    })
+    .await
 }
 
 /// `GET /v1/diversity`.
 pub async fn get_diversity(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let groups = diversity_report(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "attribute": attribute(&p, "category")?,
-        "groups": groups,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let groups = diversity_report(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "attribute": attribute(&p, "category")?,
+            "groups": groups,
+        }))
+    })
+    .await
 }
 
 /// `GET /v1/fairness`.
 pub async fn get_fairness(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let (groups, segments) = fairness_report(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "attribute": attribute(&p, "provider")?,
-        "band": [0.8, 1.25],
-        "groups": groups,
-        "segments": segments.as_ref().map(|(reference, s)| json!({
-            "by": p.segment, "reference": reference, "rates": s})),
-        "window_minutes": p.window(),
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let (groups, segments) =
+            fairness_report(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "attribute": attribute(&p, "provider")?,
+            "band": [0.8, 1.25],
+            "groups": groups,
+            "segments": segments.as_ref().map(|(reference, s)| json!({
+                "by": p.segment, "reference": reference, "rates": s})),
+            "window_minutes": p.window(),
+        }))
+    })
+    .await
 }

@@ -4,11 +4,10 @@
 //! score bin); see `sonde_relevance::position_bias_em` and `docs/relevance.md`.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{ClickCell, RankedItem, list_metrics, position_bias_em};
@@ -16,8 +15,8 @@ use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
 use crate::columns::{f64s, i64s, u32s, utf8};
-use crate::relevance::RelevanceParams;
-use crate::{ApiError, AppState, Scope, authorize};
+use crate::relevance::{RelevanceParams, analysis};
+use crate::{ApiError, AppState};
 
 /// Positions beyond this are ignored (slates are rarely longer).
 const MAX_POSITION: usize = 50;
@@ -336,20 +335,18 @@ pub async fn position_report(
 /// `GET /v1/position-bias`.
 pub async fn get_position_bias(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let groups = position_report(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "outcome": "click",
-        "method": "swap interventions where decisions flag them (flags.swap = k), else EM of the position-based model with relevance keyed by (model version, score bin)",
-        "score_bins": p.score_bins.unwrap_or(20),
-        "window_minutes": p.window(),
-        "groups": groups,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let groups = position_report(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "outcome": "click",
+            "method": "swap interventions where decisions flag them (flags.swap = k), else EM of the position-based model with relevance keyed by (model version, score bin)",
+            "score_bins": p.score_bins.unwrap_or(20),
+            "window_minutes": p.window(),
+            "groups": groups,
+        }))
+    })
+    .await
 }

@@ -261,6 +261,30 @@ impl RelevanceParams {
     }
 }
 
+/// What every analysis endpoint shares: a read key, the project's gains, and the JSON that
+/// `report` builds, answered with the time it took as `elapsed_ms`.
+pub(crate) async fn analysis<Fut>(
+    state: AppState,
+    headers: &HeaderMap,
+    mut p: RelevanceParams,
+    report: impl FnOnce(AppState, RelevanceParams) -> Fut,
+) -> Result<Response, ApiError>
+where
+    Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+{
+    authorize(&state, headers, Scope::Read)?;
+    p.gains = state.config.gains;
+    let started = Instant::now();
+    let mut v = report(state, p).await?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "elapsed_ms".into(),
+            json!(started.elapsed().as_secs_f64() * 1000.0),
+        );
+    }
+    Ok(axum::Json(v).into_response())
+}
+
 /// Ranking metrics of one group.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupRanking {
@@ -333,22 +357,20 @@ pub async fn relevance_report(
 /// `GET /v1/relevance`.
 pub async fn get_relevance(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let groups = relevance_report(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "k": p.k.unwrap_or(10).max(1),
-        "window_minutes": p.window(),
-        "group_by": p.group_by.as_deref().unwrap_or("none"),
-        "gains": p.gains,
-        "groups": groups,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let groups = relevance_report(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "k": p.k.unwrap_or(10).max(1),
+            "window_minutes": p.window(),
+            "group_by": p.group_by.as_deref().unwrap_or("none"),
+            "gains": p.gains,
+            "groups": groups,
+        }))
+    })
+    .await
 }
 
 /// Calibration of one group.
@@ -426,21 +448,19 @@ pub async fn calibration_report(
 /// `GET /v1/calibration`.
 pub async fn get_calibration(
     State(state): State<AppState>,
-    Query(mut p): Query<RelevanceParams>,
+    Query(p): Query<RelevanceParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Read)?;
-    p.gains = state.config.gains;
-    let started = Instant::now();
-    let groups = calibration_report(&state.store, &p, state.config.query_timeout).await?;
-    Ok(axum::Json(json!({
-        "outcome": p.outcome.as_deref().unwrap_or("click"),
-        "window_minutes": p.window(),
-        "group_by": p.group_by.as_deref().unwrap_or("none"),
-        "groups": groups,
-        "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
-    }))
-    .into_response())
+    analysis(state, &headers, p, |state, p| async move {
+        let groups = calibration_report(&state.store, &p, state.config.query_timeout).await?;
+        Ok(json!({
+            "outcome": p.outcome.as_deref().unwrap_or("click"),
+            "window_minutes": p.window(),
+            "group_by": p.group_by.as_deref().unwrap_or("none"),
+            "groups": groups,
+        }))
+    })
+    .await
 }
 
 #[cfg(test)]
