@@ -23,6 +23,35 @@ fn f64s(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// A fixture list's items in trec_eval's order (clicked = relevant, for CTR@k).
+fn ranked(l: &Value) -> Vec<RankedItem<'_>> {
+    let (scores, grades) = (f64s(&l["scores"]), f64s(&l["grades"]));
+    let mut items: Vec<RankedItem<'_>> = l["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .zip(scores)
+        .zip(grades)
+        .map(|((id, score), grade)| RankedItem {
+            item_id: id.as_str().expect("id"),
+            score,
+            grade,
+            clicked: grade >= 1.0,
+        })
+        .collect();
+    trec_order(&mut items);
+    items
+}
+
+fn cutoffs(f: &Value) -> Vec<usize> {
+    f["cutoffs"]
+        .as_array()
+        .expect("cutoffs")
+        .iter()
+        .map(|k| k.as_u64().expect("k") as usize)
+        .collect()
+}
+
 fn close(got: f64, want: f64, what: &str) {
     assert!(
         (got - want).abs() <= TOL * want.abs().max(1.0),
@@ -33,35 +62,13 @@ fn close(got: f64, want: f64, what: &str) {
 #[test]
 fn ranking_metrics_match_pytrec_eval() {
     let f = fixture("ranking");
-    let cutoffs: Vec<usize> = f["cutoffs"]
-        .as_array()
-        .expect("cutoffs")
-        .iter()
-        .map(|k| k.as_u64().expect("k") as usize)
-        .collect();
+    let cutoffs = cutoffs(&f);
     let lists = f["lists"].as_array().expect("lists");
     assert!(lists.len() >= 300);
     let (mut ties, mut empty, mut short) = (0, 0, 0);
     for l in lists {
-        let ids: Vec<&str> = l["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|s| s.as_str().expect("id"))
-            .collect();
-        let (scores, grades) = (f64s(&l["scores"]), f64s(&l["grades"]));
-        let mut items: Vec<RankedItem<'_>> = ids
-            .iter()
-            .zip(&scores)
-            .zip(&grades)
-            .map(|((id, s), g)| RankedItem {
-                item_id: id,
-                score: *s,
-                grade: *g,
-                clicked: *g >= 1.0,
-            })
-            .collect();
-        trec_order(&mut items);
+        let items = ranked(l);
+        let grades = f64s(&l["grades"]);
         ties += usize::from(items.windows(2).any(|w| w[0].score == w[1].score));
         empty += usize::from(grades.iter().all(|g| *g == 0.0));
         short += usize::from(items.len() < 20);
@@ -107,32 +114,9 @@ fn ranking_metrics_match_pytrec_eval() {
 #[test]
 fn ranking_metrics_match_ranx() {
     let f = fixture("ranking_ranx");
-    let cutoffs: Vec<usize> = f["cutoffs"]
-        .as_array()
-        .expect("cutoffs")
-        .iter()
-        .map(|k| k.as_u64().expect("k") as usize)
-        .collect();
+    let cutoffs = cutoffs(&f);
     for l in f["lists"].as_array().expect("lists") {
-        let ids: Vec<&str> = l["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|s| s.as_str().expect("id"))
-            .collect();
-        let (scores, grades) = (f64s(&l["scores"]), f64s(&l["grades"]));
-        let mut items: Vec<RankedItem<'_>> = ids
-            .iter()
-            .zip(&scores)
-            .zip(&grades)
-            .map(|((id, s), g)| RankedItem {
-                item_id: id,
-                score: *s,
-                grade: *g,
-                clicked: false,
-            })
-            .collect();
-        trec_order(&mut items);
+        let items = ranked(l);
         let e = &l["expected"];
         let q = l["id"].as_str().expect("id");
         let full = list_metrics(&items, usize::MAX);
