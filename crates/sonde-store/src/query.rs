@@ -15,8 +15,8 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
@@ -157,6 +157,26 @@ fn context(snapshot: Snapshot) -> Result<SessionContext, StoreError> {
     Ok(ctx)
 }
 
+/// Plan read-only `sql` over `snapshot` and start it; DDL, DML and other statements are
+/// refused. The context is returned to live as long as the stream.
+async fn read_only(
+    snapshot: Snapshot,
+    sql: &str,
+) -> Result<(SessionContext, SchemaRef, SendableRecordBatchStream), StoreError> {
+    let ctx = context(snapshot)?;
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(sql, options)
+        .await
+        .map_err(StoreError::from_query)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let stream = df.execute_stream().await.map_err(StoreError::from_query)?;
+    Ok((ctx, schema, stream))
+}
+
 /// Run read-only `sql` over `snapshot` and hand each output batch to `visit` as it is
 /// produced, without a row limit: for analyses that reduce many rows (every decision of a
 /// month) to a few numbers without holding them all.
@@ -166,17 +186,8 @@ pub async fn scan(
     timeout: Duration,
     mut visit: impl FnMut(&RecordBatch) -> Result<(), StoreError> + Send,
 ) -> Result<(), StoreError> {
-    let ctx = context(snapshot)?;
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
     let work = async {
-        let df = ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(StoreError::from_query)?;
-        let mut stream = df.execute_stream().await.map_err(StoreError::from_query)?;
+        let (_ctx, _, mut stream) = read_only(snapshot, sql).await?;
         while let Some(batch) = stream.next().await {
             visit(&batch.map_err(StoreError::from_query)?)?;
         }
@@ -187,24 +198,14 @@ pub async fn scan(
         .map_err(|_| StoreError::QueryTimeout(timeout))?
 }
 
-/// Run read-only `sql` over `snapshot`. DDL, DML and other statements are refused.
+/// Run read-only `sql` over `snapshot`, keeping at most `limits.max_rows` rows.
 pub async fn run(
     snapshot: Snapshot,
     sql: &str,
     limits: QueryLimits,
 ) -> Result<QueryResult, StoreError> {
-    let ctx = context(snapshot)?;
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
     let work = async {
-        let df = ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(StoreError::from_query)?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df.execute_stream().await.map_err(StoreError::from_query)?;
+        let (_ctx, schema, mut stream) = read_only(snapshot, sql).await?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
         let mut truncated = false;
