@@ -312,11 +312,10 @@ pub async fn to_server(
     let mut config = sim_config(args, start, live_start)?;
     let live_rate = config.decisions_per_sec;
     let mut delivery = Delivery::new(args.seed, mess(args));
-    let mut events = Vec::new();
-    let mut lines = Vec::new();
-    if args.backfill > 0.0 {
+    let sim = if args.backfill > 0.0 {
         config.decisions_per_sec = args.backfill_rate / EVENTS_PER_DECISION;
         let mut sim = Simulator::new(config);
+        let (mut events, mut lines) = (Vec::new(), Vec::new());
         let started = Instant::now();
         // History: everything whose send time is already past, at full speed.
         while sim.clock_ms() < live_start && !stop.load(Ordering::Relaxed) {
@@ -335,18 +334,10 @@ pub async fn to_server(
             "backfill done"
         );
         sim.set_rate(live_rate);
-        return live(
-            sim,
-            delivery,
-            &client,
-            &target,
-            args.duration,
-            &tally,
-            &stop,
-        )
-        .await;
-    }
-    let sim = Simulator::new(config);
+        sim
+    } else {
+        Simulator::new(config)
+    };
     live(
         sim,
         delivery,
