@@ -9,6 +9,7 @@ mod drift;
 mod error;
 mod exposure;
 mod ingest;
+mod metrics;
 mod position;
 pub mod project;
 mod quarantine;
@@ -170,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/feature-audit", get(audit::get_feature_audit))
         .route("/v1/engagement", get(audit::get_engagement))
         .route("/v1/schema", get(schema))
+        .route("/metrics", get(metrics::get_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::disable())

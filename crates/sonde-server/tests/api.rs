@@ -574,3 +574,44 @@ async fn quarantine_lists_and_replays_after_a_fix() {
     let (s, _, _) = call(&app, req).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_behind_a_read_key() {
+    let app = app();
+    let m1 = decision("m1", "u");
+    let (status, _) = send(&app, json!([m1.clone(), decision("m2", "u")])).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(&app, json!([m1])).await;
+    assert_eq!(status, StatusCode::OK);
+    let resp = app
+        .router
+        .clone()
+        .oneshot(get("/metrics", &app.keys.read_key))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("\nsonde_events_accepted_total 2\n"), "{text}");
+    assert!(
+        text.contains("\nsonde_events_duplicate_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nsonde_writable 1\n"), "{text}");
+    // Every sample has its HELP and TYPE lines.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(' ').next().unwrap_or_default();
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+    }
+    let (status, _, _) = call(
+        &app,
+        Request::get("/metrics").body(Body::empty()).expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
