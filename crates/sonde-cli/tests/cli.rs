@@ -14,18 +14,24 @@ fn sonde(args: &[&str]) -> std::process::Output {
         .expect("run sonde")
 }
 
+/// Run `sonde`, require success, and return what it printed.
+fn sonde_ok(args: &[&str]) -> String {
+    let out = sonde(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sonde {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn init_prints_keys_once_and_query_reads_offline() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf8");
-    let out = sonde(&["init", "--data-dir", data]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    let stdout = sonde_ok(&["init", "--data-dir", data]);
     assert_eq!(stdout.lines().count(), 1);
     let keys: serde_json::Value = serde_json::from_str(&stdout).expect("json line");
     for k in ["project", "write_key", "read_key", "admin_key"] {
@@ -40,7 +46,7 @@ fn init_prints_keys_once_and_query_reads_offline() {
 
     // A project with no events yet: offline SQL still answers, from an empty store.
     std::fs::create_dir_all(dir.path().join("data/wal")).expect("wal dir");
-    let out = sonde(&[
+    let stdout = sonde_ok(&[
         "query",
         "--data-dir",
         data,
@@ -48,12 +54,7 @@ fn init_prints_keys_once_and_query_reads_offline() {
         "csv",
         "SELECT count(*) AS n FROM decisions",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n0\n");
+    assert_eq!(stdout, "n\n0\n");
 
     let missing = sonde(&["query", "--data-dir", "/nonexistent/sonde", "SELECT 1"]);
     assert!(!missing.status.success());
@@ -79,7 +80,7 @@ fn simulate_is_deterministic_and_writes_truth() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     for name in ["a.ndjson", "b.ndjson"] {
-        let out = sonde(&[
+        sonde_ok(&[
             "simulate",
             "--decisions",
             "500",
@@ -90,11 +91,6 @@ fn simulate_is_deterministic_and_writes_truth() {
             "--truth",
             &path("truth.json"),
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
     let a = std::fs::read(path("a.ndjson")).expect("a");
     assert_eq!(a, std::fs::read(path("b.ndjson")).expect("b"));
@@ -118,17 +114,12 @@ fn simulate_is_deterministic_and_writes_truth() {
 }
 
 fn scalar(url: &str, key: &str, sql: &str) -> u64 {
-    let out = sonde(&["query", "--url", url, "--key", key, "--format", "csv", sql]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf8");
-    text.lines()
+    let stdout = sonde_ok(&["query", "--url", url, "--key", key, "--format", "csv", sql]);
+    stdout
+        .lines()
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no number in {text:?}"))
+        .unwrap_or_else(|| panic!("no number in {stdout:?}"))
 }
 
 /// The numbers of "accepted A · duplicates D · rejected R · retried requests X · failed batches F".
@@ -162,9 +153,12 @@ impl Drop for Server {
 fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    let out = sonde(&["init", "--data-dir", data.to_str().expect("utf8")]);
-    assert!(out.status.success());
-    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).expect("keys");
+    let keys: serde_json::Value = serde_json::from_str(&sonde_ok(&[
+        "init",
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ]))
+    .expect("keys");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -201,7 +195,7 @@ fn simulated_traffic_is_stored_deduplicated_and_quarantined() {
     let server = start_server();
     let (url, wk, rk) = (&server.url, &server.write_key, &server.read_key);
     // Half an hour of history at 10 events/s, then 3 s live.
-    let out = sonde(&[
+    let stdout = sonde_ok(&[
         "simulate",
         "--url",
         url,
@@ -220,12 +214,6 @@ fn simulated_traffic_is_stored_deduplicated_and_quarantined() {
         "--scenario",
         "incidents",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let t = tally(stdout.lines().last().expect("tally line"));
     let (accepted, duplicates, rejected, failed) = (t[0], t[1], t[2], t[4]);
     assert!(accepted > 10_000, "{stdout}");
@@ -259,14 +247,8 @@ fn simulated_traffic_is_stored_deduplicated_and_quarantined() {
 
 /// Rows of a query's CSV answer, header dropped.
 fn rows(url: &str, key: &str, sql: &str) -> Vec<Vec<String>> {
-    let out = sonde(&["query", "--url", url, "--key", key, "--format", "csv", sql]);
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
+    let stdout = sonde_ok(&["query", "--url", url, "--key", key, "--format", "csv", sql]);
+    stdout
         .lines()
         .skip(1)
         .map(|l| l.split(',').map(str::to_string).collect())
@@ -292,7 +274,7 @@ fn sql_over_a_million_simulated_decisions_recovers_the_truth() {
         dir.path().join("events.ndjson"),
         dir.path().join("truth.json"),
     );
-    let out = sonde(&[
+    sonde_ok(&[
         "simulate",
         "--out",
         events.to_str().expect("utf8"),
@@ -303,18 +285,13 @@ fn sql_over_a_million_simulated_decisions_recovers_the_truth() {
         "--seed",
         "21",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let truth: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&truth).expect("truth")).expect("json");
     let (t, delivery) = (&truth["truth"], &truth["delivery"]);
 
     let server = start_server();
     let (url, rk) = (server.url.as_str(), server.read_key.as_str());
-    let out = sonde(&[
+    let stdout = sonde_ok(&[
         "import",
         events.to_str().expect("utf8"),
         "--url",
@@ -323,12 +300,6 @@ fn sql_over_a_million_simulated_decisions_recovers_the_truth() {
         &server.write_key,
         "--backfill",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let tally = tally(stdout.lines().last().expect("tally line"));
     let count = |k: &str| delivery[k].as_u64().expect("count");
     assert_eq!(tally[0], count("events"), "{stdout}");
@@ -412,7 +383,7 @@ fn sql_over_a_million_simulated_decisions_recovers_the_truth() {
 fn report_relevance_ranks_the_better_variant_higher() {
     let dir = tempfile::tempdir().expect("tmp");
     let events = dir.path().join("events.ndjson");
-    let out = sonde(&[
+    sonde_ok(&[
         "simulate",
         "--out",
         events.to_str().expect("utf8"),
@@ -420,14 +391,9 @@ fn report_relevance_ranks_the_better_variant_higher() {
         "20000",
         "--clean",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let server = start_server();
     let url = server.url.as_str();
-    let out = sonde(&[
+    sonde_ok(&[
         "import",
         events.to_str().expect("utf8"),
         "--url",
@@ -436,13 +402,8 @@ fn report_relevance_ranks_the_better_variant_higher() {
         &server.write_key,
         "--backfill",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let report = |format: &str| {
-        let out = sonde(&[
+        sonde_ok(&[
             "report",
             "relevance",
             "--url",
@@ -455,13 +416,7 @@ fn report_relevance_ranks_the_better_variant_higher() {
             "ranker_ab",
             "--format",
             format,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf8")
+        ])
     };
     let json: serde_json::Value = serde_json::from_str(&report("json")).expect("json");
     let groups = json["relevance"]["groups"].as_array().expect("groups");
