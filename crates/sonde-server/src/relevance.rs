@@ -113,19 +113,18 @@ pub(crate) fn lit(s: &str) -> String {
 
 /// A timestamp parameter as a SQL literal.
 fn time_lit(name: &str, v: &str) -> Result<String, ApiError> {
-    let t = if let Ok(ms) = v.trim().parse::<i64>() {
-        chrono::DateTime::from_timestamp_millis(ms)
-    } else {
-        chrono::DateTime::parse_from_rfc3339(v.trim())
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
-    }
-    .ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_parameter",
-            format!("{name}={v:?} is neither RFC 3339 nor epoch milliseconds"),
-        )
-    })?;
+    let t = v
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .or_else(|| sonde_model::parse_time_str(v.trim()))
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("{name}={v:?} is neither RFC 3339 nor epoch milliseconds"),
+            )
+        })?;
     Ok(format!(
         "CAST({} AS TIMESTAMP)",
         lit(&t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
