@@ -33,15 +33,21 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
 
 /// Sample quantile with numpy's default linear interpolation; `None` for no values.
 pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    quantiles(values, &[q]).map(|v| v[0])
+}
+
+/// Several quantiles of `values` (one sort); `None` for no values.
+pub fn quantiles(values: &[f64], qs: &[f64]) -> Option<Vec<f64>> {
     if values.is_empty() {
         return None;
     }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    let h = (v.len() - 1) as f64 * q.clamp(0.0, 1.0);
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(v.len() - 1);
-    Some(v[lo] + (v[hi] - v[lo]) * (h - lo as f64))
+    Some(
+        qs.iter()
+            .map(|q| crate::calibration::percentile_sorted(&v, q.clamp(0.0, 1.0)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub struct CalibrationReport {
 
 /// numpy's linear-interpolation percentile of sorted data, with numpy's own `_lerp` (which
 /// interpolates from the upper end past the midpoint) so edges match to the last bit.
-fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     let h = (sorted.len() - 1) as f64 * q;
     let lo = (h.floor() as usize).min(sorted.len() - 1);
     let hi = (lo + 1).min(sorted.len() - 1);

@@ -16,7 +16,7 @@ mod position;
 mod ranking;
 mod stability;
 
-pub use audit::{auc, quantile};
+pub use audit::{auc, quantile, quantiles};
 pub use calibration::{Binning, CalibrationBin, CalibrationReport, calibration, logistic_fit};
 pub use diversity::{
     GroupExposure, exposure_fairness, exposure_weight, gini, intra_list_diversity, novelty,

@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
-use sonde_relevance::{auc, quantile};
+use sonde_relevance::{auc, quantiles};
 use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
@@ -149,15 +149,16 @@ pub struct Distribution {
 }
 
 fn distribution(v: &[f64]) -> Distribution {
-    let q = |x| quantile(v, x);
+    let q = quantiles(v, &[0.25, 0.5, 0.75, 0.9, 0.99]);
+    let at = |i: usize| q.as_ref().map(|q| q[i]);
     Distribution {
         n: v.len(),
         mean: (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64),
-        p25: q(0.25),
-        p50: q(0.5),
-        p75: q(0.75),
-        p90: q(0.9),
-        p99: q(0.99),
+        p25: at(0),
+        p50: at(1),
+        p75: at(2),
+        p90: at(3),
+        p99: at(4),
     }
 }
 
