@@ -56,8 +56,14 @@ async fn ingest(app: &App, ndjson: Vec<u8>) {
     assert_eq!(v["rejected"], 0, "{v}");
 }
 
-/// Simulated events in batches under the request limit.
-async fn ingest_simulated(app: &App, events: &[sonde_sim::SimEvent]) {
+/// `decisions` simulated decisions and what follows them, ingested in batches under the
+/// request limit.
+async fn simulate_into(app: &App, config: sonde_sim::SimConfig, decisions: usize) {
+    let mut sim = sonde_sim::Simulator::new(config);
+    let mut events = Vec::new();
+    for _ in 0..decisions {
+        sim.step(&mut events);
+    }
     for chunk in events.chunks(5000) {
         let mut body = Vec::new();
         for e in chunk {
@@ -194,17 +200,17 @@ async fn simulated(app: &App, scenario: &str) -> (i64, i64) {
     let start = sonde_sim::SimConfig::default().start_ms;
     let incidents = sonde_sim::scenario(scenario, start).expect("scenario");
     let at = incidents[0].start_ms;
-    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
-        seed: 3,
-        decisions_per_sec: 20.0,
-        incidents,
-        ..Default::default()
-    });
-    let mut events = Vec::new();
-    for _ in 0..7200 {
-        sim.step(&mut events);
-    }
-    ingest_simulated(app, &events).await;
+    simulate_into(
+        app,
+        sonde_sim::SimConfig {
+            seed: 3,
+            decisions_per_sec: 20.0,
+            incidents,
+            ..Default::default()
+        },
+        7200,
+    )
+    .await;
     (start, at)
 }
 
@@ -285,15 +291,15 @@ async fn drift_is_raised_on_exactly_the_drifted_columns() {
 #[tokio::test]
 async fn position_bias_em_recovers_the_simulated_examination() {
     let app = app();
-    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
-        seed: 5,
-        ..Default::default()
-    });
-    let mut events = Vec::new();
-    for _ in 0..30_000 {
-        sim.step(&mut events);
-    }
-    ingest_simulated(&app, &events).await;
+    simulate_into(
+        &app,
+        sonde_sim::SimConfig {
+            seed: 5,
+            ..Default::default()
+        },
+        30_000,
+    )
+    .await;
     let (status, v) = get(&app, "/v1/position-bias").await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let positions = v["groups"][0]["positions"].as_array().expect("positions");
@@ -372,15 +378,15 @@ async fn stability_compares_consecutive_slates_of_a_user() {
 #[tokio::test]
 async fn diversity_and_fairness_over_simulated_traffic() {
     let app = app();
-    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
-        seed: 8,
-        ..Default::default()
-    });
-    let mut events = Vec::new();
-    for _ in 0..6000 {
-        sim.step(&mut events);
-    }
-    ingest_simulated(&app, &events).await;
+    simulate_into(
+        &app,
+        sonde_sim::SimConfig {
+            seed: 8,
+            ..Default::default()
+        },
+        6000,
+    )
+    .await;
     let (status, v) = get(&app, "/v1/diversity?group_by=variant&experiment=ranker_ab").await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let g = v["groups"].as_array().expect("groups");
@@ -528,16 +534,16 @@ async fn project_gains_change_the_grades() {
 #[tokio::test]
 async fn swap_interventions_estimate_examination() {
     let app = app();
-    let mut sim = sonde_sim::Simulator::new(sonde_sim::SimConfig {
-        seed: 6,
-        swap_share: 1.0,
-        ..Default::default()
-    });
-    let mut events = Vec::new();
-    for _ in 0..60_000 {
-        sim.step(&mut events);
-    }
-    ingest_simulated(&app, &events).await;
+    simulate_into(
+        &app,
+        sonde_sim::SimConfig {
+            seed: 6,
+            swap_share: 1.0,
+            ..Default::default()
+        },
+        60_000,
+    )
+    .await;
     let (status, v) = get(&app, "/v1/position-bias").await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let positions = v["groups"][0]["positions"].as_array().expect("positions");
