@@ -277,8 +277,9 @@ fn round_to(x: f64, scale: f64) -> f64 {
     (x * scale).round() / scale
 }
 
-/// Inference latency multiplier during a latency spike.
-const SPIKE_FACTOR: f64 = 4.0;
+/// Inference latency multiplier during a latency spike: a saturated model server queues
+/// requests, and its latency grows by an order of magnitude, not by a few percent.
+const SPIKE_FACTOR: f64 = 10.0;
 /// Share of feature lookups that fail during an outage.
 const OUTAGE_FAILURE: f64 = 0.4;
 /// Feature-store timeout (ms): a failed lookup costs this much.

@@ -6,7 +6,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentKind {
-    /// Inference latency of both variants × 4 (a saturated model server).
+    /// Inference latency of both variants × 10 (a saturated model server).
     LatencySpike,
     /// The feature store fails 40% of lookups: they time out (250 ms) and the decision is
     /// served by the fallback (popularity) path, which ranks worse.

@@ -174,7 +174,7 @@ fn incidents_show_in_the_traffic() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    assert!(median(&mut inf_in) > 3.0 * median(&mut inf_out));
+    assert!(median(&mut inf_in) > 8.0 * median(&mut inf_out));
     assert_eq!(fb_out, 0);
     let share = fb_in as f64 / n_in as f64;
     assert!((share - 0.4).abs() < 0.05, "fallback share {share}");
