@@ -550,12 +550,18 @@ impl Rollups {
 
     /// Everything observed since the last call, as rows to persist.
     pub fn take_pending(&mut self) -> Vec<RollupRow> {
-        let pending = std::mem::take(&mut self.pending);
+        let rows = self.pending_rows();
+        self.pending.clear();
+        rows
+    }
+
+    /// What [`Rollups::take_pending`] would return, leaving it pending.
+    pub fn pending_rows(&self) -> Vec<RollupRow> {
         let mut rows = Vec::new();
-        for (minute, bucket) in pending {
-            for (k, cell) in bucket.cells.into_iter().enumerate() {
+        for (minute, bucket) in &self.pending {
+            for (k, cell) in bucket.cells.iter().enumerate() {
                 if let Some(cell) = cell {
-                    self.rows_of(minute, k, &cell, &mut rows);
+                    self.rows_of(*minute, k, cell, &mut rows);
                 }
             }
         }
@@ -599,18 +605,6 @@ impl Rollups {
                     exemplars: Vec::new(),
                 });
             }
-        }
-    }
-
-    /// Put rows back into `pending` (their persistence failed; they are retried next time).
-    pub fn restore_pending(&mut self, rows: &[RollupRow]) {
-        for r in rows {
-            let (key, cell) = self.row_cell(r);
-            self.pending
-                .entry(r.minute_ms)
-                .or_default()
-                .cell(key)
-                .merge(&cell);
         }
     }
 

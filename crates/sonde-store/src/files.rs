@@ -174,7 +174,10 @@ pub fn compact_partition(
     files: &[FileEntry],
     seq: u64,
 ) -> Result<(FileEntry, u64), StoreError> {
-    let dedup = !matches!(table, Table::Quarantine | Table::QuarantineReplays);
+    let dedup = !matches!(
+        table,
+        Table::Quarantine | Table::QuarantineReplays | Table::Rollups1m
+    );
     // Sized up front: growing would briefly hold the old and the new table.
     let capacity = if dedup {
         files.iter().map(|f| f.rows).sum::<u64>()

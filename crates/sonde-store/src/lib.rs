@@ -7,6 +7,7 @@ pub mod dedup;
 mod files;
 pub mod manifest;
 pub mod query;
+mod rollups;
 mod store;
 pub mod tables;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::{Condvar, Mutex, RwLock};
+use sonde_latency::{RollupConfig, Rollups};
 use sonde_model::Event;
 use sonde_wal::{Wal, WalConfig};
 
@@ -19,6 +20,7 @@ use crate::dedup::{DedupIndex, Seen};
 use crate::files;
 use crate::manifest::{FileEntry, Manifest};
 use crate::query::{self, QueryLimits, QueryResult, Snapshot};
+use crate::rollups;
 use crate::tables::{Table, TableBuilders};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -57,6 +59,8 @@ pub struct StoreConfig {
     pub compact_min_files: usize,
     /// WAL segment size.
     pub wal_segment_bytes: u64,
+    /// Latency rollups (caps, retention, SLO thresholds counted exactly).
+    pub rollups: RollupConfig,
 }
 
 impl StoreConfig {
@@ -74,6 +78,7 @@ impl StoreConfig {
             max_buffered_bytes: 128 * 1024 * 1024,
             compact_min_files: 8,
             wal_segment_bytes: 64 * 1024 * 1024,
+            rollups: RollupConfig::default(),
         }
     }
 }
@@ -151,9 +156,15 @@ impl Mem {
         Ok(())
     }
 
-    fn apply(&mut self, lsn: u64, entry: &WalEntry) {
+    /// Buffer an entry's rows; a decision also goes into the latency rollups.
+    fn apply(&mut self, lsn: u64, entry: &WalEntry, rollups: &mut Rollups, now: i64) {
         self.rows += match entry {
-            WalEntry::Event(e, _) => self.builders.push_event(e),
+            WalEntry::Event(e, _) => {
+                if let Some(o) = rollups::observation(e) {
+                    rollups.observe(&o, now);
+                }
+                self.builders.push_event(e)
+            }
             WalEntry::Quarantine(q) => {
                 self.builders.push_quarantine(&format!("q{lsn}"), q);
                 1
@@ -173,6 +184,8 @@ struct Inner {
     dedup: Option<DedupIndex>,
     ingest_lock: Mutex<()>,
     mem: RwLock<Mem>,
+    /// Locked inside `mem` where both are held.
+    rollups: Mutex<Rollups>,
     manifest: RwLock<Arc<Manifest>>,
     counters: Counters,
     wake: (Mutex<bool>, Condvar),
@@ -185,6 +198,32 @@ struct Inner {
     next_seq: AtomicU64,
     stopping: AtomicBool,
     doomed: Mutex<Vec<(Instant, PathBuf)>>,
+}
+
+/// Rollups of the persisted minutes still kept in memory.
+fn open_rollups(config: &StoreConfig, manifest: &Manifest) -> Result<Rollups, StoreError> {
+    let now = now_ms();
+    let mut r = Rollups::new(config.rollups.clone());
+    let rows = rollups::load(
+        &config.data_dir,
+        manifest,
+        now - config.rollups.hour_retention_ms,
+    )?;
+    r.load(&rows, now);
+    r.maintain(now);
+    Ok(r)
+}
+
+/// `rollups_1m` rows as a record batch (`None` when there are none).
+fn rollup_batch(rows: &[sonde_latency::RollupRow]) -> Result<Option<RecordBatch>, StoreError> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut b = crate::tables::RowBuilder::new(Table::Rollups1m);
+    for r in rows {
+        b.push_rollup(r);
+    }
+    b.finish().map(Some)
 }
 
 /// The embedded event store. Cheap to clone.
@@ -256,9 +295,11 @@ impl Store {
         wal_config.fsync = config.fsync;
         wal_config.segment_bytes = config.wal_segment_bytes;
         let (wal, records) = Wal::open(wal_config, manifest.flushed_lsn)?;
+        let mut rollups = open_rollups(&config, &manifest)?;
         let mut mem = Mem::new();
         mem.applied_lsn = manifest.flushed_lsn;
         let replayed = records.len();
+        let now = now_ms();
         for r in records {
             let entry = codec::decode(&r.payload)?;
             if let WalEntry::Event(e, content) = &entry {
@@ -268,7 +309,7 @@ impl Store {
                     hour_of(e.meta.received_at),
                 );
             }
-            mem.apply(r.lsn, &entry);
+            mem.apply(r.lsn, &entry, &mut rollups, now);
         }
         mem.seal(false)?;
         tracing::info!(
@@ -278,7 +319,14 @@ impl Store {
             flushed_lsn = manifest.flushed_lsn,
             "store opened"
         );
-        let inner = Arc::new(Inner::new(config, Some(wal), Some(dedup), mem, manifest));
+        let inner = Arc::new(Inner::new(
+            config,
+            Some(wal),
+            Some(dedup),
+            mem,
+            rollups,
+            manifest,
+        ));
         let mut workers = Vec::new();
         for (name, run) in [
             ("sonde-flush", Inner::flush_loop as fn(Arc<Inner>)),
@@ -309,13 +357,15 @@ impl Store {
             return Err(StoreError::NotAStore(dir));
         }
         let manifest = Manifest::load(&dir)?;
+        let mut rollups = open_rollups(&config, &manifest)?;
         let mut mem = Mem::new();
+        let now = now_ms();
         for r in sonde_wal::read_records(&dir.join("wal"), manifest.flushed_lsn)? {
-            mem.apply(r.lsn, &codec::decode(&r.payload)?);
+            mem.apply(r.lsn, &codec::decode(&r.payload)?, &mut rollups, now);
         }
         mem.seal(true)?;
         Ok(Store {
-            inner: Arc::new(Inner::new(config, None, None, mem, manifest)),
+            inner: Arc::new(Inner::new(config, None, None, mem, rollups, manifest)),
             workers: Arc::new(Mutex::new(Vec::new())),
         })
     }
@@ -397,9 +447,12 @@ impl Store {
                             let first = *range.start();
                             let qids = {
                                 let mut mem = worker.mem.write();
+                                let mut rollups = worker.rollups.lock();
+                                let now = now_ms();
                                 for (i, entry) in entries.iter().enumerate() {
-                                    mem.apply(first + i as u64, entry);
+                                    mem.apply(first + i as u64, entry, &mut rollups, now);
                                 }
+                                drop(rollups);
                                 if let Err(e) = mem.seal(false) {
                                     tracing::error!(error = %e, "sealing in-memory batch failed");
                                 }
@@ -448,6 +501,7 @@ impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let mut mem = self.inner.mem.write();
         mem.seal(true)?;
+        let pending = rollup_batch(&self.inner.rollups.lock().pending_rows())?;
         let manifest = self.inner.manifest.read().clone();
         let files = Snapshot::files_of(&manifest, &self.inner.config.data_dir);
         let batches = Table::ALL
@@ -456,6 +510,9 @@ impl Store {
                 let i = t as usize;
                 let mut v = mem.flushing[i].clone();
                 v.extend(mem.sealed[i].iter().cloned());
+                if t == Table::Rollups1m {
+                    v.extend(pending.clone());
+                }
                 (t, v)
             })
             .collect();
@@ -479,6 +536,11 @@ impl Store {
         + Send,
     ) -> Result<(), StoreError> {
         query::scan(self.snapshot()?, sql, timeout, visit).await
+    }
+
+    /// Read the live latency rollups.
+    pub fn with_rollups<R>(&self, f: impl FnOnce(&Rollups) -> R) -> R {
+        f(&self.inner.rollups.lock())
     }
 
     /// Counters since start.
@@ -551,6 +613,7 @@ impl Inner {
         wal: Option<Wal>,
         dedup: Option<DedupIndex>,
         mem: Mem,
+        rollups: Rollups,
         manifest: Manifest,
     ) -> Inner {
         let stopping = AtomicBool::new(wal.is_none());
@@ -561,6 +624,7 @@ impl Inner {
             dedup,
             ingest_lock: Mutex::new(()),
             mem: RwLock::new(mem),
+            rollups: Mutex::new(rollups),
             manifest: RwLock::new(Arc::new(manifest)),
             counters: Counters::default(),
             wake: (Mutex::new(false), Condvar::new()),
@@ -586,6 +650,7 @@ impl Inner {
             if let Err(e) = self.flush() {
                 tracing::error!(error = %e, "flush to Parquet failed; rows stay buffered and in the WAL");
             }
+            self.rollups.lock().maintain(now_ms());
         }
     }
 
@@ -649,6 +714,14 @@ impl Inner {
             for i in 0..Table::ALL.len() {
                 let sealed = std::mem::take(&mut mem.sealed[i]);
                 mem.flushing[i].extend(sealed);
+            }
+            // Taken under the lock that orders `apply`: these rows are exactly the
+            // decisions up to `applied_lsn`, committed with it below.
+            let rows = self.rollups.lock().take_pending();
+            if let Some(batch) = rollup_batch(&rows)? {
+                mem.rows += batch.num_rows();
+                mem.bytes += batch.get_array_memory_size();
+                mem.flushing[Table::Rollups1m as usize].push(batch);
             }
             (mem.flushing.clone(), mem.applied_lsn)
         };

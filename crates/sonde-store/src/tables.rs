@@ -5,10 +5,11 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, MapBuilder, MapFieldNames,
-    StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder, BinaryBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use sonde_latency::RollupRow;
 use sonde_model::{Event, EventBody, EventData, Meta};
 
 use crate::StoreError;
@@ -26,11 +27,12 @@ pub enum Table {
     Exposures,
     Quarantine,
     QuarantineReplays,
+    Rollups1m,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Decisions,
         Table::DecisionItems,
         Table::Interactions,
@@ -40,6 +42,7 @@ impl Table {
         Table::Exposures,
         Table::Quarantine,
         Table::QuarantineReplays,
+        Table::Rollups1m,
     ];
 
     /// SQL name of the table.
@@ -54,6 +57,7 @@ impl Table {
             Table::Exposures => "exposures",
             Table::Quarantine => "quarantine",
             Table::QuarantineReplays => "quarantine_replays",
+            Table::Rollups1m => "rollups_1m",
         }
     }
 
@@ -72,6 +76,7 @@ impl Table {
         match self {
             Table::Quarantine => "received_at",
             Table::QuarantineReplays => "replayed_at",
+            Table::Rollups1m => "minute",
             _ => "event_time",
         }
     }
@@ -84,6 +89,8 @@ enum Kind {
     Bool,
     Ts,
     U32,
+    U64,
+    Bin,
     MapStr,
     MapF64,
     ListStr,
@@ -115,6 +122,8 @@ fn data_type(k: Kind) -> DataType {
         Kind::Bool => DataType::Boolean,
         Kind::Ts => ts(),
         Kind::U32 => DataType::UInt32,
+        Kind::U64 => DataType::UInt64,
+        Kind::Bin => DataType::Binary,
         Kind::MapStr => map_type(DataType::Utf8),
         Kind::MapF64 => map_type(DataType::Float64),
         Kind::ListStr => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
@@ -207,7 +216,7 @@ fn own_columns(t: Table) -> &'static [(&'static str, Kind, bool)] {
         Table::Touches => &[("channel", Str, false), ("campaign", Str, true)],
         Table::Identities => &[],
         Table::Exposures => &[("experiment", Str, false), ("variant", Str, false)],
-        Table::Quarantine | Table::QuarantineReplays => &[],
+        Table::Quarantine | Table::QuarantineReplays | Table::Rollups1m => &[],
     }
 }
 
@@ -229,8 +238,31 @@ const REPLAYS: &[(&str, Kind, bool)] = &[
     ("code", Str, true),
 ];
 
+/// `rollups_1m`: one row per minute, key and component, as observed between two flushes
+/// (a minute can have several rows; sum counts, merge sketches).
+const ROLLUPS: &[(&str, Kind, bool)] = &[
+    ("minute", Ts, false),
+    ("surface", Str, false),
+    ("model_version", Str, false),
+    ("experiment", Str, false),
+    ("variant", Str, false),
+    ("component", Str, false),
+    ("decisions", U64, true),
+    ("fallbacks", U64, true),
+    ("samples", U64, false),
+    ("sum_ms", F64, false),
+    ("min_ms", F64, true),
+    ("max_ms", F64, true),
+    ("p50_ms", F64, true),
+    ("p99_ms", F64, true),
+    ("over_ms", MapF64, false),
+    ("exemplars", Str, true),
+    ("sketch", Bin, false),
+];
+
 fn columns(t: Table) -> Vec<(&'static str, Kind, bool)> {
     match t {
+        Table::Rollups1m => ROLLUPS.to_vec(),
         Table::Quarantine => QUARANTINE.to_vec(),
         Table::QuarantineReplays => REPLAYS.to_vec(),
         Table::DecisionItems => ITEM_COMMON.iter().chain(own_columns(t)).copied().collect(),
@@ -257,6 +289,8 @@ enum Col {
     Bool(BooleanBuilder),
     Ts(TimestampMillisecondBuilder),
     U32(UInt32Builder),
+    U64(UInt64Builder),
+    Bin(BinaryBuilder),
     MapStr(MapBuilder<StringBuilder, StringBuilder>),
     MapF64(MapBuilder<StringBuilder, Float64Builder>),
     ListStr(ListBuilder<StringBuilder>),
@@ -278,6 +312,8 @@ impl Col {
             Bool => Col::Bool(BooleanBuilder::new()),
             Ts => Col::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
             U32 => Col::U32(UInt32Builder::new()),
+            U64 => Col::U64(UInt64Builder::new()),
+            Bin => Col::Bin(BinaryBuilder::new()),
             MapStr => Col::MapStr(MapBuilder::new(
                 Some(map_names()),
                 StringBuilder::new(),
@@ -299,6 +335,8 @@ impl Col {
             Col::Bool(b) => Arc::new(b.finish()),
             Col::Ts(b) => Arc::new(b.finish()),
             Col::U32(b) => Arc::new(b.finish()),
+            Col::U64(b) => Arc::new(b.finish()),
+            Col::Bin(b) => Arc::new(b.finish()),
             Col::MapStr(b) => Arc::new(b.finish()),
             Col::MapF64(b) => Arc::new(b.finish()),
             Col::ListStr(b) => Arc::new(b.finish()),
@@ -355,6 +393,8 @@ impl RowBuilder {
     push_fn!(bool, Bool, bool);
     push_fn!(ts, Ts, i64);
     push_fn!(u32, U32, u32);
+    push_fn!(u64, U64, u64);
+    push_fn!(bin, Bin, &[u8]);
 
     fn str(&mut self, v: Option<&str>) {
         if let Some(Col::Str(b)) = self.cols.get_mut(self.at) {
@@ -393,6 +433,43 @@ impl RowBuilder {
             b.append(true);
         }
         self.at += 1;
+    }
+
+    /// Append a `rollups_1m` row.
+    pub fn push_rollup(&mut self, r: &RollupRow) {
+        let b = self;
+        debug_assert_eq!(b.table, Table::Rollups1m);
+        b.ts(Some(r.minute_ms));
+        for v in [
+            &r.key.surface,
+            &r.key.model_version,
+            &r.key.experiment,
+            &r.key.variant,
+            &r.component,
+        ] {
+            b.str(Some(v));
+        }
+        b.u64(r.decisions);
+        b.u64(r.fallbacks);
+        let s = &r.sketch;
+        b.u64(Some(s.count()));
+        b.f64(Some(s.sum()));
+        b.f64(s.min());
+        b.f64(s.max());
+        b.f64(s.quantile(0.5));
+        b.f64(s.quantile(0.99));
+        let over: Vec<(String, f64)> = r
+            .over
+            .iter()
+            .map(|(t, n)| (t.to_string(), *n as f64))
+            .collect();
+        b.map_f64(over.iter().map(|(t, n)| (t.as_str(), *n)));
+        let exemplars = (!r.exemplars.is_empty())
+            .then(|| serde_json::to_string(&r.exemplars).ok())
+            .flatten();
+        b.str(exemplars.as_deref());
+        b.bin(Some(&s.encode()));
+        b.end_row();
     }
 
     fn end_row(&mut self) {

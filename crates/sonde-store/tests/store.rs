@@ -42,6 +42,21 @@ async fn scalar(store: &Store, sql: &str) -> i64 {
     count(&r.batches)
 }
 
+/// Decisions counted by the live rollups, and by the `rollups_1m` table.
+async fn rollup_decisions(store: &Store) -> (u64, i64) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let live = store.with_rollups(|r| {
+        r.window(&sonde_latency::Filter::default(), now - 5 * 3_600_000, now + 60_000, None)
+            .decisions
+    });
+    let sql = scalar(
+        store,
+        "SELECT CAST(coalesce(sum(decisions), 0) AS BIGINT) FROM rollups_1m WHERE component = 'total'",
+    )
+    .await;
+    (live, sql)
+}
+
 fn config(dir: &std::path::Path) -> StoreConfig {
     let mut c = StoreConfig::new(dir);
     c.flush_interval = std::time::Duration::from_secs(3600);
@@ -78,6 +93,7 @@ async fn write_query_restart_dedup_compact() {
         scalar(&store, "SELECT count(*) FROM decision_items").await,
         4
     );
+    assert_eq!(rollup_decisions(&store).await, (2, 2));
     assert_eq!(
         scalar(
             &store,
@@ -96,6 +112,7 @@ async fn write_query_restart_dedup_compact() {
     );
     store.flush().expect("flush");
     assert_eq!(store.buffered_rows(), 0);
+    assert_eq!(rollup_decisions(&store).await, (2, 2));
     assert_eq!(
         store
             .manifest()
@@ -131,9 +148,11 @@ async fn write_query_restart_dedup_compact() {
     store.close().expect("close");
     drop(store);
 
-    // After a restart: the unflushed e3 comes back from the WAL; dedup state survives.
+    // After a restart: the unflushed e3 comes back from the WAL; dedup state survives; the
+    // rollups hold the flushed decisions from their rows and e3 from the WAL, once each.
     let store = Store::open(config(dir.path())).expect("reopen");
     assert_eq!(scalar(&store, "SELECT count(*) FROM decisions").await, 3);
+    assert_eq!(rollup_decisions(&store).await, (3, 3));
     let out = store
         .write(WriteBatch {
             events: vec![e3],
@@ -152,11 +171,21 @@ async fn write_query_restart_dedup_compact() {
         .filter(|f| f.table == "decisions")
         .count();
     assert_eq!(parts, 2, "one file per hour partition after compaction");
+    assert_eq!(rollup_decisions(&store).await, (3, 3));
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT CAST(sum(samples) AS BIGINT) FROM rollups_1m WHERE component = 'inference'"
+        )
+        .await,
+        3
+    );
     store.close().expect("close");
 
     // Offline, read-only.
     let ro = Store::open_read_only(dir.path()).expect("read-only");
     assert_eq!(scalar(&ro, "SELECT count(*) FROM decision_items").await, 6);
+    assert_eq!(rollup_decisions(&ro).await, (3, 3));
 }
 
 #[tokio::test]
