@@ -27,6 +27,11 @@ pub struct FileConfig {
     query_max_rows: Option<usize>,
     /// `[relevance]`: how outcomes grade the items they follow.
     relevance: Option<sonde_server::relevance::Gains>,
+    /// `[[slo]]`: service-level objectives.
+    #[serde(default)]
+    slo: Vec<sonde_latency::SloSpec>,
+    /// `[alerts]`: evaluation interval and webhook.
+    alerts: Option<sonde_server::alerts::AlertConfig>,
 }
 
 /// Resolve the server configuration.
@@ -82,6 +87,22 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         );
         c.gains = g;
     }
+    for (i, s) in file.slo.iter().enumerate() {
+        s.validate()?;
+        anyhow::ensure!(
+            !file.slo[..i].iter().any(|o| o.name == s.name),
+            "two SLOs are named {:?}",
+            s.name
+        );
+    }
+    c.slos = file.slo;
+    if let Some(a) = file.alerts {
+        anyhow::ensure!(
+            a.evaluate_every_secs > 0,
+            "[alerts] evaluate_every_secs must be at least 1"
+        );
+        c.alerts = a;
+    }
     Ok(c)
 }
 
@@ -114,6 +135,24 @@ mod tests {
         assert_eq!(c.gains.purchase, 5);
         assert_eq!(c.gains.window_minutes, 60);
         assert_eq!(c.gains.click, 1, "unset gains keep their defaults");
+        std::fs::write(
+            &path,
+            "[[slo]]\nname = \"feed\"\nsurface = \"home_feed\"\nkind = \"latency\"\nthreshold_ms = 150\ntarget = 0.999\n\n[[slo]]\nname = \"fallbacks\"\nkind = \"fallback\"\ntarget = 0.99\nperiod_days = 7\n\n[alerts]\nevaluate_every_secs = 5\n",
+        )
+        .expect("write");
+        let c = resolve(&args).expect("resolve");
+        assert_eq!(c.slos.len(), 2);
+        assert_eq!(c.slos[0].threshold_ms, Some(150.0));
+        assert_eq!(c.slos[0].period_days, 28, "default period");
+        assert_eq!(c.slos[1].period_days, 7);
+        assert_eq!(c.alerts.evaluate_every_secs, 5);
+        std::fs::write(
+            &path,
+            "[[slo]]\nname = \"feed\"\nkind = \"latency\"\ntarget = 0.999\n",
+        )
+        .expect("write");
+        let err = resolve(&args).expect_err("latency SLO without threshold");
+        assert!(format!("{err:#}").contains("threshold_ms"), "{err:#}");
         std::fs::write(&path, "listen_port = 1\n").expect("write");
         let err = resolve(&args).expect_err("unknown key");
         assert!(format!("{err:#}").contains("listen_port"), "{err:#}");

@@ -267,7 +267,7 @@ impl Tier {
     }
 
     fn pack(&mut self, before: i64) {
-        let from = self.packed_before.max(i64::MIN);
+        let from = self.packed_before;
         let newly: Vec<i64> = self
             .buckets
             .range(from..before.max(from))
@@ -678,7 +678,8 @@ impl Rollups {
             self.hours.buckets.remove(&t);
         }
         self.minutes.pack(now_ms - self.config.pack_after_ms);
-        self.hours.pack((now_ms - self.config.pack_after_ms).div_euclid(HOUR) * HOUR);
+        self.hours
+            .pack((now_ms - self.config.pack_after_ms).div_euclid(HOUR) * HOUR);
         self.bytes = self.count_bytes();
         while self.bytes > self.config.budget_bytes && !self.minutes.buckets.is_empty() {
             let freed = self.retire_oldest_minute();
@@ -727,12 +728,8 @@ impl Rollups {
         threshold_ms: Option<f64>,
     ) -> WindowCounts {
         let mask: Vec<bool> = self.keys.iter().map(|k| filter.matches(k)).collect();
-        let exact = threshold_ms.and_then(|t| {
-            self.config
-                .thresholds_ms
-                .iter()
-                .position(|x| *x == t)
-        });
+        let exact =
+            threshold_ms.and_then(|t| self.config.thresholds_ms.iter().position(|x| *x == t));
         let mut w = WindowCounts::default();
         for (_, bucket) in self.buckets(from, to) {
             for (k, cell) in bucket.cells.iter().enumerate() {

@@ -59,7 +59,10 @@ impl SloSpec {
             return Err(LatencyError::Invalid("an SLO has an empty name".into()));
         }
         if !(self.target > 0.0 && self.target < 1.0) {
-            return bad(format!("target {} is not strictly between 0 and 1", self.target));
+            return bad(format!(
+                "target {} is not strictly between 0 and 1",
+                self.target
+            ));
         }
         if self.period_days == 0 {
             return bad("period_days is 0".into());

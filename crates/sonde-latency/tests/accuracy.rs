@@ -6,7 +6,9 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Pareto, Weibull};
-use sonde_latency::{Filter, GroupBy, Observation, RELATIVE_ACCURACY, RollupConfig, Rollups, Sketch};
+use sonde_latency::{
+    Filter, GroupBy, Observation, RELATIVE_ACCURACY, RollupConfig, Rollups, Sketch,
+};
 
 const N: usize = 1_000_000;
 const QS: [f64; 9] = [0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0];

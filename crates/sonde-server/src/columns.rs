@@ -43,12 +43,17 @@ pub(crate) fn i64s(batch: &RecordBatch, i: usize) -> Result<Int64Array, StoreErr
     i64_array(batch.column(i))
 }
 
-/// Column `i` as floats.
-pub(crate) fn f64s(batch: &RecordBatch, i: usize) -> Result<Float64Array, StoreError> {
-    let c = cast(batch.column(i), &DataType::Float64)?;
+/// An array as floats.
+pub(crate) fn f64_array(col: &ArrayRef) -> Result<Float64Array, StoreError> {
+    let c = cast(col, &DataType::Float64)?;
     c.as_primitive_opt::<Float64Type>()
         .cloned()
         .ok_or_else(|| unexpected("numbers", c.as_ref()))
+}
+
+/// Column `i` as floats.
+pub(crate) fn f64s(batch: &RecordBatch, i: usize) -> Result<Float64Array, StoreError> {
+    f64_array(batch.column(i))
 }
 
 /// Column `i` as unsigned 32-bit integers.

@@ -28,6 +28,9 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("server: {0}")]
     Serve(std::io::Error),
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// An error answering a whole request. Its body is
@@ -67,7 +70,12 @@ impl ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
-    /// 400.
+    /// 500: something failed on our side.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 400 with a specific code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }

@@ -3,12 +3,14 @@
 //! the quarantine,
 //! the event schema and health endpoints, over the embedded store.
 
+pub mod alerts;
 mod audit;
 mod columns;
 mod drift;
 mod error;
 mod exposure;
 mod ingest;
+mod latency;
 mod metrics;
 mod position;
 pub mod project;
@@ -74,6 +76,10 @@ pub struct ServerConfig {
     pub query_max_rows: usize,
     /// How outcomes grade items for the relevance endpoints.
     pub gains: relevance::Gains,
+    /// Service-level objectives (`[[slo]]` in the config file).
+    pub slos: Vec<sonde_latency::SloSpec>,
+    /// Alert evaluation and webhook.
+    pub alerts: alerts::AlertConfig,
 }
 
 impl ServerConfig {
@@ -88,6 +94,8 @@ impl ServerConfig {
             query_timeout: Duration::from_secs(30),
             query_max_rows: 100_000,
             gains: relevance::Gains::default(),
+            slos: Vec::new(),
+            alerts: alerts::AlertConfig::default(),
         }
     }
 }
@@ -99,12 +107,19 @@ pub struct AppState {
     project: Arc<Project>,
     store: Store,
     pseudonymizer: Arc<dyn Pseudonymizer>,
+    alerts: Arc<alerts::AlertEngine>,
 }
 
 impl AppState {
     /// The store behind the server.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Evaluate every SLO at `now_ms` and record alert state changes (the server does this
+    /// every `evaluate_every_secs`); returns the changes.
+    pub fn evaluate_alerts(&self, now_ms: i64) -> Vec<sonde_latency::Transition> {
+        self.alerts.tick(&self.store, now_ms)
     }
 }
 
@@ -170,6 +185,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/fairness", get(exposure::get_fairness))
         .route("/v1/feature-audit", get(audit::get_feature_audit))
         .route("/v1/engagement", get(audit::get_engagement))
+        .route("/v1/latency", get(latency::get_latency))
+        .route("/v1/latency/tail", get(latency::get_tail))
+        .route("/v1/slo", get(alerts::get_slo))
+        .route("/v1/alerts", get(alerts::get_alerts))
+        .route("/v1/alerts/backtest", get(alerts::get_backtest))
         .route("/v1/schema", get(schema))
         .route("/metrics", get(metrics::get_metrics))
         .route("/healthz", get(healthz))
@@ -199,12 +219,27 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
             &project.secret,
         ))
     };
-    let store = Store::open(config.store.clone())?;
+    for s in &config.slos {
+        s.validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+    }
+    let mut store_config = config.store.clone();
+    // Latency SLO thresholds are counted exactly in every rollup minute.
+    store_config.rollups.thresholds_ms =
+        config.slos.iter().filter_map(|s| s.threshold_ms).collect();
+    store_config.rollups.thresholds_ms.sort_by(f64::total_cmp);
+    store_config.rollups.thresholds_ms.dedup();
+    let store = Store::open(store_config)?;
+    let alerts = Arc::new(alerts::AlertEngine::new(
+        config.slos.clone(),
+        config.alerts.clone(),
+    ));
     Ok(AppState {
         config: Arc::new(config),
         project: Arc::new(project),
         store,
         pseudonymizer,
+        alerts,
     })
 }
 
@@ -215,11 +250,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = state.store.clone();
+    let evaluator = tokio::spawn(alerts::run(state.clone()));
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Serve)?;
+    evaluator.abort();
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.close())
         .await

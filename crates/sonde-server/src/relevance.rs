@@ -111,20 +111,24 @@ pub(crate) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// A timestamp parameter as a SQL literal.
-fn time_lit(name: &str, v: &str) -> Result<String, ApiError> {
-    let t = v
-        .trim()
+/// A time parameter (RFC 3339 or epoch milliseconds) in epoch milliseconds.
+pub(crate) fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
+    v.trim()
         .parse::<i64>()
         .ok()
         .or_else(|| sonde_model::parse_time_str(v.trim()))
-        .and_then(chrono::DateTime::from_timestamp_millis)
+        .filter(|t| chrono::DateTime::from_timestamp_millis(*t).is_some())
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_parameter",
                 format!("{name}={v:?} is neither RFC 3339 nor epoch milliseconds"),
             )
-        })?;
+        })
+}
+
+/// A timestamp parameter as a SQL literal.
+fn time_lit(name: &str, v: &str) -> Result<String, ApiError> {
+    let t = chrono::DateTime::from_timestamp_millis(time_param(name, v)?).unwrap_or_default();
     Ok(format!(
         "CAST({} AS TIMESTAMP)",
         lit(&t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())

@@ -1,86 +1,11 @@
 //! `GET /v1/relevance` and `GET /v1/calibration` through the real router and store: hand-made
 //! outcomes with hand-computed metrics, and simulated traffic whose calibration breaks.
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+mod common;
+
+use axum::http::StatusCode;
+use common::{App, app, app_with, get, ingest, simulate_into};
 use serde_json::{Value, json};
-use sonde_server::{AppState, NewKeys, ServerConfig};
-use tower::ServiceExt;
-
-struct App {
-    router: Router,
-    _state: AppState,
-    keys: NewKeys,
-    _dir: tempfile::TempDir,
-}
-
-fn app() -> App {
-    app_with(|_| {})
-}
-
-fn app_with(tune: impl FnOnce(&mut ServerConfig)) -> App {
-    let dir = tempfile::tempdir().expect("tmp");
-    let keys = sonde_server::ensure_project(dir.path())
-        .expect("init")
-        .expect("new keys");
-    let mut config = ServerConfig::new(dir.path());
-    tune(&mut config);
-    let state = sonde_server::open(config).expect("open");
-    App {
-        router: sonde_server::router(state.clone()),
-        _state: state,
-        keys,
-        _dir: dir,
-    }
-}
-
-async fn call(app: &App, req: Request<Body>) -> (StatusCode, Value) {
-    let resp = app.router.clone().oneshot(req).await.expect("response");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, v)
-}
-
-async fn ingest(app: &App, ndjson: Vec<u8>) {
-    let req = Request::post("/v1/events?backfill=true")
-        .header("authorization", format!("Bearer {}", app.keys.write_key))
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from(ndjson))
-        .expect("request");
-    let (status, v) = call(app, req).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["rejected"], 0, "{v}");
-}
-
-/// `decisions` simulated decisions and what follows them, ingested in batches under the
-/// request limit.
-async fn simulate_into(app: &App, config: sonde_sim::SimConfig, decisions: usize) {
-    let mut sim = sonde_sim::Simulator::new(config);
-    let mut events = Vec::new();
-    for _ in 0..decisions {
-        sim.step(&mut events);
-    }
-    for chunk in events.chunks(5000) {
-        let mut body = Vec::new();
-        for e in chunk {
-            e.write_json(&mut body);
-            body.push(b'\n');
-        }
-        ingest(app, body).await;
-    }
-}
-
-async fn get(app: &App, path: &str) -> (StatusCode, Value) {
-    let req = Request::get(path)
-        .header("authorization", format!("Bearer {}", app.keys.read_key))
-        .body(Body::empty())
-        .expect("request");
-    call(app, req).await
-}
 
 const T0: i64 = 1_767_225_600_000;
 const MIN: i64 = 60_000;

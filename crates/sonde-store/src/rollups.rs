@@ -53,8 +53,14 @@ pub(crate) fn rows_of(batch: &RecordBatch) -> Result<Vec<RollupRow>, StoreError>
     let minute = col("minute")?
         .as_primitive_opt::<TimestampMillisecondType>()
         .ok_or_else(|| corrupt("minute"))?;
-    let strs = ["surface", "model_version", "experiment", "variant", "component"]
-        .map(|n| col(n).map(|c| c.as_string_opt::<i32>().ok_or_else(|| corrupt(n))));
+    let strs = [
+        "surface",
+        "model_version",
+        "experiment",
+        "variant",
+        "component",
+    ]
+    .map(|n| col(n).map(|c| c.as_string_opt::<i32>().ok_or_else(|| corrupt(n))));
     let [surface, model, experiment, variant, component] = strs;
     let (surface, model, experiment, variant, component) =
         (surface??, model??, experiment??, variant??, component??);
@@ -64,7 +70,9 @@ pub(crate) fn rows_of(batch: &RecordBatch) -> Result<Vec<RollupRow>, StoreError>
     let fallbacks = col("fallbacks")?
         .as_primitive_opt::<UInt64Type>()
         .ok_or_else(|| corrupt("fallbacks"))?;
-    let over = col("over_ms")?.as_map_opt().ok_or_else(|| corrupt("over_ms"))?;
+    let over = col("over_ms")?
+        .as_map_opt()
+        .ok_or_else(|| corrupt("over_ms"))?;
     let exemplars = col("exemplars")?
         .as_string_opt::<i32>()
         .ok_or_else(|| corrupt("exemplars"))?;
@@ -94,8 +102,7 @@ pub(crate) fn rows_of(batch: &RecordBatch) -> Result<Vec<RollupRow>, StoreError>
             component: component.value(i).into(),
             decisions: opt(decisions),
             fallbacks: opt(fallbacks),
-            sketch: Sketch::decode(sketch.value(i))
-                .map_err(|e| corrupt(&e.to_string()))?,
+            sketch: Sketch::decode(sketch.value(i)).map_err(|e| corrupt(&e.to_string()))?,
             over,
             exemplars: if exemplars.is_null(i) {
                 Vec::new()
@@ -116,9 +123,11 @@ pub(crate) fn load(
 ) -> Result<Vec<RollupRow>, StoreError> {
     const HOUR_MS: i64 = 3_600_000;
     let mut rows = Vec::new();
-    for f in manifest.files.iter().filter(|f| {
-        f.table == Table::Rollups1m.name() && (f.hour + 1) * HOUR_MS > since_ms
-    }) {
+    for f in manifest
+        .files
+        .iter()
+        .filter(|f| f.table == Table::Rollups1m.name() && (f.hour + 1) * HOUR_MS > since_ms)
+    {
         let path = data_dir.join(&f.path);
         let file = File::open(&path).map_err(|e| StoreError::Io {
             path: path.clone(),

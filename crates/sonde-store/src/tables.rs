@@ -4,8 +4,8 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, MapBuilder, MapFieldNames,
-    StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder, BinaryBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, ListBuilder, MapBuilder,
+    MapFieldNames, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;

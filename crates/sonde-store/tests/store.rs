@@ -46,8 +46,13 @@ async fn scalar(store: &Store, sql: &str) -> i64 {
 async fn rollup_decisions(store: &Store) -> (u64, i64) {
     let now = chrono::Utc::now().timestamp_millis();
     let live = store.with_rollups(|r| {
-        r.window(&sonde_latency::Filter::default(), now - 5 * 3_600_000, now + 60_000, None)
-            .decisions
+        r.window(
+            &sonde_latency::Filter::default(),
+            now - 5 * 3_600_000,
+            now + 60_000,
+            None,
+        )
+        .decisions
     });
     let sql = scalar(
         store,
