@@ -15,8 +15,9 @@ mod slo;
 
 pub use error::LatencyError;
 pub use rollup::{
-    Exemplar, Filter, GroupBy, Key, OTHER, Observation, Point, RollupConfig, RollupRow, Rollups,
-    Series, TOTAL, WindowCounts,
+    BucketExemplar, DEFAULT_BOUNDS_MS, Exemplar, Filter, GroupBy, Histogram, Key, OTHER,
+    Observation, Point, RollupConfig, RollupRow, Rollups, Series, SurfaceTotals, TOTAL,
+    WindowCounts,
 };
 pub use sketch::{RELATIVE_ACCURACY, Sketch};
 pub use slo::{

@@ -67,6 +67,63 @@ pub struct RollupConfig {
     pub pack_after_ms: i64,
     /// Memory budget: past it, the oldest minutes are merged into hours early.
     pub budget_bytes: usize,
+    /// Upper bounds of the cumulative Prometheus histograms (ms); the thresholds are added.
+    pub histogram_bounds_ms: Vec<f64>,
+}
+
+/// Default histogram bounds (ms): 5 ms to 10 s, Prometheus's default buckets.
+pub const DEFAULT_BOUNDS_MS: [f64; 11] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// A bucket's most recent notable observation, for OpenMetrics exemplars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketExemplar {
+    /// The latency (ms).
+    pub value_ms: f64,
+    /// `trace_id` when the decision had one, else `request_id`.
+    pub label: &'static str,
+    /// Its value.
+    pub id: String,
+    /// Event time (epoch ms).
+    pub time_ms: i64,
+}
+
+/// A cumulative latency histogram since the process started (Prometheus semantics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    pub counts: Vec<u64>,
+    /// Sum of the observations (ms).
+    pub sum_ms: f64,
+    /// One exemplar per bucket, replaced once a minute.
+    pub exemplars: Vec<Option<BucketExemplar>>,
+}
+
+impl Histogram {
+    fn new(bounds: usize) -> Histogram {
+        Histogram {
+            counts: vec![0; bounds + 1],
+            sum_ms: 0.0,
+            exemplars: vec![None; bounds + 1],
+        }
+    }
+
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Cumulative counters of one surface since the process started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SurfaceTotals {
+    /// Decisions.
+    pub decisions: u64,
+    /// Fallbacks.
+    pub fallbacks: u64,
+    /// Histograms by component id (0 = total).
+    hists: Vec<Option<Histogram>>,
 }
 
 impl Default for RollupConfig {
@@ -80,6 +137,7 @@ impl Default for RollupConfig {
             exemplars: 3,
             pack_after_ms: 3 * MINUTE,
             budget_bytes: 128 << 20,
+            histogram_bounds_ms: DEFAULT_BOUNDS_MS.to_vec(),
         }
     }
 }
@@ -431,11 +489,25 @@ pub struct Rollups {
     /// Observations sent to `other` because a cap was reached.
     overflow: u64,
     bytes: usize,
+    /// Histogram bounds: the configured ones and the thresholds, sorted.
+    bounds: Vec<f64>,
+    surfaces: Vec<String>,
+    key_surface: Vec<u32>,
+    totals: Vec<SurfaceTotals>,
 }
 
 impl Rollups {
     /// Empty rollups.
     pub fn new(config: RollupConfig) -> Rollups {
+        let mut bounds: Vec<f64> = config
+            .histogram_bounds_ms
+            .iter()
+            .chain(&config.thresholds_ms)
+            .copied()
+            .filter(|b| b.is_finite() && *b > 0.0)
+            .collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup();
         let mut r = Rollups {
             config,
             keys: Vec::new(),
@@ -449,9 +521,76 @@ impl Rollups {
             pending: BTreeMap::new(),
             overflow: 0,
             bytes: 0,
+            bounds,
+            surfaces: Vec::new(),
+            key_surface: Vec::new(),
+            totals: Vec::new(),
         };
         r.comp_id(TOTAL);
         r
+    }
+
+    /// Bounds of the Prometheus histograms (ms).
+    pub fn histogram_bounds_ms(&self) -> &[f64] {
+        &self.bounds
+    }
+
+    /// Component names by id (0 is `total`).
+    pub fn components(&self) -> &[String] {
+        &self.comps
+    }
+
+    /// Per surface, counters and histograms since start: (surface, totals, [(component,
+    /// histogram)]).
+    pub fn surface_totals(
+        &self,
+    ) -> impl Iterator<Item = (&str, &SurfaceTotals, Vec<(&str, &Histogram)>)> {
+        self.surfaces.iter().zip(&self.totals).map(|(s, t)| {
+            let hists = t
+                .hists
+                .iter()
+                .enumerate()
+                .filter_map(|(c, h)| Some((self.comps.get(c)?.as_str(), h.as_ref()?)))
+                .collect();
+            (s.as_str(), t, hists)
+        })
+    }
+
+    fn record_totals(&mut self, key: u32, o: &Observation<'_>, comps: &[(usize, f64)]) {
+        let Some(&s) = self.key_surface.get(key as usize) else {
+            return;
+        };
+        let nb = self.bounds.len();
+        let Some(t) = self.totals.get_mut(s as usize) else {
+            return;
+        };
+        t.decisions += 1;
+        t.fallbacks += u64::from(o.fallback);
+        for &(c, ms) in comps {
+            if t.hists.len() <= c {
+                t.hists.resize_with(c + 1, || None);
+            }
+            let h = t.hists[c].get_or_insert_with(|| Histogram::new(nb));
+            let b = self.bounds.partition_point(|x| *x < ms);
+            h.counts[b] += 1;
+            h.sum_ms += ms;
+            if c == 0
+                && h.exemplars[b]
+                    .as_ref()
+                    .is_none_or(|e| o.time_ms - e.time_ms >= MINUTE)
+            {
+                let (label, id) = match o.trace_id {
+                    Some(t) => ("trace_id", t),
+                    None => ("request_id", o.request_id),
+                };
+                h.exemplars[b] = Some(BucketExemplar {
+                    value_ms: ms,
+                    label,
+                    id: id.into(),
+                    time_ms: o.time_ms,
+                });
+            }
+        }
     }
 
     /// The settings.
@@ -492,6 +631,15 @@ impl Rollups {
             }
         }
         let id = self.keys.len() as u32;
+        let surface = match self.surfaces.iter().position(|x| x == s) {
+            Some(i) => i as u32,
+            None => {
+                self.surfaces.push(s.into());
+                self.totals.push(SurfaceTotals::default());
+                (self.surfaces.len() - 1) as u32
+            }
+        };
+        self.key_surface.push(surface);
         self.keys.push(Key {
             surface: s.into(),
             model_version: m.into(),
@@ -545,6 +693,7 @@ impl Rollups {
             &comps,
             cfg,
         );
+        self.record_totals(key, o, &comps);
         self.comp_scratch = comps;
     }
 

@@ -108,6 +108,7 @@ pub struct AppState {
     store: Store,
     pseudonymizer: Arc<dyn Pseudonymizer>,
     alerts: Arc<alerts::AlertEngine>,
+    http: Arc<metrics::HttpMetrics>,
 }
 
 impl AppState {
@@ -194,6 +195,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::get_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -240,6 +245,7 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         store,
         pseudonymizer,
         alerts,
+        http: Arc::default(),
     })
 }
 

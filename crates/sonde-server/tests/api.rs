@@ -602,12 +602,28 @@ async fn metrics_are_prometheus_text_behind_a_read_key() {
         "{text}"
     );
     assert!(text.contains("\nsonde_writable 1\n"), "{text}");
-    // Every sample has its HELP and TYPE lines.
+    // Every sample has its HELP and TYPE lines (a histogram's under the family name).
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split(' ').next().unwrap_or_default();
-        assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
-        assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        let name = line.split([' ', '{']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                let base = name.strip_suffix(s)?;
+                text.contains(&format!("# TYPE {base} histogram"))
+                    .then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(text.contains(&format!("# TYPE {family} ")), "{name}");
+        assert!(text.contains(&format!("# HELP {family} ")), "{name}");
     }
+    assert!(
+        text.contains("sonde_http_request_duration_seconds_count{route=\"/v1/events\",method=\"POST\",code=\"200\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sonde_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"),
+        "{text}"
+    );
     let (status, _, _) = call(
         &app,
         Request::get("/metrics").body(Body::empty()).expect("req"),

@@ -333,3 +333,71 @@ fn the_webhook_body_is_alertmanagers() {
         "99.9% of home_feed decisions under 150 ms over 28 days"
     );
 }
+
+async fn metrics(app: &common::App, accept: &str) -> (String, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = axum::http::Request::get("/metrics")
+        .header("authorization", format!("Bearer {}", app.keys.read_key))
+        .header("accept", accept)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let resp = app.router.clone().oneshot(req).await.expect("response");
+    let ct = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (ct, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn metrics_have_latency_histograms_with_slo_buckets_and_exemplars() {
+    let app = app_with(|c| c.slos = vec![feed_slo()]);
+    let t0 = t0();
+    let events: Vec<Value> = [10.0, 20.0, 400.0]
+        .iter()
+        .enumerate()
+        .map(|(i, total)| {
+            decision(
+                &format!("m{i}"),
+                "control",
+                t0 + i as i64,
+                *total,
+                json!({"inference": total / 2.0}),
+            )
+        })
+        .collect();
+    ingest(&app, lines(&events)).await;
+
+    let (ct, text) = metrics(&app, "text/plain").await;
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    for want in [
+        // The SLO's 150 ms threshold is a bucket bound.
+        "sonde_decision_latency_seconds_bucket{surface=\"home_feed\",le=\"0.15\"} 2\n",
+        "sonde_decision_latency_seconds_bucket{surface=\"home_feed\",le=\"+Inf\"} 3\n",
+        "sonde_decision_latency_seconds_sum{surface=\"home_feed\"} 0.43\n",
+        "sonde_decision_latency_seconds_count{surface=\"home_feed\"} 3\n",
+        "sonde_component_latency_seconds_bucket{surface=\"home_feed\",component=\"inference\",le=\"0.01\"} 2\n",
+        "# TYPE sonde_decisions_total counter\nsonde_decisions_total{surface=\"home_feed\"} 3\n",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    assert!(!text.contains(" # {"), "no exemplars in the text format");
+
+    let (ct, om) = metrics(
+        &app,
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3",
+    )
+    .await;
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.ends_with("# EOF\n"));
+    assert!(om.contains("# TYPE sonde_decisions counter\n"), "{om}");
+    assert!(
+        om.contains("sonde_decision_latency_seconds_bucket{surface=\"home_feed\",le=\"0.5\"} 3 # {request_id=\"m2\"} 0.4 "),
+        "{om}"
+    );
+}

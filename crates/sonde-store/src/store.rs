@@ -538,6 +538,11 @@ impl Store {
         query::scan(self.snapshot()?, sql, timeout, visit).await
     }
 
+    /// WAL fsync latencies since open (`None` read-only).
+    pub fn fsync_histogram(&self) -> Option<sonde_wal::FsyncHistogram> {
+        self.inner.wal.as_ref().map(|w| w.fsync_histogram())
+    }
+
     /// Read the live latency rollups.
     pub fn with_rollups<R>(&self, f: impl FnOnce(&Rollups) -> R) -> R {
         f(&self.inner.rollups.lock())

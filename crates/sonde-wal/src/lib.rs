@@ -106,6 +106,22 @@ struct Shared {
     dir: PathBuf,
     fsync_micros_total: AtomicU64,
     fsyncs: AtomicU64,
+    /// fsyncs per [`FSYNC_BOUNDS_MICROS`] bucket (the last is above every bound).
+    fsync_buckets: [AtomicU64; FSYNC_BOUNDS_MICROS.len() + 1],
+}
+
+/// Upper bounds (µs) of the fsync latency histogram: 100 µs to 1 s.
+pub const FSYNC_BOUNDS_MICROS: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// fsync latencies since open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FsyncHistogram {
+    /// fsyncs per bucket of [`FSYNC_BOUNDS_MICROS`] (not cumulative; one more for above).
+    pub counts: Vec<u64>,
+    /// Total fsync time (µs).
+    pub sum_micros: u64,
 }
 
 /// Handle to an open WAL. Cheap to share behind an `Arc`.
@@ -284,6 +300,7 @@ impl Wal {
             dir: config.dir.clone(),
             fsync_micros_total: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            fsync_buckets: Default::default(),
         });
         let (tx, rx) = mpsc::channel::<Request>();
         let mut writer = Writer {
@@ -351,6 +368,19 @@ impl Wal {
             self.shared.fsyncs.load(Ordering::Relaxed),
             self.shared.fsync_micros_total.load(Ordering::Relaxed),
         )
+    }
+
+    /// fsync latency histogram since open.
+    pub fn fsync_histogram(&self) -> FsyncHistogram {
+        FsyncHistogram {
+            counts: self
+                .shared
+                .fsync_buckets
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum_micros: self.shared.fsync_micros_total.load(Ordering::Relaxed),
+        }
     }
 
     /// Delete every closed segment whose records all have LSN ≤ `upto`.
@@ -484,10 +514,13 @@ impl Writer {
             if self.config.fsync {
                 let t = std::time::Instant::now();
                 let r = self.file.sync_data();
+                let micros = t.elapsed().as_micros() as u64;
                 self.shared
                     .fsync_micros_total
-                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(micros, Ordering::Relaxed);
                 self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                let b = FSYNC_BOUNDS_MICROS.partition_point(|x| *x < micros);
+                self.shared.fsync_buckets[b].fetch_add(1, Ordering::Relaxed);
                 r
             } else {
                 Ok(())
