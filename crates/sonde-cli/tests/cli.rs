@@ -437,3 +437,148 @@ fn report_relevance_ranks_the_better_variant_higher() {
         .unwrap_or_else(|| panic!("no treatment row: {md}"));
     assert!(row.contains(&format!("{:.4}", ndcg("treatment"))), "{row}");
 }
+
+/// A plain HTTP/1.0 GET on loopback; returns the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A real Prometheus (the Debian package, which `.ci/run` installs) scrapes Sonde's
+/// `/metrics` with the read key; its HTTP API then answers a p99 latency query, inside the
+/// histogram bucket that holds the exact p99 of the stored decisions.
+#[test]
+fn prometheus_scrapes_latency_histograms() {
+    let prometheus = std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+    let server = start_server();
+    let (url, wk, rk) = (&server.url, &server.write_key, &server.read_key);
+    sonde_ok(&[
+        "simulate",
+        "--url",
+        url,
+        "--key",
+        wk,
+        "--seed",
+        "8",
+        "--rate",
+        "300",
+        "--duration",
+        "2s",
+        "--clean",
+    ]);
+    let n = scalar(
+        url,
+        rk,
+        "SELECT count(*) FROM decisions WHERE latency_total_ms IS NOT NULL",
+    );
+    assert!(n > 100, "{n} decisions");
+    let rank = (0.99 * (n - 1) as f64).floor() as u64;
+    let stdout = sonde_ok(&[
+        "query",
+        "--url",
+        url,
+        "--key",
+        rk,
+        "--format",
+        "csv",
+        &format!(
+            "SELECT latency_total_ms FROM decisions WHERE latency_total_ms IS NOT NULL ORDER BY latency_total_ms LIMIT 1 OFFSET {rank}"
+        ),
+    ]);
+    let p99_ms: f64 = stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no p99 in {stdout:?}"));
+    let bounds = sonde_latency::DEFAULT_BOUNDS_MS;
+    let hi = bounds
+        .iter()
+        .copied()
+        .find(|b| *b >= p99_ms)
+        .expect("within 10 s");
+    let lo = bounds
+        .iter()
+        .copied()
+        .filter(|b| *b < p99_ms)
+        .last()
+        .unwrap_or(0.0);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let sonde_port = url.rsplit(':').next().unwrap_or_default();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sonde\n    authorization:\n      credentials: {rk}\n    static_configs:\n      - targets: ['127.0.0.1:{sonde_port}']\n"
+        ),
+    )
+    .expect("config");
+    let child = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {prometheus}: {e}; install the Debian package `prometheus` (.ci/run does)")
+        });
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Kill(child);
+    let query =
+        url_encode("histogram_quantile(0.99, sum by (le) (sonde_decision_latency_seconds_bucket))");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let body = http_get(port, &format!("/api/v1/query?query={query}"));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(x) = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+            {
+                break x;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer from Prometheus; targets: {}",
+            http_get(port, "/api/v1/targets")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        value >= lo / 1000.0 && value <= hi / 1000.0,
+        "Prometheus p99 {value} s, exact p99 {p99_ms} ms in bucket ({lo}, {hi}] ms"
+    );
+}
