@@ -201,6 +201,9 @@ pub enum BenchWhich {
     Simulate(crate::bench::SimulateBenchArgs),
     /// Ranking metrics over 1M lists (floor: 2 s), side by side with ranx.
     Relevance(crate::bench::RelevanceBenchArgs),
+    /// Latency rollups: cost per decision (floor 1 µs), 24 h × 1 min series (floor 50 ms),
+    /// memory.
+    Latency(crate::bench::LatencyBenchArgs),
 }
 
 /// `sonde serve` options. Unset options fall back to the config file, then defaults.

@@ -71,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             BenchWhich::Query(a) => runtime()?.block_on(bench::query(a)),
             BenchWhich::Simulate(a) => bench::simulate(a),
             BenchWhich::Relevance(a) => bench::relevance(a),
+            BenchWhich::Latency(a) => bench::latency(a),
         },
     }
 }

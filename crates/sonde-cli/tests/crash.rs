@@ -242,6 +242,17 @@ fn acked_events_survive_sigkill_exactly_once() {
          ON d.event_id = i.event_id WHERE i.n IS NULL OR i.n <> d.item_count OR i.p <> d.item_count",
     );
     assert!(torn.is_empty(), "half-written decisions: {torn:?}");
+    // The latency rollups were committed with the WAL position of the decisions they count:
+    // after 20 kills they still count every stored decision once.
+    let rolled = query(
+        "SELECT CAST(coalesce(sum(decisions), 0) AS BIGINT) FROM rollups_1m WHERE component = 'total'",
+    )[0][0]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        rolled, total,
+        "rollups_1m counts {rolled} decisions, decisions holds {total}"
+    );
     println!(
         "{} acked, {} stored, {} attempted; all acked present once",
         acked.len(),

@@ -624,11 +624,11 @@ impl Rollups {
         if let Some(&id) = self.key_index.get(self.scratch.as_str()) {
             return id;
         }
-        if self.keys.len() >= self.config.max_keys {
+        // Past the cap every new key is `other` (created once, beyond the cap).
+        let is_other = [s, m, e, v].iter().all(|x| *x == OTHER);
+        if self.keys.len() >= self.config.max_keys && !is_other {
             self.overflow += 1;
-            if s != OTHER || m != OTHER || e != OTHER || v != OTHER {
-                return self.key_id(OTHER, OTHER, OTHER, OTHER);
-            }
+            return self.key_id(OTHER, OTHER, OTHER, OTHER);
         }
         let id = self.keys.len() as u32;
         let surface = match self.surfaces.iter().position(|x| x == s) {
@@ -826,25 +826,26 @@ impl Rollups {
             }
             self.hours.buckets.remove(&t);
         }
+        let hours_before = (now_ms - self.config.pack_after_ms).div_euclid(HOUR) * HOUR;
         self.minutes.pack(now_ms - self.config.pack_after_ms);
-        self.hours
-            .pack((now_ms - self.config.pack_after_ms).div_euclid(HOUR) * HOUR);
+        self.hours.pack(hours_before);
         self.bytes = self.count_bytes();
+        // Over budget: merge the oldest hour of minutes into its hour, repack, recount.
         while self.bytes > self.config.budget_bytes && !self.minutes.buckets.is_empty() {
-            let freed = self.retire_oldest_minute();
-            self.bytes = self.bytes.saturating_sub(freed);
+            for _ in 0..60 {
+                self.retire_oldest_minute();
+            }
+            self.hours.pack(hours_before);
+            self.bytes = self.count_bytes();
         }
     }
 
-    /// Merge the oldest minute into its hour; returns the minute's memory.
-    fn retire_oldest_minute(&mut self) -> usize {
-        let Some((t, bucket)) = self.minutes.buckets.pop_first() else {
-            return 0;
-        };
-        self.minutes.dirty.remove(&t);
-        let freed = bucket.cells.iter().flatten().map(|c| c.bytes()).sum();
-        self.hours.bucket(t).merge(&bucket);
-        freed
+    /// Merge the oldest minute into its hour.
+    fn retire_oldest_minute(&mut self) {
+        if let Some((t, bucket)) = self.minutes.buckets.pop_first() {
+            self.minutes.dirty.remove(&t);
+            self.hours.bucket(t).merge(&bucket);
+        }
     }
 
     fn count_bytes(&self) -> usize {
@@ -1076,5 +1077,102 @@ fn apply(cell: &mut Cell, o: &Observation<'_>, comps: &[(usize, f64)], cfg: &Rol
                 cfg.exemplars,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: i64 = 1_767_225_600_000;
+
+    fn obs<'a>(
+        t: i64,
+        surface: &'a str,
+        total: f64,
+        comps: &'a [(String, f64)],
+    ) -> Observation<'a> {
+        Observation {
+            time_ms: t,
+            surface,
+            model_version: "v1",
+            experiment: "exp",
+            variant: "a",
+            total_ms: Some(total),
+            components: comps,
+            fallback: total > 100.0,
+            request_id: "r",
+            trace_id: None,
+        }
+    }
+
+    #[test]
+    fn caps_send_new_keys_and_components_to_other() {
+        let mut r = Rollups::new(RollupConfig {
+            max_keys: 2,
+            max_components: 1,
+            ..RollupConfig::default()
+        });
+        let comps = vec![("a".to_string(), 1.0), ("b".to_string(), 2.0)];
+        for s in ["s1", "s2", "s3", "s4"] {
+            r.observe(&obs(T, s, 10.0, &comps), T);
+        }
+        let surfaces: Vec<&str> = r.keys().iter().map(|k| k.surface.as_str()).collect();
+        assert_eq!(surfaces, vec!["s1", "s2", OTHER]);
+        assert_eq!(r.components(), &["total", "a", OTHER]);
+        // Two keys and four `b` components past the caps.
+        assert_eq!(r.overflow(), 2 + 4);
+        let w = r.window(&Filter::default(), T, T + MINUTE, None);
+        assert_eq!(w.decisions, 4);
+    }
+
+    #[test]
+    fn persisted_rows_load_back_to_the_same_counts() {
+        let cfg = RollupConfig {
+            thresholds_ms: vec![50.0],
+            ..RollupConfig::default()
+        };
+        let mut r = Rollups::new(cfg.clone());
+        let comps = vec![("inference".to_string(), 5.0)];
+        for i in 0..100 {
+            r.observe(&obs(T + i * 1000, "home", i as f64 * 2.0, &comps), T);
+        }
+        let rows = r.take_pending();
+        assert!(r.take_pending().is_empty(), "taken once");
+        let mut back = Rollups::new(cfg);
+        back.load(&rows, T);
+        let f = Filter::default();
+        let (a, b) = (
+            r.window(&f, T, T + 2 * MINUTE, Some(50.0)),
+            back.window(&f, T, T + 2 * MINUTE, Some(50.0)),
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.over, 74, "totals 52..198 are over 50 ms");
+        assert_eq!(a.fallbacks, 49);
+        // A threshold declared later is answered from the sketch, within its 1%.
+        let w = back.window(&f, T, T + 2 * MINUTE, Some(100.0));
+        assert!((w.over as i64 - 49).abs() <= 1, "{}", w.over);
+    }
+
+    #[test]
+    fn old_minutes_merge_into_hours_and_old_hours_go() {
+        let mut r = Rollups::new(RollupConfig::default());
+        let comps = Vec::new();
+        for m in 0..120 {
+            r.observe(&obs(T + m * MINUTE, "home", 10.0, &comps), T + 120 * MINUTE);
+        }
+        let all = |r: &Rollups| {
+            r.window(&Filter::default(), T - HOUR, T + 3 * HOUR, None)
+                .decisions
+        };
+        assert_eq!(all(&r), 120);
+        // 26 h later every minute has become part of an hour; counts are unchanged.
+        r.maintain(T + 28 * HOUR);
+        assert!(r.minutes.buckets.is_empty());
+        assert_eq!(r.hours.buckets.len(), 2);
+        assert_eq!(all(&r), 120);
+        // 30 days later they are gone from memory.
+        r.maintain(T + 31 * 24 * HOUR);
+        assert_eq!(all(&r), 0);
     }
 }
