@@ -520,12 +520,7 @@ fn prometheus_scrapes_latency_histograms() {
         .copied()
         .find(|b| *b >= p99_ms)
         .expect("within 10 s");
-    let lo = bounds
-        .iter()
-        .copied()
-        .filter(|b| *b < p99_ms)
-        .last()
-        .unwrap_or(0.0);
+    let lo = bounds.iter().copied().rfind(|b| *b < p99_ms).unwrap_or(0.0);
 
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
