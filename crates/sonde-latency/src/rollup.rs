@@ -697,6 +697,49 @@ impl Rollups {
         self.comp_scratch = comps;
     }
 
+    /// Record one component's latency without a decision (a span measuring a component):
+    /// only that component's sketch and histogram change.
+    pub fn observe_component(
+        &mut self,
+        key: &Key,
+        component: &str,
+        ms: f64,
+        time_ms: i64,
+        now_ms: i64,
+    ) {
+        let k = self.key_id(
+            &key.surface,
+            &key.model_version,
+            &key.experiment,
+            &key.variant,
+        );
+        let c = self.comp_id(component);
+        let minute = time_ms.div_euclid(MINUTE) * MINUTE;
+        let tier = if minute >= self.minute_floor(now_ms) {
+            &mut self.minutes
+        } else {
+            &mut self.hours
+        };
+        tier.bucket(minute).cell(k).slot(c).add(ms);
+        self.pending
+            .entry(minute)
+            .or_default()
+            .cell(k)
+            .slot(c)
+            .add(ms);
+        if let Some(&s) = self.key_surface.get(k as usize)
+            && let Some(t) = self.totals.get_mut(s as usize)
+        {
+            if t.hists.len() <= c {
+                t.hists.resize_with(c + 1, || None);
+            }
+            let nb = self.bounds.len();
+            let h = t.hists[c].get_or_insert_with(|| Histogram::new(nb));
+            h.counts[self.bounds.partition_point(|x| *x < ms)] += 1;
+            h.sum_ms += ms;
+        }
+    }
+
     /// Everything observed since the last call, as rows to persist.
     pub fn take_pending(&mut self) -> Vec<RollupRow> {
         let rows = self.pending_rows();

@@ -54,6 +54,21 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Seconds the client should wait before retrying, when retrying helps.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        self.retry_after
+    }
+
     /// Ask the client to retry after `secs` seconds.
     pub fn retry_after(mut self, secs: u32) -> Self {
         self.retry_after = Some(secs);

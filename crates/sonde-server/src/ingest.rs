@@ -87,7 +87,8 @@ fn content_type(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-/// Read the body under `limit` bytes, then undo `Content-Encoding: gzip` under the same limit.
+/// Read the body under `limit` bytes, then undo `Content-Encoding: gzip` or `deflate` under
+/// the same limit.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -127,10 +128,38 @@ pub(crate) async fn read_body(
             }
             Ok(Bytes::from(out))
         }
+        Some("deflate") => {
+            // HTTP's deflate is zlib-wrapped; some clients send raw deflate: accept both.
+            let inflate = |zlib: bool| {
+                let mut out = Vec::with_capacity(raw.len() * 4);
+                let r = if zlib {
+                    flate2::read::ZlibDecoder::new(&raw[..])
+                        .take(limit as u64 + 1)
+                        .read_to_end(&mut out)
+                } else {
+                    flate2::read::DeflateDecoder::new(&raw[..])
+                        .take(limit as u64 + 1)
+                        .read_to_end(&mut out)
+                };
+                r.map(|_| out)
+            };
+            let out = inflate(true).or_else(|_| inflate(false)).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_encoding",
+                    format!("body is not valid deflate: {e}"),
+                )
+            })?;
+            if out.len() > limit {
+                return Err(ApiError::too_large(format!(
+                    "decompressed body is over the limit of {limit} bytes; split the batch"
+                )));
+            }
+            Ok(Bytes::from(out))
+        }
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",
-            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+            format!("Content-Encoding {other:?} is not supported; use gzip, deflate or none"),
         )),
     }
 }

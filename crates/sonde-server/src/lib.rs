@@ -12,6 +12,7 @@ mod exposure;
 mod ingest;
 mod latency;
 mod metrics;
+mod otlp;
 mod position;
 pub mod project;
 mod quarantine;
@@ -174,6 +175,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::post_events))
+        .route("/v1/traces", post(otlp::post_traces))
         .route("/v1/query", post(sql::post_query))
         .route("/v1/quarantine", get(quarantine::get_quarantine))
         .route("/v1/quarantine/replay", post(quarantine::post_replay))

@@ -289,6 +289,7 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
             "Events rejected into the quarantine.",
             &c.quarantined,
         ),
+        ("sonde_spans_total", "OpenTelemetry spans stored.", &c.spans),
         (
             "sonde_flushes_total",
             "Flushes of the buffer to Parquet.",

@@ -9,6 +9,7 @@ use crate::StoreError;
 const KIND_EVENT: u8 = 1;
 const KIND_QUARANTINE: u8 = 2;
 const KIND_REPLAY: u8 = 3;
+const KIND_SPAN: u8 = 4;
 
 /// A rejected event kept for inspection and replay. Its raw text has identifiers
 /// pseudonymized already.
@@ -43,6 +44,70 @@ pub struct ReplayEntry {
     pub code: Option<String>,
 }
 
+/// One OpenTelemetry span, as stored in `spans`. Identity attributes are pseudonymized
+/// before it gets here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    /// Trace id, 32 lowercase hex digits.
+    pub trace_id: String,
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Parent span id, if any.
+    pub parent_span_id: Option<String>,
+    /// Span name.
+    pub name: String,
+    /// `internal`, `server`, `client`, `producer`, `consumer` or `unspecified`.
+    pub kind: String,
+    /// Start (epoch ns).
+    pub start_unix_nano: u64,
+    /// End (epoch ns).
+    pub end_unix_nano: u64,
+    /// `unset`, `ok` or `error`.
+    pub status_code: String,
+    /// Status description, if any.
+    pub status_message: Option<String>,
+    /// Resource attribute `service.name`.
+    pub service_name: Option<String>,
+    /// Instrumentation scope name.
+    pub scope_name: Option<String>,
+    /// Attribute `sonde.request_id`: the decision this span belongs to.
+    pub request_id: Option<String>,
+    /// Attribute `sonde.component`: the latency component this span measures.
+    pub component: Option<String>,
+    /// Attributes `sonde.surface`, `sonde.model_version`, `sonde.experiment`,
+    /// `sonde.variant`: the rollup key of a component span.
+    pub surface: Option<String>,
+    /// See `surface`.
+    pub model_version: Option<String>,
+    /// See `surface`.
+    pub experiment: Option<String>,
+    /// See `surface`.
+    pub variant: Option<String>,
+    /// All span attributes as a JSON object text.
+    pub attributes: Option<String>,
+    /// Resource attributes as a JSON object text.
+    pub resource_attributes: Option<String>,
+    /// When the server received it (epoch ms).
+    pub received_at: i64,
+}
+
+impl SpanRecord {
+    /// The dedup key: a span is identified by its trace and span ids.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.trace_id, self.span_id)
+    }
+
+    /// Start in epoch ms.
+    pub fn start_ms(&self) -> i64 {
+        (self.start_unix_nano / 1_000_000) as i64
+    }
+
+    /// Duration in ms (0 when the end precedes the start).
+    pub fn duration_ms(&self) -> f64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano) as f64 / 1e6
+    }
+}
+
 /// One decoded WAL record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WalEntry {
@@ -52,6 +117,8 @@ pub enum WalEntry {
     Quarantine(QuarantineEntry),
     /// A quarantine replay outcome.
     Replay(ReplayEntry),
+    /// An accepted span and its content hash.
+    Span(Box<SpanRecord>, u64),
 }
 
 /// Hash of an event's content, independent of delivery metadata such as `sent_at`.
@@ -94,6 +161,22 @@ pub fn encode_replay(r: &ReplayEntry) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// The dedup key of a span (its own namespace, apart from event ids).
+pub fn span_hash(span: &SpanRecord) -> u128 {
+    id_hash(&format!("span:{}", span.id()))
+}
+
+/// Encode an accepted span; returns the record and its content hash (without the receive
+/// time, so a retried export is a duplicate, not a conflict).
+pub fn encode_span(span: &SpanRecord) -> Result<(Vec<u8>, u64), StoreError> {
+    let mut out = vec![KIND_SPAN];
+    let out = postcard::to_extend(span, std::mem::take(&mut out))?;
+    let mut content = span.clone();
+    content.received_at = 0;
+    let hash = content_hash(&postcard::to_stdvec(&content)?);
+    Ok((out, hash))
+}
+
 /// Decode a WAL record.
 pub fn decode(payload: &[u8]) -> Result<WalEntry, StoreError> {
     let bad = |m: &str| StoreError::Codec(m.to_string());
@@ -118,6 +201,13 @@ pub fn decode(payload: &[u8]) -> Result<WalEntry, StoreError> {
         }
         KIND_QUARANTINE => Ok(WalEntry::Quarantine(serde_json::from_slice(rest)?)),
         KIND_REPLAY => Ok(WalEntry::Replay(serde_json::from_slice(rest)?)),
+        KIND_SPAN => {
+            let span: SpanRecord = postcard::from_bytes(rest)?;
+            let mut content = span.clone();
+            content.received_at = 0;
+            let hash = content_hash(&postcard::to_stdvec(&content)?);
+            Ok(WalEntry::Span(Box::new(span), hash))
+        }
         k => Err(StoreError::Codec(format!("unknown record kind {k}"))),
     }
 }

@@ -14,7 +14,7 @@ pub mod tables;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use codec::{QuarantineEntry, ReplayEntry};
+pub use codec::{QuarantineEntry, ReplayEntry, SpanRecord};
 /// The Arrow version the store uses, for consumers of query results.
 pub use datafusion::arrow;
 pub use dedup::Seen;

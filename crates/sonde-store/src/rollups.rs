@@ -13,6 +13,8 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt64Type};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sonde_latency::{Exemplar, Key, Observation, RollupRow, Sketch};
+
+use crate::codec::SpanRecord;
 use sonde_model::{Event, EventBody};
 
 use crate::StoreError;
@@ -41,6 +43,16 @@ pub(crate) fn observation(e: &Event) -> Option<Observation<'_>> {
         request_id: &d.request_id,
         trace_id: d.trace_id.as_deref(),
     })
+}
+
+/// The rollup key a component span names with its `sonde.*` attributes.
+pub(crate) fn span_key(sp: &SpanRecord, surface: &str) -> Key {
+    Key {
+        surface: surface.into(),
+        model_version: sp.model_version.clone().unwrap_or_default(),
+        experiment: sp.experiment.clone().unwrap_or_default(),
+        variant: sp.variant.clone().unwrap_or_default(),
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {

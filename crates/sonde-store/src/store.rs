@@ -15,7 +15,7 @@ use sonde_model::Event;
 use sonde_wal::{Wal, WalConfig};
 
 use crate::StoreError;
-use crate::codec::{self, QuarantineEntry, ReplayEntry, WalEntry};
+use crate::codec::{self, QuarantineEntry, ReplayEntry, SpanRecord, WalEntry};
 use crate::dedup::{DedupIndex, Seen};
 use crate::files;
 use crate::manifest::{FileEntry, Manifest};
@@ -90,6 +90,8 @@ pub struct WriteOutcome {
     pub seen: Vec<Seen>,
     /// Ids given to the quarantined events, in order.
     pub quarantine_ids: Vec<String>,
+    /// Per span, in order: new or duplicate.
+    pub span_seen: Vec<Seen>,
 }
 
 /// A write: validated events, rejected events for the quarantine, replay outcomes.
@@ -101,6 +103,8 @@ pub struct WriteBatch {
     pub quarantine: Vec<QuarantineEntry>,
     /// Quarantine replay outcomes.
     pub replays: Vec<ReplayEntry>,
+    /// OpenTelemetry spans.
+    pub spans: Vec<SpanRecord>,
 }
 
 /// Counters since start.
@@ -114,6 +118,8 @@ pub struct Counters {
     pub conflicts: AtomicU64,
     /// Events quarantined.
     pub quarantined: AtomicU64,
+    /// Spans stored.
+    pub spans: AtomicU64,
     /// Parquet flushes.
     pub flushes: AtomicU64,
     /// Partition compactions.
@@ -171,6 +177,19 @@ impl Mem {
             }
             WalEntry::Replay(r) => {
                 self.builders.push_replay(r);
+                1
+            }
+            WalEntry::Span(sp, _) => {
+                if let (Some(component), Some(surface)) = (&sp.component, &sp.surface) {
+                    rollups.observe_component(
+                        &rollups::span_key(sp, surface),
+                        component,
+                        sp.duration_ms(),
+                        sp.start_ms(),
+                        now,
+                    );
+                }
+                self.builders.push_span(sp);
                 1
             }
         };
@@ -302,12 +321,16 @@ impl Store {
         let now = now_ms();
         for r in records {
             let entry = codec::decode(&r.payload)?;
-            if let WalEntry::Event(e, content) = &entry {
-                dedup.insert(
+            match &entry {
+                WalEntry::Event(e, content) => dedup.insert(
                     codec::id_hash(&e.data.event_id),
                     *content,
                     hour_of(e.meta.received_at),
-                );
+                ),
+                WalEntry::Span(sp, content) => {
+                    dedup.insert(codec::span_hash(sp), *content, hour_of(sp.received_at))
+                }
+                _ => {}
             }
             mem.apply(r.lsn, &entry, &mut rollups, now);
         }
@@ -408,6 +431,7 @@ impl Store {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut seen = Vec::with_capacity(batch.events.len());
+        let mut span_seen = Vec::with_capacity(batch.spans.len());
         {
             // Check-and-insert and enqueue under one lock: two deliveries of an id in flight
             // at once cannot both be taken as new.
@@ -424,15 +448,28 @@ impl Store {
                 }
                 seen.push(s);
             }
+            let mut spans = Vec::new();
+            for sp in batch.spans {
+                let (bytes, content) = codec::encode_span(&sp)?;
+                let id = codec::span_hash(&sp);
+                let s = dedup.check_and_insert(id, content, hour_of(sp.received_at))?;
+                if s == Seen::New {
+                    fresh_ids.push(id);
+                    records.push(bytes);
+                    spans.push(WalEntry::Span(Box::new(sp), content));
+                }
+                span_seen.push(s);
+            }
             for q in &batch.quarantine {
                 records.push(codec::encode_quarantine(q)?);
             }
             for r in &batch.replays {
                 records.push(codec::encode_replay(r)?);
             }
-            let n_events = events.len() as u64;
+            let n_events = (events.len() + spans.len()) as u64;
             let n_quarantine = batch.quarantine.len() as u64;
             let mut entries = events;
+            entries.extend(spans);
             entries.extend(batch.quarantine.into_iter().map(WalEntry::Quarantine));
             entries.extend(batch.replays.into_iter().map(WalEntry::Replay));
             let worker = inner.clone();
@@ -491,9 +528,12 @@ impl Store {
         }
         c.quarantined
             .fetch_add(quarantine_ids.len() as u64, Ordering::Relaxed);
+        let new_spans = span_seen.iter().filter(|s| **s == Seen::New).count();
+        c.spans.fetch_add(new_spans as u64, Ordering::Relaxed);
         Ok(WriteOutcome {
             seen,
             quarantine_ids,
+            span_seen,
         })
     }
 

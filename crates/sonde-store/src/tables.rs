@@ -13,7 +13,7 @@ use sonde_latency::RollupRow;
 use sonde_model::{Event, EventBody, EventData, Meta};
 
 use crate::StoreError;
-use crate::codec::{QuarantineEntry, ReplayEntry};
+use crate::codec::{QuarantineEntry, ReplayEntry, SpanRecord};
 
 /// The tables of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,11 +28,12 @@ pub enum Table {
     Quarantine,
     QuarantineReplays,
     Rollups1m,
+    Spans,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Decisions,
         Table::DecisionItems,
         Table::Interactions,
@@ -43,6 +44,7 @@ impl Table {
         Table::Quarantine,
         Table::QuarantineReplays,
         Table::Rollups1m,
+        Table::Spans,
     ];
 
     /// SQL name of the table.
@@ -58,6 +60,7 @@ impl Table {
             Table::Quarantine => "quarantine",
             Table::QuarantineReplays => "quarantine_replays",
             Table::Rollups1m => "rollups_1m",
+            Table::Spans => "spans",
         }
     }
 
@@ -216,7 +219,7 @@ fn own_columns(t: Table) -> &'static [(&'static str, Kind, bool)] {
         Table::Touches => &[("channel", Str, false), ("campaign", Str, true)],
         Table::Identities => &[],
         Table::Exposures => &[("experiment", Str, false), ("variant", Str, false)],
-        Table::Quarantine | Table::QuarantineReplays | Table::Rollups1m => &[],
+        Table::Quarantine | Table::QuarantineReplays | Table::Rollups1m | Table::Spans => &[],
     }
 }
 
@@ -260,8 +263,36 @@ const ROLLUPS: &[(&str, Kind, bool)] = &[
     ("sketch", Bin, false),
 ];
 
+/// `spans`: OpenTelemetry spans received at `POST /v1/traces`.
+const SPANS: &[(&str, Kind, bool)] = &[
+    ("event_id", Str, false),
+    ("event_time", Ts, false),
+    ("received_at", Ts, false),
+    ("trace_id", Str, false),
+    ("span_id", Str, false),
+    ("parent_span_id", Str, true),
+    ("name", Str, false),
+    ("kind", Str, false),
+    ("start_time", Ts, false),
+    ("end_time", Ts, false),
+    ("duration_ms", F64, false),
+    ("status_code", Str, false),
+    ("status_message", Str, true),
+    ("service_name", Str, true),
+    ("scope_name", Str, true),
+    ("request_id", Str, true),
+    ("component", Str, true),
+    ("surface", Str, true),
+    ("model_version", Str, true),
+    ("experiment", Str, true),
+    ("variant", Str, true),
+    ("attributes", Str, true),
+    ("resource_attributes", Str, true),
+];
+
 fn columns(t: Table) -> Vec<(&'static str, Kind, bool)> {
     match t {
+        Table::Spans => SPANS.to_vec(),
         Table::Rollups1m => ROLLUPS.to_vec(),
         Table::Quarantine => QUARANTINE.to_vec(),
         Table::QuarantineReplays => REPLAYS.to_vec(),
@@ -644,6 +675,39 @@ impl TableBuilders {
         b.str(Some(&q.message));
         b.str(Some(&q.raw));
         b.str(Some(&q.key_id));
+        b.end_row();
+    }
+
+    /// Append a span.
+    pub fn push_span(&mut self, sp: &SpanRecord) {
+        let b = self.get_mut(Table::Spans);
+        b.str(Some(&sp.id()));
+        b.ts(Some(sp.start_ms()));
+        b.ts(Some(sp.received_at));
+        b.str(Some(&sp.trace_id));
+        b.str(Some(&sp.span_id));
+        b.str(sp.parent_span_id.as_deref());
+        b.str(Some(&sp.name));
+        b.str(Some(&sp.kind));
+        b.ts(Some(sp.start_ms()));
+        b.ts(Some((sp.end_unix_nano / 1_000_000) as i64));
+        b.f64(Some(sp.duration_ms()));
+        b.str(Some(&sp.status_code));
+        for v in [
+            &sp.status_message,
+            &sp.service_name,
+            &sp.scope_name,
+            &sp.request_id,
+            &sp.component,
+            &sp.surface,
+            &sp.model_version,
+            &sp.experiment,
+            &sp.variant,
+            &sp.attributes,
+            &sp.resource_attributes,
+        ] {
+            b.str(v.as_deref());
+        }
         b.end_row();
     }
 

@@ -88,6 +88,7 @@ async fn write_query_restart_dedup_compact() {
                 key_id: "k1".into(),
             }],
             replays: vec![],
+            spans: vec![],
         })
         .await
         .expect("write");
