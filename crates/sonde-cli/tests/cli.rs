@@ -577,3 +577,86 @@ fn prometheus_scrapes_latency_histograms() {
         "Prometheus p99 {value} s, exact p99 {p99_ms} ms in bucket ({lo}, {hi}] ms"
     );
 }
+
+/// The official OpenTelemetry Python SDK with its OTLP/HTTP exporter, configured only by the
+/// standard environment variables, sends a trace to `sonde serve`: its spans are stored,
+/// their identity attribute pseudonymized, and they join their decision.
+#[test]
+fn python_sdk_spans_are_stored_and_joined() {
+    let python = std::env::var("SONDE_OTEL_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/sonde-otel-venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let server = start_server();
+    let (url, wk, rk) = (&server.url, &server.write_key, &server.read_key);
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("decision.ndjson");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"type\":\"decision\",\"event_id\":\"d-otel\",\"timestamp\":{now},\"anonymous_id\":\"a\",\"request_id\":\"req-otel\",\"surface\":\"home_feed\",\"model\":{{\"name\":\"m\",\"version\":\"v1\"}},\"items\":[{{\"item_id\":\"i\",\"position\":1}}]}}\n"
+        ),
+    )
+    .expect("write");
+    sonde_ok(&[
+        "import",
+        file.to_str().expect("utf8"),
+        "--url",
+        url,
+        "--key",
+        wk,
+    ]);
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/otel/send_spans.py"
+    );
+    let out = Command::new(&python)
+        .arg(script)
+        .arg("req-otel")
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", format!("{url}/v1/traces"))
+        .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", format!("Authorization=Bearer%20{wk}"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python}: {e}; .ci/run installs scripts/otel/requirements.txt into ~/.cache/sonde-otel-venv")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "export failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.len(), 32, "trace id: {stdout}");
+
+    assert_eq!(
+        scalar(
+            url,
+            rk,
+            &format!("SELECT count(*) FROM spans WHERE trace_id = '{stdout}'")
+        ),
+        3
+    );
+    assert_eq!(
+        scalar(
+            url,
+            rk,
+            "SELECT count(*) FROM spans s JOIN decisions d ON s.request_id = d.request_id \
+             WHERE s.service_name = 'ranker' AND s.component IS NOT NULL"
+        ),
+        2
+    );
+    assert_eq!(
+        scalar(
+            url,
+            rk,
+            "SELECT count(*) FROM spans WHERE parent_span_id IS NULL AND attributes NOT LIKE '%alice%' AND attributes LIKE '%enduser.id%'"
+        ),
+        1
+    );
+}
