@@ -53,6 +53,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Send an NDJSON file of events to a server, in batches with retries.
     Import(crate::import::ImportArgs),
+    /// Instrumentation health of a running server: per source rates, lag, staleness,
+    /// duplicates, rejections, orphans, quarantine, cardinality.
+    Status(crate::status::StatusArgs),
     /// Reports over a running server.
     Report {
         #[command(subcommand)]

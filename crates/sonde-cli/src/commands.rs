@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(query(url, key, data_dir, &format, &sql)),
         Command::Quarantine { action } => runtime()?.block_on(quarantine(action)),
         Command::Simulate(args) => simulate(args),
+        Command::Status(args) => runtime()?.block_on(crate::status::run(args)),
         Command::Report { which } => match which {
             ReportWhich::Relevance(a) => runtime()?.block_on(crate::report::relevance(a)),
         },

@@ -10,6 +10,7 @@ mod http;
 mod import;
 mod report;
 mod simulate;
+mod status;
 mod table;
 
 use clap::Parser;

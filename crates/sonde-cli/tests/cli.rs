@@ -243,6 +243,24 @@ fn simulated_traffic_is_stored_deduplicated_and_quarantined() {
         ),
         0
     );
+    // The health report sees the same traffic: retries counted per source, rejections by
+    // code, the quarantine.
+    let status = sonde_ok(&["status", "--url", url, "--key", rk, "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let dupes: u64 = h["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| s["since_start"]["duplicates"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(dupes, duplicates);
+    assert_eq!(h["quarantine"]["total"].as_u64(), Some(rejected));
+    let text = sonde_ok(&["status", "--url", url, "--key", rk]);
+    assert!(text.contains("decision | home_feed"), "{text}");
+    assert!(
+        text.contains(&format!("Quarantine: {rejected} entries")),
+        "{text}"
+    );
 }
 
 /// Rows of a query's CSV answer, header dropped.

@@ -223,11 +223,18 @@ pub async fn post_events(
     };
     let mut batch = WriteBatch::default();
     let mut accepted_index = Vec::with_capacity(raws.len());
+    // Type and surface of each accepted event, for the per-source ingest tally.
+    let mut sources: Vec<(&'static str, String)> = Vec::with_capacity(raws.len());
     let mut errors = Vec::new();
     for (index, raw) in raws.iter().enumerate() {
         match parse_event(raw, &ctx) {
             Ok(e) => {
                 accepted_index.push(index);
+                let surface = match &e.data.body {
+                    sonde_model::EventBody::Decision(d) => d.surface.clone(),
+                    _ => String::new(),
+                };
+                sources.push((e.event_type().as_str(), surface));
                 batch.events.push(e);
             }
             Err(r) => {
@@ -253,6 +260,7 @@ pub async fn post_events(
     }
     let rejected = errors.len();
     let outcome = state.store.write(batch).await?;
+    state.tally.add(&outcome.seen, &sources);
     let mut duplicates = 0;
     let mut conflicting = 0;
     for (seen, index) in outcome.seen.iter().zip(accepted_index) {

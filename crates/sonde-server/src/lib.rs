@@ -9,6 +9,7 @@ mod columns;
 mod drift;
 mod error;
 mod exposure;
+pub mod health;
 mod ingest;
 mod latency;
 mod metrics;
@@ -110,6 +111,7 @@ pub struct AppState {
     pseudonymizer: Arc<dyn Pseudonymizer>,
     alerts: Arc<alerts::AlertEngine>,
     http: Arc<metrics::HttpMetrics>,
+    tally: Arc<health::IngestTally>,
 }
 
 impl AppState {
@@ -193,6 +195,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/slo", get(alerts::get_slo))
         .route("/v1/alerts", get(alerts::get_alerts))
         .route("/v1/alerts/backtest", get(alerts::get_backtest))
+        .route("/v1/health/data", get(health::get_health))
         .route("/v1/schema", get(schema))
         .route("/metrics", get(metrics::get_metrics))
         .route("/healthz", get(healthz))
@@ -248,6 +251,7 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         pseudonymizer,
         alerts,
         http: Arc::default(),
+        tally: Arc::default(),
     })
 }
 

@@ -308,6 +308,28 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
     ] {
         x.metric(name, "counter", help, v.load(Ordering::Relaxed) as f64);
     }
+    let tally = state.tally.snapshot();
+    if !tally.is_empty() {
+        let name = "sonde_source_events_total";
+        x.family(
+            name,
+            "counter",
+            "Events by type, surface (decisions) and ingest outcome, since this process started.",
+        );
+        for ((kind, surface), o) in &tally {
+            for (outcome, v) in [
+                ("accepted", o.accepted),
+                ("duplicate", o.duplicates - o.conflicting_duplicates),
+                ("conflicting_duplicate", o.conflicting_duplicates),
+            ] {
+                x.sample(
+                    name,
+                    &[("type", kind), ("surface", surface), ("outcome", outcome)],
+                    v as f64,
+                );
+            }
+        }
+    }
     let manifest = state.store.manifest();
     for (name, help, v) in [
         (

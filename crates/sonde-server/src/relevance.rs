@@ -128,11 +128,16 @@ pub(crate) fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
 
 /// A timestamp parameter as a SQL literal.
 fn time_lit(name: &str, v: &str) -> Result<String, ApiError> {
-    let t = chrono::DateTime::from_timestamp_millis(time_param(name, v)?).unwrap_or_default();
-    Ok(format!(
+    Ok(ts_lit(time_param(name, v)?))
+}
+
+/// Epoch milliseconds as a SQL timestamp literal.
+pub(crate) fn ts_lit(ms: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    format!(
         "CAST({} AS TIMESTAMP)",
         lit(&t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
-    ))
+    )
 }
 
 impl RelevanceParams {

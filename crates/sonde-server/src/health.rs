@@ -1,0 +1,438 @@
+//! `GET /v1/health/data`: is the instrumentation itself healthy? Per event type and surface:
+//! volume and rate, event-time lag, time since the last event, late, future and backfilled
+//! shares, duplicates and conflicting duplicates; rejections by code, orphan interactions,
+//! the quarantine, and distinct users, sessions and items per hour. See `docs/health.md`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sonde_latency::Sketch;
+use sonde_store::arrow::array::{Array, RecordBatch};
+
+use crate::columns::{i64s, utf8};
+use crate::relevance::ts_lit;
+use crate::{ApiError, AppState, Scope, authorize};
+
+const MINUTE: i64 = 60_000;
+
+/// Event tables and the type of their events.
+const SOURCES: [(&str, &str); 6] = [
+    ("decision", "decisions"),
+    ("interaction", "interactions"),
+    ("conversion", "conversions"),
+    ("touch", "touches"),
+    ("identify", "identities"),
+    ("exposure", "exposures"),
+];
+
+/// Outcomes of ingest per event type and surface since the server started (duplicates are
+/// not stored, so only the collector can count them).
+#[derive(Debug, Default)]
+pub struct IngestTally {
+    by_source: Mutex<BTreeMap<(&'static str, String), Outcomes>>,
+}
+
+/// Counts of one source.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Outcomes {
+    /// Stored.
+    pub accepted: u64,
+    /// Retries of stored events (same content).
+    pub duplicates: u64,
+    /// Reused ids with different content.
+    pub conflicting_duplicates: u64,
+}
+
+impl IngestTally {
+    /// Count a batch's outcomes (one lock per batch).
+    pub(crate) fn add(&self, outcomes: &[sonde_store::Seen], sources: &[(&'static str, String)]) {
+        let mut local: BTreeMap<(&'static str, &str), Outcomes> = BTreeMap::new();
+        for (seen, (kind, surface)) in outcomes.iter().zip(sources) {
+            let o = local.entry((kind, surface.as_str())).or_default();
+            match seen {
+                sonde_store::Seen::New => o.accepted += 1,
+                sonde_store::Seen::Duplicate => o.duplicates += 1,
+                sonde_store::Seen::Conflict => {
+                    o.duplicates += 1;
+                    o.conflicting_duplicates += 1;
+                }
+            }
+        }
+        let mut map = self.by_source.lock();
+        for ((kind, surface), o) in local {
+            let t = map.entry((kind, surface.to_string())).or_default();
+            t.accepted += o.accepted;
+            t.duplicates += o.duplicates;
+            t.conflicting_duplicates += o.conflicting_duplicates;
+        }
+    }
+
+    /// A copy of the counts.
+    pub fn snapshot(&self) -> BTreeMap<(&'static str, String), Outcomes> {
+        self.by_source.lock().clone()
+    }
+}
+
+/// Query parameters.
+#[derive(Debug, Default, Deserialize)]
+pub struct HealthParams {
+    /// Window of the rates and lags, in minutes (default 60).
+    pub window_minutes: Option<i64>,
+    /// An interaction is an orphan when its decision has not arrived this long after it
+    /// (default 10 minutes).
+    pub grace_minutes: Option<i64>,
+}
+
+/// One event type and surface.
+#[derive(Debug, Default, Serialize)]
+pub struct SourceHealth {
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Surface (decisions only; empty for other types).
+    pub surface: String,
+    /// Events received in the window.
+    pub events: u64,
+    /// Events per second over the last 5 minutes.
+    pub rate_per_sec_5m: f64,
+    /// When the last event of this source was received (epoch ms, all time).
+    pub last_received_ms: Option<i64>,
+    /// Seconds since then.
+    pub seconds_since_last: Option<f64>,
+    /// Median of `received_at − event_time` in the window, backfills excluded (1%).
+    pub lag_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub lag_p99_ms: Option<f64>,
+    /// Share of the window's events flagged late.
+    pub late_rate: f64,
+    /// Share flagged as from the future.
+    pub future_rate: f64,
+    /// Share imported as backfill.
+    pub backfill_rate: f64,
+    /// Ingest outcomes since the server started.
+    pub since_start: Outcomes,
+    /// `duplicates / (accepted + duplicates)` since start.
+    pub duplicate_rate: f64,
+    /// `conflicting_duplicates / (accepted + duplicates)` since start.
+    pub conflict_rate: f64,
+}
+
+/// Response of `GET /v1/health/data`.
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    /// When (epoch ms).
+    pub at_ms: i64,
+    /// The window, minutes.
+    pub window_minutes: i64,
+    /// Per source.
+    pub sources: Vec<SourceHealth>,
+    /// Rejected events in the window, by code, most frequent first.
+    pub rejections: Vec<CodeCount>,
+    /// `rejected / (rejected + stored)` in the window.
+    pub rejection_rate: f64,
+    /// Interactions of the window (received at least `grace_minutes` ago) and how many have
+    /// no decision with their `request_id`.
+    pub orphan_interactions: Orphans,
+    /// The quarantine.
+    pub quarantine: QuarantineSize,
+    /// Distinct users, sessions and items per hour of event time, last 24 hours
+    /// (HyperLogLog estimates).
+    pub cardinality: Vec<HourCardinality>,
+}
+
+/// Rejections of one code.
+#[derive(Debug, Serialize)]
+pub struct CodeCount {
+    /// Error code.
+    pub code: String,
+    /// Events.
+    pub count: u64,
+}
+
+/// Orphan interactions.
+#[derive(Debug, Default, Serialize)]
+pub struct Orphans {
+    /// Grace period, minutes.
+    pub grace_minutes: i64,
+    /// Interactions checked.
+    pub checked: u64,
+    /// Of those, without a decision.
+    pub orphans: u64,
+    /// `orphans / checked`.
+    pub rate: f64,
+}
+
+/// Size of the quarantine.
+#[derive(Debug, Default, Serialize)]
+pub struct QuarantineSize {
+    /// Entries.
+    pub total: u64,
+    /// Entries not yet replayed successfully.
+    pub unresolved: u64,
+}
+
+/// Distinct counts of one hour.
+#[derive(Debug, Serialize)]
+pub struct HourCardinality {
+    /// Hour start (epoch ms).
+    pub hour_ms: i64,
+    /// Distinct users (user key, else anonymous key) with decisions.
+    pub users: u64,
+    /// Distinct sessions.
+    pub sessions: u64,
+    /// Distinct items shown.
+    pub items: u64,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// `GET /v1/health/data`.
+pub async fn get_health(
+    State(state): State<AppState>,
+    Query(params): Query<HealthParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    let window = params.window_minutes.unwrap_or(60);
+    let grace = params.grace_minutes.unwrap_or(10);
+    if !(1..=7 * 24 * 60).contains(&window) || !(0..=24 * 60).contains(&grace) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "window_minutes must be 1 to 10080 and grace_minutes 0 to 1440",
+        ));
+    }
+    Ok(axum::Json(report(&state, window, grace).await?).into_response())
+}
+
+/// The report at the current time.
+pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthReport, ApiError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let from = now - window * MINUTE;
+    let recent = now - 5 * MINUTE;
+    let timeout = state.config.query_timeout;
+    let store = &state.store;
+    let mut sources: BTreeMap<(String, String), SourceHealth> = BTreeMap::new();
+    for (kind, table) in SOURCES {
+        let surface = if table == "decisions" {
+            "surface"
+        } else {
+            "''"
+        };
+        // Window figures.
+        let sql = format!(
+            "SELECT {surface}, count(*), \
+               sum(CASE WHEN received_at >= {recent} THEN 1 ELSE 0 END), \
+               sum(CASE WHEN is_late THEN 1 ELSE 0 END), \
+               sum(CASE WHEN is_future THEN 1 ELSE 0 END), \
+               sum(CASE WHEN is_backfill THEN 1 ELSE 0 END) \
+             FROM {table} WHERE received_at >= {from} GROUP BY 1",
+            recent = ts_lit(recent),
+            from = ts_lit(from),
+        );
+        store
+            .scan(&sql, timeout, |b: &RecordBatch| {
+                let s = utf8(b, 0)?;
+                let cols: Vec<_> = (1..6).map(|i| i64s(b, i)).collect::<Result<_, _>>()?;
+                for r in 0..b.num_rows() {
+                    let h = sources
+                        .entry((kind.to_string(), s.value(r).to_string()))
+                        .or_default();
+                    let n = cols[0].value(r).max(0) as u64;
+                    h.events = n;
+                    h.rate_per_sec_5m = cols[1].value(r) as f64 / 300.0;
+                    h.late_rate = ratio(cols[2].value(r) as u64, n);
+                    h.future_rate = ratio(cols[3].value(r) as u64, n);
+                    h.backfill_rate = ratio(cols[4].value(r) as u64, n);
+                }
+                Ok(())
+            })
+            .await?;
+        // Last event, all time: a stalled source is the point.
+        let sql =
+            format!("SELECT {surface}, CAST(max(received_at) AS BIGINT) FROM {table} GROUP BY 1");
+        store
+            .scan(&sql, timeout, |b: &RecordBatch| {
+                let s = utf8(b, 0)?;
+                let last = i64s(b, 1)?;
+                for r in 0..b.num_rows() {
+                    let h = sources
+                        .entry((kind.to_string(), s.value(r).to_string()))
+                        .or_default();
+                    if !last.is_null(r) {
+                        h.last_received_ms = Some(last.value(r));
+                        h.seconds_since_last = Some((now - last.value(r)) as f64 / 1000.0);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        // Event-time lag of live (not backfilled) events.
+        let sql = format!(
+            "SELECT {surface}, CAST(received_at AS BIGINT) - CAST(event_time AS BIGINT) \
+             FROM {table} WHERE received_at >= {from} AND NOT is_backfill",
+            from = ts_lit(from),
+        );
+        let mut lags: BTreeMap<String, Sketch> = BTreeMap::new();
+        store
+            .scan(&sql, timeout, |b: &RecordBatch| {
+                let s = utf8(b, 0)?;
+                let lag = i64s(b, 1)?;
+                for r in 0..b.num_rows() {
+                    // Future events have negative lag; the sketch holds magnitudes ≥ 0.
+                    lags.entry(s.value(r).to_string())
+                        .or_default()
+                        .add(lag.value(r).max(0) as f64);
+                }
+                Ok(())
+            })
+            .await?;
+        for (surface, sketch) in lags {
+            let h = sources.entry((kind.to_string(), surface)).or_default();
+            h.lag_p50_ms = sketch.quantile(0.5);
+            h.lag_p99_ms = sketch.quantile(0.99);
+        }
+    }
+    for ((kind, surface), o) in state.tally.snapshot() {
+        let h = sources.entry((kind.to_string(), surface)).or_default();
+        h.since_start = o;
+        let seen = o.accepted + o.duplicates;
+        h.duplicate_rate = ratio(o.duplicates, seen);
+        h.conflict_rate = ratio(o.conflicting_duplicates, seen);
+    }
+    let sources: Vec<SourceHealth> = sources
+        .into_iter()
+        .map(|((kind, surface), mut h)| {
+            h.kind = kind;
+            h.surface = surface;
+            h
+        })
+        .collect();
+
+    let mut rejections = Vec::new();
+    store
+        .scan(
+            &format!(
+                "SELECT code, count(*) FROM quarantine WHERE received_at >= {} GROUP BY 1 ORDER BY 2 DESC, 1",
+                ts_lit(from)
+            ),
+            timeout,
+            |b: &RecordBatch| {
+                let code = utf8(b, 0)?;
+                let n = i64s(b, 1)?;
+                for r in 0..b.num_rows() {
+                    rejections.push(CodeCount {
+                        code: code.value(r).to_string(),
+                        count: n.value(r).max(0) as u64,
+                    });
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    let rejected: u64 = rejections.iter().map(|c| c.count).sum();
+    let stored: u64 = sources.iter().map(|s| s.events).sum();
+
+    let mut orphans = Orphans {
+        grace_minutes: grace,
+        ..Orphans::default()
+    };
+    let sql = format!(
+        "SELECT count(*), sum(CASE WHEN d.request_id IS NULL THEN 1 ELSE 0 END) \
+         FROM interactions i LEFT JOIN (SELECT DISTINCT request_id FROM decisions) d \
+           ON i.request_id = d.request_id \
+         WHERE i.received_at >= {} AND i.received_at < {}",
+        ts_lit(from),
+        ts_lit(now - grace * MINUTE)
+    );
+    store
+        .scan(&sql, timeout, |b: &RecordBatch| {
+            let (n, o) = (i64s(b, 0)?, i64s(b, 1)?);
+            if b.num_rows() > 0 {
+                orphans.checked = n.value(0).max(0) as u64;
+                orphans.orphans = if o.is_null(0) {
+                    0
+                } else {
+                    o.value(0).max(0) as u64
+                };
+            }
+            Ok(())
+        })
+        .await?;
+    orphans.rate = ratio(orphans.orphans, orphans.checked);
+
+    let mut quarantine = QuarantineSize::default();
+    let sql = "SELECT count(*), sum(CASE WHEN r.quarantine_id IS NULL THEN 1 ELSE 0 END) \
+               FROM quarantine q LEFT JOIN (SELECT DISTINCT quarantine_id FROM quarantine_replays \
+               WHERE outcome = 'accepted') r ON q.quarantine_id = r.quarantine_id";
+    store
+        .scan(sql, timeout, |b: &RecordBatch| {
+            let (n, u) = (i64s(b, 0)?, i64s(b, 1)?);
+            if b.num_rows() > 0 {
+                quarantine.total = n.value(0).max(0) as u64;
+                quarantine.unresolved = if u.is_null(0) {
+                    0
+                } else {
+                    u.value(0).max(0) as u64
+                };
+            }
+            Ok(())
+        })
+        .await?;
+
+    let day = ts_lit(now - 24 * 60 * MINUTE);
+    let mut hours: BTreeMap<i64, HourCardinality> = BTreeMap::new();
+    for (sql, which) in [
+        (
+            format!(
+                "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), \
+                   approx_distinct(coalesce(user_key, anonymous_key)), approx_distinct(session_key) \
+                 FROM decisions WHERE event_time >= {day} GROUP BY 1"
+            ),
+            0,
+        ),
+        (
+            format!(
+                "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), approx_distinct(item_id), \
+                   CAST(0 AS BIGINT) FROM decision_items WHERE event_time >= {day} GROUP BY 1"
+            ),
+            1,
+        ),
+    ] {
+        store
+            .scan(&sql, timeout, |b: &RecordBatch| {
+                let (h, a, c) = (i64s(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
+                for r in 0..b.num_rows() {
+                    let e = hours.entry(h.value(r)).or_insert(HourCardinality {
+                        hour_ms: h.value(r),
+                        users: 0,
+                        sessions: 0,
+                        items: 0,
+                    });
+                    if which == 0 {
+                        e.users = a.value(r).max(0) as u64;
+                        e.sessions = c.value(r).max(0) as u64;
+                    } else {
+                        e.items = a.value(r).max(0) as u64;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(HealthReport {
+        at_ms: now,
+        window_minutes: window,
+        sources,
+        rejection_rate: ratio(rejected, rejected + stored),
+        rejections,
+        orphan_interactions: orphans,
+        quarantine,
+        cardinality: hours.into_values().collect(),
+    })
+}
