@@ -151,6 +151,11 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+/// A `sonde serve` on a fresh project with extra arguments (`--config`, ...).
+fn start_server_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let keys: serde_json::Value = serde_json::from_str(&sonde_ok(&[
@@ -171,6 +176,7 @@ fn start_server() -> Server {
             "--data-dir",
         ])
         .arg(&data)
+        .args(extra)
         .env("SONDE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -456,11 +462,12 @@ fn report_relevance_ranks_the_better_variant_higher() {
     assert!(row.contains(&format!("{:.4}", ndcg("treatment"))), "{row}");
 }
 
-/// A plain HTTP/1.0 GET on loopback; returns the body.
-fn http_get(port: u16, path: &str) -> String {
+/// A plain HTTP/1.0 GET on loopback, with a bearer key if given; returns the body.
+fn http_get(port: u16, path: &str, key: Option<&str>) -> String {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").expect("request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("response");
     text.split_once("\r\n\r\n")
@@ -574,7 +581,7 @@ fn prometheus_scrapes_latency_histograms() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let value = loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let body = http_get(port, &format!("/api/v1/query?query={query}"));
+            let body = http_get(port, &format!("/api/v1/query?query={query}"), None);
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             if let Some(x) = v["data"]["result"][0]["value"][1]
                 .as_str()
@@ -586,7 +593,7 @@ fn prometheus_scrapes_latency_histograms() {
         assert!(
             Instant::now() < deadline,
             "no answer from Prometheus; targets: {}",
-            http_get(port, "/api/v1/targets")
+            http_get(port, "/api/v1/targets", None)
         );
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -677,4 +684,90 @@ fn python_sdk_spans_are_stored_and_joined() {
         ),
         1
     );
+}
+
+/// An SLO declared in the config file burns (every decision a fallback): within seconds the
+/// server's periodic evaluation pages, and the webhook receives Alertmanager's payload.
+#[test]
+fn a_burning_slo_pages_through_the_webhook() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let hook_port = hook.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("sonde.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[slo]]\nname = \"fallbacks\"\nsurface = \"home_feed\"\nkind = \"fallback\"\ntarget = 0.99\n\n[alerts]\nevaluate_every_secs = 1\nwebhook_url = \"http://127.0.0.1:{hook_port}/hook\"\n"
+        ),
+    )
+    .expect("config");
+    let server = start_server_with(&["--config", config.to_str().expect("utf8")]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let events: String = (0..50)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"decision\",\"event_id\":\"f{i}\",\"timestamp\":{now},\"anonymous_id\":\"a\",\"request_id\":\"r{i}\",\"surface\":\"home_feed\",\"model\":{{\"name\":\"m\",\"version\":\"v1\"}},\"items\":[{{\"item_id\":\"i\",\"position\":1}}],\"fallback\":true}}\n"
+            )
+        })
+        .collect();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, events).expect("events");
+    sonde_ok(&[
+        "import",
+        file.to_str().expect("utf8"),
+        "--url",
+        &server.url,
+        "--key",
+        &server.write_key,
+    ]);
+
+    hook.set_nonblocking(false).expect("blocking");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = hook.accept() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            let _ = tx.send(body);
+        }
+    });
+    let body = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a webhook call within 30 s");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+    assert_eq!(v["version"], "4");
+    assert_eq!(v["status"], "firing");
+    let page = v["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["labels"]["severity"] == "page")
+        .unwrap_or_else(|| panic!("no page in {v}"))
+        .clone();
+    assert_eq!(page["labels"]["slo"], "fallbacks");
+    assert_eq!(page["labels"]["surface"], "home_feed");
+    assert_eq!(page["endsAt"], "0001-01-01T00:00:00Z");
+    let port: u16 = server
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let alerts = http_get(port, "/v1/alerts", Some(&server.read_key));
+    assert!(alerts.contains("\"firing\":true"), "{alerts}");
 }

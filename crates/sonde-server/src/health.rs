@@ -45,11 +45,19 @@ pub struct Outcomes {
     pub duplicates: u64,
     /// Reused ids with different content.
     pub conflicting_duplicates: u64,
+    /// When the last delivery of this source was received (epoch ms).
+    #[serde(skip)]
+    pub last_received_ms: i64,
 }
 
 impl IngestTally {
     /// Count a batch's outcomes (one lock per batch).
-    pub(crate) fn add(&self, outcomes: &[sonde_store::Seen], sources: &[(&'static str, String)]) {
+    pub(crate) fn add(
+        &self,
+        outcomes: &[sonde_store::Seen],
+        sources: &[(&'static str, String)],
+        received_at: i64,
+    ) {
         let mut local: BTreeMap<(&'static str, &str), Outcomes> = BTreeMap::new();
         for (seen, (kind, surface)) in outcomes.iter().zip(sources) {
             let o = local.entry((kind, surface.as_str())).or_default();
@@ -68,6 +76,7 @@ impl IngestTally {
             t.accepted += o.accepted;
             t.duplicates += o.duplicates;
             t.conflicting_duplicates += o.conflicting_duplicates;
+            t.last_received_ms = t.last_received_ms.max(received_at);
         }
     }
 
@@ -190,6 +199,29 @@ pub struct HourCardinality {
 
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// The two counts of a one-row `SELECT count(*), sum(...)` (a null sum is 0).
+async fn two_counts(state: &AppState, sql: &str) -> Result<(u64, u64), ApiError> {
+    let mut out = (0, 0);
+    state
+        .store
+        .scan(sql, state.config.query_timeout, |b: &RecordBatch| {
+            let (x, y) = (i64s(b, 0)?, i64s(b, 1)?);
+            if b.num_rows() > 0 {
+                let get = |a: &sonde_store::arrow::array::Int64Array| {
+                    if a.is_null(0) {
+                        0
+                    } else {
+                        a.value(0).max(0) as u64
+                    }
+                };
+                out = (get(&x), get(&y));
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(out)
 }
 
 /// `GET /v1/health/data`.
@@ -350,40 +382,17 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
         ts_lit(from),
         ts_lit(now - grace * MINUTE)
     );
-    store
-        .scan(&sql, timeout, |b: &RecordBatch| {
-            let (n, o) = (i64s(b, 0)?, i64s(b, 1)?);
-            if b.num_rows() > 0 {
-                orphans.checked = n.value(0).max(0) as u64;
-                orphans.orphans = if o.is_null(0) {
-                    0
-                } else {
-                    o.value(0).max(0) as u64
-                };
-            }
-            Ok(())
-        })
-        .await?;
+    (orphans.checked, orphans.orphans) = two_counts(state, &sql).await?;
     orphans.rate = ratio(orphans.orphans, orphans.checked);
 
-    let mut quarantine = QuarantineSize::default();
-    let sql = "SELECT count(*), sum(CASE WHEN r.quarantine_id IS NULL THEN 1 ELSE 0 END) \
-               FROM quarantine q LEFT JOIN (SELECT DISTINCT quarantine_id FROM quarantine_replays \
-               WHERE outcome = 'accepted') r ON q.quarantine_id = r.quarantine_id";
-    store
-        .scan(sql, timeout, |b: &RecordBatch| {
-            let (n, u) = (i64s(b, 0)?, i64s(b, 1)?);
-            if b.num_rows() > 0 {
-                quarantine.total = n.value(0).max(0) as u64;
-                quarantine.unresolved = if u.is_null(0) {
-                    0
-                } else {
-                    u.value(0).max(0) as u64
-                };
-            }
-            Ok(())
-        })
-        .await?;
+    let (total, unresolved) = two_counts(
+        state,
+        "SELECT count(*), sum(CASE WHEN r.quarantine_id IS NULL THEN 1 ELSE 0 END) \
+         FROM quarantine q LEFT JOIN (SELECT DISTINCT quarantine_id FROM quarantine_replays \
+         WHERE outcome = 'accepted') r ON q.quarantine_id = r.quarantine_id",
+    )
+    .await?;
+    let quarantine = QuarantineSize { total, unresolved };
 
     let day = ts_lit(now - 24 * 60 * MINUTE);
     let mut hours: BTreeMap<i64, HourCardinality> = BTreeMap::new();

@@ -260,7 +260,7 @@ pub async fn post_events(
     }
     let rejected = errors.len();
     let outcome = state.store.write(batch).await?;
-    state.tally.add(&outcome.seen, &sources);
+    state.tally.add(&outcome.seen, &sources, received_at);
     let mut duplicates = 0;
     let mut conflicting = 0;
     for (seen, index) in outcome.seen.iter().zip(accepted_index) {

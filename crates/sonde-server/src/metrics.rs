@@ -330,6 +330,21 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
             }
         }
     }
+    if !tally.is_empty() {
+        let name = "sonde_source_last_received_timestamp_seconds";
+        x.family(
+            name,
+            "gauge",
+            "When the last event of each source was received (alert on time() minus this).",
+        );
+        for ((kind, surface), o) in &tally {
+            x.sample(
+                name,
+                &[("type", kind), ("surface", surface)],
+                o.last_received_ms as f64 / 1000.0,
+            );
+        }
+    }
     let manifest = state.store.manifest();
     for (name, help, v) in [
         (

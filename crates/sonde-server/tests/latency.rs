@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{app, app_with, get, ingest, simulate_into};
+use common::{app, app_with, get, ingest, lines, simulate_into};
 use serde_json::{Value, json};
 use sonde_latency::{Objective, SloSpec};
 
@@ -23,17 +23,6 @@ fn decision(id: &str, variant: &str, t: i64, total: f64, comps: Value) -> Value 
         "experiments": [{"id": "exp", "variant": variant}],
         "items": [{"item_id": "i1", "position": 1}],
         "latency_ms": {"total": total, "components": comps}})
-}
-
-fn lines(events: &[Value]) -> Vec<u8> {
-    events
-        .iter()
-        .flat_map(|e| {
-            let mut l = serde_json::to_vec(e).expect("json");
-            l.push(b'\n');
-            l
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -103,6 +103,26 @@ async fn post(
     (status, ct, retry, body)
 }
 
+/// POST the concatenated `parts` gzipped, as protobuf.
+async fn post_gzip(
+    app: &App,
+    key: &str,
+    parts: &[&[u8]],
+) -> (StatusCode, String, Option<String>, Vec<u8>) {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for p in parts {
+        gz.write_all(p).expect("gzip");
+    }
+    post(
+        app,
+        "application/x-protobuf",
+        Some("gzip"),
+        key,
+        gz.finish().expect("gzip"),
+    )
+    .await
+}
+
 async fn sql(app: &App, q: &str) -> Vec<Vec<Value>> {
     let req = Request::post("/v1/query")
         .header("authorization", format!("Bearer {}", app.keys.read_key))
@@ -152,16 +172,7 @@ async fn protobuf_export_is_stored_once_with_partial_success() {
     );
 
     // A retried export (gzip this time) is stored once.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&req.encode_to_vec()).expect("gzip");
-    let (s, _, _, _) = post(
-        &app,
-        "application/x-protobuf",
-        Some("gzip"),
-        &wk,
-        gz.finish().expect("gzip"),
-    )
-    .await;
+    let (s, _, _, _) = post_gzip(&app, &wk, &[&req.encode_to_vec()]).await;
     assert_eq!(s, StatusCode::OK);
     let rows = sql(&app, "SELECT name, trace_id, span_id, duration_ms, service_name, request_id, kind FROM spans ORDER BY name").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -323,19 +334,8 @@ async fn errors_take_otlp_form() {
     assert_eq!(RpcStatus::decode(body.as_slice()).expect("status").code, 16);
 
     // 65 MiB of zeros, gzipped to a few kilobytes: 413 once decompressed past 64 MiB.
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let zeros = vec![0u8; 1 << 20];
-    for _ in 0..65 {
-        gz.write_all(&zeros).expect("gzip");
-    }
-    let (s, _, _, _) = post(
-        &app,
-        "application/x-protobuf",
-        Some("gzip"),
-        &wk,
-        gz.finish().expect("gzip"),
-    )
-    .await;
+    let (s, _, _, _) = post_gzip(&app, &wk, &vec![zeros.as_slice(); 65]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     let rows = sql(&app, "SELECT count(*) FROM spans").await;
     assert_eq!(rows[0][0], 0, "nothing stored by a failed request");

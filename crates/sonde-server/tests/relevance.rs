@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{App, app, app_with, get, ingest, simulate_into};
+use common::{App, app, app_with, get, ingest, lines, simulate_into};
 use serde_json::{Value, json};
 
 const T0: i64 = 1_767_225_600_000;
@@ -26,17 +26,6 @@ fn interaction(n: u32, req: &str, item: &str, action: &str, value: Option<f64>, 
         v["value"] = json!(x);
     }
     v
-}
-
-fn lines(events: &[Value]) -> Vec<u8> {
-    events
-        .iter()
-        .flat_map(|e| {
-            let mut l = serde_json::to_vec(e).expect("json");
-            l.push(b'\n');
-            l
-        })
-        .collect()
 }
 
 fn close(v: &Value, want: f64) {

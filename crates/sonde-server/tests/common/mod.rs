@@ -83,3 +83,15 @@ pub async fn get(app: &App, path: &str) -> (StatusCode, Value) {
         .expect("request");
     call(app, req).await
 }
+
+/// Events as NDJSON.
+pub fn lines(events: &[Value]) -> Vec<u8> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let mut l = serde_json::to_vec(e).expect("json");
+            l.push(b'\n');
+            l
+        })
+        .collect()
+}
