@@ -262,7 +262,11 @@ fn simulated_traffic_is_stored_deduplicated_and_quarantined() {
     assert_eq!(dupes, duplicates);
     assert_eq!(h["quarantine"]["total"].as_u64(), Some(rejected));
     let text = sonde_ok(&["status", "--url", url, "--key", rk]);
-    assert!(text.contains("decision | home_feed"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("decision ") && l.contains("| home_feed ")),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("Quarantine: {rejected} entries")),
         "{text}"
