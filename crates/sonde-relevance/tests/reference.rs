@@ -11,7 +11,9 @@ use sonde_relevance::{
 const TOL: f64 = 1e-9;
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    // Relative to the package, where cargo runs its tests: a path fixed at compile time
+    // would point into whichever clone built the binary first when CI shares a target dir.
+    let path = format!("tests/fixtures/{name}.json");
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
 }
 
