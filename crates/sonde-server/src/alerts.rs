@@ -90,6 +90,16 @@ impl AlertEngine {
         }
     }
 
+    /// The declared SLOs.
+    pub fn specs(&self) -> &[SloSpec] {
+        &self.specs
+    }
+
+    /// Current alert states.
+    pub fn states(&self) -> Vec<AlertState> {
+        self.book.lock().states().cloned().collect()
+    }
+
     /// Evaluate now and record state changes; returns them.
     pub fn tick(&self, store: &Store, now: i64) -> Vec<Transition> {
         let evals = evaluate_all(&self.specs, store, now);

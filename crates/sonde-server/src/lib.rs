@@ -19,6 +19,7 @@ pub mod project;
 mod quarantine;
 pub mod relevance;
 mod sql;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,6 +113,7 @@ pub struct AppState {
     alerts: Arc<alerts::AlertEngine>,
     http: Arc<metrics::HttpMetrics>,
     tally: Arc<health::IngestTally>,
+    sessions: Arc<ui::Sessions>,
 }
 
 impl AppState {
@@ -198,6 +200,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health/data", get(health::get_health))
         .route("/v1/schema", get(schema))
         .route("/metrics", get(metrics::get_metrics))
+        .route("/", get(ui::get_root))
+        .route("/login", get(ui::get_login).post(ui::post_login))
+        .route("/logout", post(ui::post_logout))
+        .route("/overview", get(ui::get_overview))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -252,6 +258,7 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         alerts,
         http: Arc::default(),
         tally: Arc::default(),
+        sessions: Arc::default(),
     })
 }
 

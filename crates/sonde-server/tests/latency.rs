@@ -198,8 +198,10 @@ async fn spike_ending_now(app: &common::App) -> i64 {
     let now = chrono::Utc::now().timestamp_millis();
     let start = now - 3 * 3_600_000;
     // The scenario starts its 3-minute spike 2 minutes after the given time: it runs over
-    // the last 3 minutes.
-    let incidents = sonde_sim::scenario("latency-spike", now - 5 * MIN).expect("known scenario");
+    // the 3 whole minutes before the current one (evaluations fall on whole minutes, so an
+    // unaligned start would add up to a minute to the time to page).
+    let base = now.div_euclid(MIN) * MIN;
+    let incidents = sonde_sim::scenario("latency-spike", base - 5 * MIN).expect("known scenario");
     let spike = incidents[0].start_ms;
     simulate_into(
         app,

@@ -1,0 +1,373 @@
+//! The web dashboard: sign-in with a read key (an HttpOnly, SameSite=Strict session cookie),
+//! and server-rendered pages (`sonde-ui`) over the same data as the JSON API.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::html;
+use parking_lot::Mutex;
+use rand::RngCore;
+use serde::Deserialize;
+use sonde_latency::{Filter, GroupBy, Objective, Severity, TOTAL};
+use sonde_ui::{ChartSeries, LineChart, NavItem, number};
+
+use crate::{AppState, Scope};
+
+const COOKIE: &str = "sonde_session";
+/// Sessions last 12 hours.
+const TTL_MS: i64 = 12 * 3_600_000;
+const MINUTE: i64 = 60_000;
+
+/// The pages, in navigation order.
+pub const NAV: [NavItem; 1] = [NavItem {
+    path: "/overview",
+    label: "Overview",
+}];
+
+/// Signed-in sessions: random tokens and their expiry (in memory: a restart signs out).
+#[derive(Default)]
+pub struct Sessions {
+    tokens: Mutex<HashMap<String, i64>>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Sessions {
+    fn create(&self) -> String {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        let now = now_ms();
+        let mut map = self.tokens.lock();
+        map.retain(|_, exp| *exp > now);
+        map.insert(token.clone(), now + TTL_MS);
+        token
+    }
+
+    fn valid(&self, token: &str) -> bool {
+        self.tokens
+            .lock()
+            .get(token)
+            .is_some_and(|exp| *exp > now_ms())
+    }
+
+    fn remove(&self, token: &str) {
+        self.tokens.lock().remove(token);
+    }
+}
+
+fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Whether the request carries a live session; otherwise the redirect to the sign-in page.
+fn signed_in(state: &AppState, headers: &HeaderMap, here: &str) -> Result<(), Redirect> {
+    match session_token(headers) {
+        Some(t) if state.sessions.valid(&t) => Ok(()),
+        _ => Err(Redirect::to(&format!("/login?next={}", encode(here)))),
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only local paths: an open redirect would let a link send a signed-in user anywhere.
+fn local(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/overview"
+    }
+}
+
+/// `?next=` of the sign-in page.
+#[derive(Debug, Default, Deserialize)]
+pub struct NextParam {
+    next: Option<String>,
+}
+
+/// `GET /login`.
+pub async fn get_login(Query(p): Query<NextParam>) -> Html<String> {
+    Html(sonde_ui::login_page(None, local(p.next.as_deref().unwrap_or("/overview"))).into_string())
+}
+
+/// The sign-in form.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    key: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `POST /login`: a read (or admin) key opens a session.
+pub async fn post_login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    let next = local(&f.next).to_string();
+    match state.project.scope_of(f.key.trim()) {
+        Some(s) if s.allows(Scope::Read) => {
+            let token = state.sessions.create();
+            let cookie = format!(
+                "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                TTL_MS / 1000
+            );
+            let mut resp = Redirect::to(&next).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            Html(
+                sonde_ui::login_page(Some("That is not a read key of this project."), &next)
+                    .into_string(),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /logout`.
+pub async fn post_logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(t) = session_token(&headers) {
+        state.sessions.remove(&t);
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("sonde_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    resp
+}
+
+/// `GET /`.
+pub async fn get_root() -> Redirect {
+    Redirect::to("/overview")
+}
+
+/// Filters of the pages, carried in the URL so a view can be shared.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageFilters {
+    /// Minutes back from now (default 60).
+    pub minutes: Option<i64>,
+    /// Only this surface.
+    pub surface: Option<String>,
+}
+
+/// `GET /overview`: traffic, latency against the SLO, fallbacks, freshness and alerts per
+/// surface, with a one-line verdict each, and the quantiles over time.
+pub async fn get_overview(
+    State(state): State<AppState>,
+    Query(f): Query<PageFilters>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/overview") {
+        return r.into_response();
+    }
+    let minutes = f.minutes.unwrap_or(60).clamp(5, 7 * 24 * 60);
+    let now = now_ms();
+    let to = (now + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
+    let from = to - minutes * MINUTE;
+    let step = (minutes / 120).max(1) * MINUTE;
+    let surface = f.surface.clone().filter(|s| !s.is_empty());
+    let qs = [0.5, 0.95, 0.99];
+    let slos = state.alerts.specs();
+    let alerts = state.alerts.states();
+    let tally = state.tally.snapshot();
+    let (surfaces, rows, series) = state.store.with_rollups(|r| {
+        let mut surfaces: Vec<String> = r.keys().iter().map(|k| k.surface.clone()).collect();
+        surfaces.sort();
+        surfaces.dedup();
+        let rows: Vec<(String, sonde_latency::WindowCounts, sonde_latency::Sketch)> = surfaces
+            .iter()
+            .filter(|s| surface.as_ref().is_none_or(|x| x == *s))
+            .map(|s| {
+                let filter = Filter {
+                    surface: Some(s.clone()),
+                    ..Filter::default()
+                };
+                (
+                    s.clone(),
+                    r.window(&filter, from, to, None),
+                    r.sketch(&filter, TOTAL, from, to),
+                )
+            })
+            .collect();
+        let filter = Filter {
+            surface: surface.clone(),
+            ..Filter::default()
+        };
+        let series = r
+            .series(&filter, TOTAL, from, to, step, GroupBy::None, &qs)
+            .unwrap_or_default();
+        (surfaces, rows, series)
+    });
+    let threshold_of = |s: &str| {
+        slos.iter()
+            .find(|x| x.kind == Objective::Latency && x.surface.as_deref().is_none_or(|y| y == s))
+            .and_then(|x| x.threshold_ms.map(|t| (t, x.target)))
+    };
+    let firing: Vec<&sonde_latency::AlertState> = alerts.iter().filter(|a| a.firing).collect();
+    let chart = LineChart {
+        title: format!(
+            "End-to-end latency, {}",
+            surface.as_deref().unwrap_or("all surfaces")
+        ),
+        unit: "ms".into(),
+        series: ["p50", "p95", "p99"]
+            .iter()
+            .enumerate()
+            .map(|(i, label)| ChartSeries {
+                label: (*label).into(),
+                points: series
+                    .first()
+                    .map(|s| {
+                        s.points
+                            .iter()
+                            .map(|p| (p.t_ms, p.quantiles.get(i).copied().flatten()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        threshold: surface
+            .as_deref()
+            .and_then(threshold_of)
+            .map(|(t, _)| (t, format!("SLO {} ms", number(Some(t), 0)))),
+    };
+    let filters = html! {
+        form.filters method="get" action="/overview" {
+            label { "Time range"
+                select name="minutes" {
+                    @for (m, label) in [(15, "15 min"), (60, "1 hour"), (360, "6 hours"), (1440, "24 hours"), (10080, "7 days")] {
+                        option value=(m) selected[m == minutes] { (label) }
+                    }
+                }
+            }
+            label { "Surface"
+                select name="surface" {
+                    option value="" { "All" }
+                    @for s in &surfaces {
+                        option value=(s) selected[surface.as_deref() == Some(s.as_str())] { (s) }
+                    }
+                }
+            }
+            button type="submit" { "Apply" }
+        }
+    };
+    let body = html! {
+        @if firing.is_empty() {
+            p.ok { "No alert is firing." }
+        } @else {
+            section aria-labelledby="alerts" {
+                h2 #alerts { "Alerts firing" }
+                ul {
+                    @for a in &firing {
+                        li class=(if a.severity == Severity::Page { "bad" } else { "warn" }) {
+                            strong { (a.severity.as_str()) } ": " (a.slo) " burning its error budget at "
+                            (number(Some(a.burn_rate), 1)) "×"
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Surfaces" }
+        div.table-wrap {
+            table {
+                caption.muted { "Last " (minutes) " minutes; latency quantiles within 1%." }
+                thead { tr {
+                    th scope="col" { "Surface" }
+                    th.num scope="col" { "Decisions" }
+                    th.num scope="col" { "p50 ms" }
+                    th.num scope="col" { "p95 ms" }
+                    th.num scope="col" { "p99 ms" }
+                    th.num scope="col" { "Fallbacks" }
+                    th.num scope="col" { "Last event" }
+                    th scope="col" { "Verdict" }
+                } }
+                tbody {
+                    @for (s, w, sk) in &rows {
+                        @let p99 = sk.quantile(0.99);
+                        @let last = tally.get(&("decision", s.clone())).map(|o| (now - o.last_received_ms) as f64 / 1000.0);
+                        @let (class, verdict) = verdict(p99, w, threshold_of(s), &firing);
+                        tr data-surface=(s) {
+                            th scope="row" { (s) }
+                            td.num data-field="decisions" { (number(Some(w.decisions as f64), 0)) }
+                            td.num data-field="p50" { (number(sk.quantile(0.5), 1)) }
+                            td.num data-field="p95" { (number(sk.quantile(0.95), 1)) }
+                            td.num data-field="p99" { (number(p99, 1)) }
+                            td.num { (number(Some(100.0 * w.fallbacks as f64 / (w.decisions.max(1)) as f64), 2)) "%" }
+                            td.num { @if let Some(l) = last { (number(Some(l), 0)) " s ago" } @else { "–" } }
+                            td class=(class) { (verdict) }
+                        }
+                    }
+                }
+            }
+        }
+        (chart.render())
+        p { a href=(format!("/v1/latency?from={from}&to={to}&step={}m{}", step / MINUTE, surface.as_ref().map(|s| format!("&surface={}", encode(s))).unwrap_or_default())) { "This chart's data (JSON)" } }
+    };
+    Html(sonde_ui::page("Overview", &NAV, "/overview", filters, body).into_string()).into_response()
+}
+
+/// One line a person can act on.
+fn verdict(
+    p99: Option<f64>,
+    w: &sonde_latency::WindowCounts,
+    slo: Option<(f64, f64)>,
+    firing: &[&sonde_latency::AlertState],
+) -> (&'static str, String) {
+    if w.decisions == 0 {
+        return ("warn", "No decisions in this window.".into());
+    }
+    let mut text = String::new();
+    let paging = firing.iter().any(|a| a.severity == Severity::Page);
+    if let (Some((t, target)), Some(p)) = (slo, p99) {
+        let _ = write!(
+            text,
+            "p99 {} ms against an SLO of {}% under {} ms",
+            number(Some(p), 0),
+            number(Some(target * 100.0), 1),
+            number(Some(t), 0)
+        );
+    } else if let Some(p) = p99 {
+        let _ = write!(
+            text,
+            "p99 {} ms, no latency SLO declared",
+            number(Some(p), 0)
+        );
+    }
+    let class = if paging && slo.is_some() {
+        text.push_str(": an SLO alert is paging.");
+        "bad"
+    } else if let (Some((t, _)), Some(p)) = (slo, p99)
+        && p > t
+    {
+        text.push_str(": the tail is over the threshold.");
+        "warn"
+    } else {
+        text.push_str(": healthy.");
+        "ok"
+    };
+    (class, text)
+}

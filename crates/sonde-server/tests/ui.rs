@@ -1,0 +1,141 @@
+//! The dashboard through the real router: sign-in and its cookie, no open redirect, the
+//! overview's numbers equal to the JSON API's, escaping of event values, sign-out.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{App, app_with, get, ingest, lines};
+use http_body_util::BodyExt;
+use serde_json::json;
+use sonde_latency::{Objective, SloSpec};
+use tower::ServiceExt;
+
+async fn fetch(app: &App, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = app.router.clone().oneshot(req).await.expect("response");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn login(key: &str, next: &str) -> Request<Body> {
+    Request::post("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("key={key}&next={next}")))
+        .expect("request")
+}
+
+fn page(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut r = Request::get(path);
+    if let Some(c) = cookie {
+        r = r.header("cookie", c);
+    }
+    r.body(Body::empty()).expect("request")
+}
+
+/// The text of the first `<td data-field="field">` in the row of `surface`.
+fn cell(html: &str, surface: &str, field: &str) -> String {
+    let row = html
+        .split(&format!("data-surface=\"{surface}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row for {surface}"));
+    let row = row.split("</tr>").next().unwrap_or_default();
+    row.split(&format!("data-field=\"{field}\">"))
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn sign_in_then_the_overview_matches_the_api() {
+    let app = app_with(|c| {
+        c.slos = vec![SloSpec {
+            name: "feed".into(),
+            surface: Some("home_feed".into()),
+            kind: Objective::Latency,
+            threshold_ms: Some(150.0),
+            target: 0.99,
+            period_days: 28,
+        }]
+    });
+    let now = chrono::Utc::now().timestamp_millis();
+    let events: Vec<_> = (0..40)
+        .map(|i| {
+            let surface = if i % 4 == 0 { "<b>x</b>" } else { "home_feed" };
+            json!({"type": "decision", "event_id": format!("e{i}"), "timestamp": now - 60_000 - i * 500,
+                "anonymous_id": "a", "request_id": format!("r{i}"), "surface": surface,
+                "model": {"name": "m", "version": "v1"}, "items": [{"item_id": "i", "position": 1}],
+                "latency_ms": {"total": 20 + i * 7, "components": {"inference": 10 + i}}})
+        })
+        .collect();
+    ingest(&app, lines(&events)).await;
+
+    // Signed out: every page sends to the sign-in form, remembering where it was going.
+    let (s, h, _) = fetch(&app, page("/overview", None)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/login?next=/overview");
+    let (s, _, body) = fetch(&app, page("/login?next=/overview", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("name=\"key\""), "{body}");
+
+    // Wrong key, and a write key: refused.
+    for key in ["nope", app.keys.write_key.as_str()] {
+        let (s, h, body) = fetch(&app, login(key, "/overview")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{key}");
+        assert!(h.get("set-cookie").is_none());
+        assert!(body.contains("not a read key"));
+    }
+    // A read key opens a session; `next` may only be a local path.
+    let (s, h, _) = fetch(&app, login(&app.keys.read_key, "//evil.example/")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/overview");
+    let cookie_header = h["set-cookie"].to_str().expect("cookie").to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie_header.contains(flag), "{cookie_header}");
+    }
+    let cookie = cookie_header.split(';').next().expect("pair").to_string();
+
+    let (s, _, html) = fetch(&app, page("/overview", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    // Same window as the API's default (the last hour up to the current minute).
+    let (_, v) = get(&app, "/v1/latency?surface=home_feed&step=60m&q=0.5,0.99").await;
+    let point = &v["series"][0]["points"][0];
+    assert_eq!(
+        cell(&html, "home_feed", "decisions"),
+        point["decisions"].to_string()
+    );
+    assert_eq!(cell(&html, "home_feed", "decisions"), "30");
+    assert_eq!(
+        cell(&html, "home_feed", "p99"),
+        sonde_ui::number(point["quantiles"][1].as_f64(), 1)
+    );
+    assert_eq!(
+        cell(&html, "home_feed", "p50"),
+        sonde_ui::number(point["quantiles"][0].as_f64(), 1)
+    );
+    assert!(
+        html.contains("against an SLO of 99.0% under 150 ms"),
+        "{html}"
+    );
+    // Event values are text, never markup.
+    assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"));
+    assert!(!html.contains("<b>x</b>"));
+    assert!(html.contains("<svg"), "the latency chart");
+
+    // Signed out, the old cookie opens nothing.
+    let out = Request::post("/logout")
+        .header("cookie", &cookie)
+        .body(Body::empty())
+        .expect("request");
+    let (s, h, _) = fetch(&app, out).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(
+        h["set-cookie"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("Max-Age=0")
+    );
+    let (s, _, _) = fetch(&app, page("/overview", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+}

@@ -1,0 +1,124 @@
+//! Page layout, navigation and the sign-in form.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+/// One entry of the navigation.
+#[derive(Debug, Clone, Copy)]
+pub struct NavItem {
+    /// Path, e.g. `/overview`.
+    pub path: &'static str,
+    /// Label.
+    pub label: &'static str,
+}
+
+const CSS: &str = r#"
+:root { color-scheme: light dark; --bg: #fff; --fg: #1b1f24; --muted: #59636e; --line: #d1d9e0;
+  --card: #f6f8fa; --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --accent: #0969da; }
+@media (prefers-color-scheme: dark) { :root { --bg: #0d1117; --fg: #e6edf3; --muted: #9198a1;
+  --line: #3d444d; --card: #151b23; --ok: #3fb950; --warn: #d29922; --bad: #f85149; --accent: #4493f8; } }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, sans-serif; background: var(--bg); color: var(--fg); }
+header { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; align-items: center; padding: .75rem 1.25rem;
+  border-bottom: 1px solid var(--line); }
+header .brand { font-weight: 700; }
+nav ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; margin: 0; padding: 0; }
+nav a { color: var(--fg); text-decoration: none; padding: .2rem .1rem; }
+nav a[aria-current="page"] { border-bottom: 2px solid var(--accent); font-weight: 600; }
+a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
+main { padding: 1rem 1.25rem 3rem; max-width: 1280px; }
+h1 { font-size: 1.4rem; margin: .25rem 0 1rem; }
+h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: .75rem; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: .75rem; }
+.card .value { font-size: 1.5rem; font-weight: 600; }
+.muted { color: var(--muted); }
+.ok { color: var(--ok); } .warn { color: var(--warn); } .bad { color: var(--bad); }
+table { border-collapse: collapse; width: 100%; margin: .25rem 0 1rem; }
+th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid var(--line); }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.table-wrap { overflow-x: auto; }
+form.filters { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: end; margin-bottom: 1rem; }
+form.filters label { display: flex; flex-direction: column; font-size: .85rem; color: var(--muted); }
+input, select, button { font: inherit; padding: .3rem .5rem; border: 1px solid var(--line);
+  border-radius: 4px; background: var(--bg); color: var(--fg); }
+button { background: var(--accent); color: #fff; border-color: var(--accent); cursor: pointer; }
+figure { margin: .5rem 0 1.25rem; }
+figcaption { font-size: .85rem; color: var(--muted); }
+svg.chart { width: 100%; height: auto; max-width: 960px; }
+svg.chart text { fill: var(--muted); font-size: 11px; }
+svg.chart .grid { stroke: var(--line); stroke-width: 1; }
+.signin { max-width: 420px; margin: 10vh auto; padding: 1.5rem; }
+.signin input { width: 100%; margin: .25rem 0 .75rem; }
+.error { color: var(--bad); }
+"#;
+
+/// A full page: head, navigation with `active` marked, the filter form, and `body`.
+pub fn page(title: &str, nav: &[NavItem], active: &str, filters: Markup, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Sonde" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                header {
+                    span.brand { "Sonde" }
+                    nav aria-label="Pages" {
+                        ul {
+                            @for item in nav {
+                                li {
+                                    @if item.path == active {
+                                        a href=(item.path) aria-current="page" { (item.label) }
+                                    } @else {
+                                        a href=(item.path) { (item.label) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    form method="post" action="/logout" style="margin-left:auto" {
+                        button type="submit" { "Sign out" }
+                    }
+                }
+                main id="main" {
+                    h1 { (title) }
+                    (filters)
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// The sign-in page: a form posting a read key to `/login`.
+pub fn login_page(error: Option<&str>, next: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in · Sonde" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                main.signin {
+                    h1 { "Sonde" }
+                    p.muted { "Sign in with a read key of this project (printed by " code { "sonde init" } ")." }
+                    @if let Some(e) = error {
+                        p.error role="alert" { (e) }
+                    }
+                    form method="post" action="/login" {
+                        label for="key" { "Read key" }
+                        input id="key" name="key" type="password" autocomplete="current-password" required autofocus;
+                        input type="hidden" name="next" value=(next);
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
