@@ -57,6 +57,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })?;
     let url = format!("http://{}", listener.local_addr()?);
     println!("Sonde demo: {url}  (data in {})", dir.display());
+    println!("  dashboard: {url}/login  (sign in with the read key)");
     println!("  write key: {}", keys.write_key);
     println!("  read key:  {}", keys.read_key);
     println!("  admin key: {}", keys.admin_key);

@@ -64,7 +64,7 @@ pub(crate) fn slo_counts(spec: &SloSpec, r: &Rollups, from: i64, to: i64) -> (u6
 }
 
 /// Evaluate every SLO at `now`.
-fn evaluate_all(specs: &[SloSpec], store: &Store, now: i64) -> Vec<SloEvaluation> {
+pub(crate) fn evaluate_all(specs: &[SloSpec], store: &Store, now: i64) -> Vec<SloEvaluation> {
     store.with_rollups(|r| {
         specs
             .iter()
@@ -225,7 +225,8 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-fn describe(s: &SloSpec) -> String {
+/// An SLO in words.
+pub(crate) fn describe(s: &SloSpec) -> String {
     let scope = s.surface.as_deref().unwrap_or("all surfaces");
     match (s.kind, s.threshold_ms) {
         (Objective::Latency, Some(t)) => format!(

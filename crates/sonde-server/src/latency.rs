@@ -264,6 +264,14 @@ pub async fn get_tail(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Scope::Read)?;
+    Ok(axum::Json(tail(&state, &params).await?).into_response())
+}
+
+/// Tail attribution for `params` (shared by the API and the dashboard).
+pub(crate) async fn tail(
+    state: &AppState,
+    params: &LatencyParams,
+) -> Result<TailResponse, ApiError> {
     params.filter()?;
     let (from, to) = params.range()?;
     let q = match params.quantiles(&[0.99])?.as_slice() {
@@ -274,11 +282,11 @@ pub async fn get_tail(
             ));
         }
     };
-    let where_clause = decision_filter(&params, from, to)?;
-    let threshold = exact_quantile(&state, &where_clause, q).await?;
+    let where_clause = decision_filter(params, from, to)?;
+    let threshold = exact_quantile(state, &where_clause, q).await?;
     let (tail, body) = match threshold {
         None => (Side::default(), Side::default()),
-        Some(threshold) => scan_sides(&state, &where_clause, threshold).await?,
+        Some(threshold) => scan_sides(state, &where_clause, threshold).await?,
     };
     let mut names: Vec<&String> = tail
         .by_component
@@ -299,7 +307,7 @@ pub async fn get_tail(
         })
         .collect();
     components.sort_by(|a, b| b.tail_share.total_cmp(&a.tail_share));
-    Ok(axum::Json(TailResponse {
+    Ok(TailResponse {
         from,
         to,
         q,
@@ -308,7 +316,6 @@ pub async fn get_tail(
         tail_decisions: tail.n,
         components,
     })
-    .into_response())
 }
 
 /// The WHERE clause over `decisions i` for the parameters' filters and range.

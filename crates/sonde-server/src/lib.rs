@@ -11,7 +11,7 @@ mod error;
 mod exposure;
 pub mod health;
 mod ingest;
-mod latency;
+pub(crate) mod latency;
 mod metrics;
 mod otlp;
 mod position;
@@ -204,6 +204,8 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(ui::get_login).post(ui::post_login))
         .route("/logout", post(ui::post_logout))
         .route("/overview", get(ui::get_overview))
+        .route("/latency", get(ui::get_latency_page))
+        .route("/health", get(ui::get_health_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -23,10 +23,20 @@ const TTL_MS: i64 = 12 * 3_600_000;
 const MINUTE: i64 = 60_000;
 
 /// The pages, in navigation order.
-pub const NAV: [NavItem; 1] = [NavItem {
-    path: "/overview",
-    label: "Overview",
-}];
+pub const NAV: [NavItem; 3] = [
+    NavItem {
+        path: "/overview",
+        label: "Overview",
+    },
+    NavItem {
+        path: "/latency",
+        label: "Latency & SLOs",
+    },
+    NavItem {
+        path: "/health",
+        label: "Data health",
+    },
+];
 
 /// Signed-in sessions: random tokens and their expiry (in memory: a restart signs out).
 #[derive(Default)]
@@ -184,11 +194,8 @@ pub async fn get_overview(
     if let Err(r) = signed_in(&state, &headers, "/overview") {
         return r.into_response();
     }
-    let minutes = f.minutes.unwrap_or(60).clamp(5, 7 * 24 * 60);
+    let (minutes, from, to, step) = window(&f);
     let now = now_ms();
-    let to = (now + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
-    let from = to - minutes * MINUTE;
-    let step = (minutes / 120).max(1) * MINUTE;
     let surface = f.surface.clone().filter(|s| !s.is_empty());
     let qs = [0.5, 0.95, 0.99];
     let slos = state.alerts.specs();
@@ -255,26 +262,7 @@ pub async fn get_overview(
             .and_then(threshold_of)
             .map(|(t, _)| (t, format!("SLO {} ms", number(Some(t), 0)))),
     };
-    let filters = html! {
-        form.filters method="get" action="/overview" {
-            label { "Time range"
-                select name="minutes" {
-                    @for (m, label) in [(15, "15 min"), (60, "1 hour"), (360, "6 hours"), (1440, "24 hours"), (10080, "7 days")] {
-                        option value=(m) selected[m == minutes] { (label) }
-                    }
-                }
-            }
-            label { "Surface"
-                select name="surface" {
-                    option value="" { "All" }
-                    @for s in &surfaces {
-                        option value=(s) selected[surface.as_deref() == Some(s.as_str())] { (s) }
-                    }
-                }
-            }
-            button type="submit" { "Apply" }
-        }
-    };
+    let filters = filter_form("/overview", minutes, surface.as_deref(), &surfaces);
     let body = html! {
         @if firing.is_empty() {
             p.ok { "No alert is firing." }
@@ -370,4 +358,272 @@ fn verdict(
         "ok"
     };
     (class, text)
+}
+
+/// The range and surface filters of a page, as a GET form (so the URL carries them).
+fn filter_form(
+    action: &str,
+    minutes: i64,
+    surface: Option<&str>,
+    surfaces: &[String],
+) -> maud::Markup {
+    html! {
+        form.filters method="get" action=(action) {
+            label { "Time range"
+                select name="minutes" {
+                    @for (m, label) in [(15, "15 min"), (60, "1 hour"), (360, "6 hours"), (1440, "24 hours"), (10080, "7 days")] {
+                        option value=(m) selected[m == minutes] { (label) }
+                    }
+                }
+            }
+            label { "Surface"
+                select name="surface" {
+                    option value="" { "All" }
+                    @for s in surfaces {
+                        option value=(s) selected[surface == Some(s.as_str())] { (s) }
+                    }
+                }
+            }
+            button type="submit" { "Apply" }
+        }
+    }
+}
+
+/// The window of a page: `[from, to)` ending at the current minute, and a step giving at
+/// most ~120 points.
+fn window(f: &PageFilters) -> (i64, i64, i64, i64) {
+    let minutes = f.minutes.unwrap_or(60).clamp(5, 7 * 24 * 60);
+    let to = (now_ms() + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
+    (
+        minutes,
+        to - minutes * MINUTE,
+        to,
+        (minutes / 120).max(1) * MINUTE,
+    )
+}
+
+fn surfaces_of(state: &AppState) -> Vec<String> {
+    state.store.with_rollups(|r| {
+        let mut v: Vec<String> = r.keys().iter().map(|k| k.surface.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    })
+}
+
+fn pct(x: f64) -> String {
+    format!("{}%", number(Some(x * 100.0), 2))
+}
+
+/// `GET /latency`: p99 per component and per variant over time, the SLOs with their budget
+/// and burn rates, tail attribution, and the slowest requests.
+pub async fn get_latency_page(
+    State(state): State<AppState>,
+    Query(f): Query<PageFilters>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/latency") {
+        return r.into_response();
+    }
+    let (minutes, from, to, step) = window(&f);
+    let surface = f.surface.clone().filter(|s| !s.is_empty());
+    let surfaces = surfaces_of(&state);
+    let filter = Filter {
+        surface: surface.clone(),
+        ..Filter::default()
+    };
+    let (by_component, by_variant) = state.store.with_rollups(|r| {
+        (
+            r.series(&filter, TOTAL, from, to, step, GroupBy::Component, &[0.99])
+                .unwrap_or_default(),
+            r.series(&filter, TOTAL, from, to, step, GroupBy::Variant, &[0.99])
+                .unwrap_or_default(),
+        )
+    });
+    let chart = |title: &str, series: &[sonde_latency::Series]| LineChart {
+        title: title.into(),
+        unit: "ms".into(),
+        series: series
+            .iter()
+            .map(|s| ChartSeries {
+                label: s.group.clone(),
+                points: s.points.iter().map(|p| (p.t_ms, p.quantiles[0])).collect(),
+            })
+            .collect(),
+        threshold: None,
+    };
+    let exemplars: Vec<sonde_latency::Exemplar> = {
+        let mut v: Vec<_> = by_variant
+            .iter()
+            .flat_map(|s| s.points.iter().flat_map(|p| p.exemplars.iter().cloned()))
+            .collect();
+        v.sort_by(|a, b| b.latency_ms.total_cmp(&a.latency_ms));
+        v.truncate(10);
+        v
+    };
+    let specs = state.alerts.specs().to_vec();
+    let evals = crate::alerts::evaluate_all(&specs, &state.store, now_ms());
+    let params = crate::latency::LatencyParams {
+        surface: surface.clone(),
+        from: Some(from.to_string()),
+        to: Some(to.to_string()),
+        ..Default::default()
+    };
+    let tail = crate::latency::tail(&state, &params).await.ok();
+    let body = html! {
+        h2 { "p99 by component" }
+        (chart("p99 latency by component", &by_component).render())
+        h2 { "p99 by variant" }
+        (chart("p99 end-to-end latency by variant", &by_variant).render())
+        h2 { "Service-level objectives" }
+        @if specs.is_empty() {
+            p.muted { "No SLO declared: add " code { "[[slo]]" } " to the config file (docs/latency.md)." }
+        } @else {
+            div.table-wrap { table {
+                thead { tr {
+                    th scope="col" { "SLO" }
+                    th.num scope="col" { "Attainment" }
+                    th.num scope="col" { "Budget left" }
+                    th.num scope="col" { "Burn 5 min" }
+                    th.num scope="col" { "Burn 1 h" }
+                    th.num scope="col" { "Burn 6 h" }
+                    th.num scope="col" { "Burn 3 d" }
+                    th scope="col" { "Alert" }
+                } }
+                tbody {
+                    @for (spec, e) in specs.iter().zip(&evals) {
+                        @let burn = |w: i64| e.windows.iter().find(|x| x.window_ms == w).map(|x| x.burn_rate);
+                        tr data-slo=(spec.name) {
+                            th scope="row" { (spec.name) br; span.muted { (crate::alerts::describe(spec)) } }
+                            td.num { (e.attainment.map(pct).unwrap_or_else(|| "–".into())) }
+                            td.num data-field="budget" { (pct(e.budget_remaining)) }
+                            td.num { (number(burn(5 * MINUTE), 2)) }
+                            td.num { (number(burn(60 * MINUTE), 2)) }
+                            td.num { (number(burn(360 * MINUTE), 2)) }
+                            td.num { (number(burn(3 * 1440 * MINUTE), 2)) }
+                            td {
+                                @if e.firing(Severity::Page) { span.bad { "page" } }
+                                @else if e.firing(Severity::Ticket) { span.warn { "ticket" } }
+                                @else { span.ok { "none" } }
+                            }
+                        }
+                    }
+                }
+            } }
+        }
+        h2 { "Which component makes the tail" }
+        @match &tail {
+            Some(t) if t.tail_decisions > 0 => {
+                p.muted { (t.tail_decisions) " decisions above the p99 of " (number(t.threshold_ms, 1)) " ms, of " (t.decisions) "." }
+                div.table-wrap { table {
+                    thead { tr {
+                        th scope="col" { "Component" }
+                        th.num scope="col" { "Share of tail time" }
+                        th.num scope="col" { "Mean in tail ms" }
+                        th.num scope="col" { "Mean otherwise ms" }
+                    } }
+                    tbody { @for c in &t.components {
+                        tr data-component=(c.component) {
+                            th scope="row" { (c.component) }
+                            td.num data-field="tail_share" { (pct(c.tail_share)) }
+                            td.num { (number(Some(c.tail_mean_ms), 1)) }
+                            td.num { (number(Some(c.body_mean_ms), 1)) }
+                        }
+                    } }
+                } }
+            }
+            _ => { p.muted { "No decisions with latency in this window." } }
+        }
+        h2 { "Slowest requests" }
+        div.table-wrap { table {
+            thead { tr { th scope="col" { "Request" } th scope="col" { "Trace" } th.num scope="col" { "Latency ms" } } }
+            tbody { @for e in &exemplars {
+                tr { td { code { (e.request_id) } } td { code { (e.trace_id.as_deref().unwrap_or("–")) } } td.num { (number(Some(e.latency_ms), 1)) } }
+            } }
+        } }
+    };
+    Html(
+        sonde_ui::page(
+            "Latency & SLOs",
+            &NAV,
+            "/latency",
+            filter_form("/latency", minutes, surface.as_deref(), &surfaces),
+            body,
+        )
+        .into_string(),
+    )
+    .into_response()
+}
+
+/// `GET /health`: the instrumentation-health report.
+pub async fn get_health_page(
+    State(state): State<AppState>,
+    Query(f): Query<PageFilters>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/health") {
+        return r.into_response();
+    }
+    let (minutes, ..) = window(&f);
+    let report = match crate::health::report(&state, minutes, 10).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let body = html! {
+        h2 { "Sources" }
+        div.table-wrap { table {
+            caption.muted { "Last " (minutes) " minutes; duplicates since the server started." }
+            thead { tr {
+                th scope="col" { "Type" } th scope="col" { "Surface" }
+                th.num scope="col" { "Events" } th.num scope="col" { "Per s (5 min)" }
+                th.num scope="col" { "Last event" } th.num scope="col" { "Lag p50 ms" } th.num scope="col" { "Lag p99 ms" }
+                th.num scope="col" { "Late" } th.num scope="col" { "Future" } th.num scope="col" { "Duplicates" }
+            } }
+            tbody { @for s in &report.sources {
+                tr data-source=(format!("{}/{}", s.kind, s.surface)) {
+                    th scope="row" { (s.kind) } td { (s.surface) }
+                    td.num data-field="events" { (number(Some(s.events as f64), 0)) }
+                    td.num { (number(Some(s.rate_per_sec_5m), 1)) }
+                    td.num class=(if s.seconds_since_last.is_some_and(|x| x > 300.0) { "warn num" } else { "num" }) {
+                        @if let Some(x) = s.seconds_since_last { (number(Some(x), 0)) " s ago" } @else { "–" }
+                    }
+                    td.num { (number(s.lag_p50_ms, 0)) }
+                    td.num { (number(s.lag_p99_ms, 0)) }
+                    td.num { (pct(s.late_rate)) }
+                    td.num { (pct(s.future_rate)) }
+                    td.num { (pct(s.duplicate_rate)) }
+                }
+            } }
+        } }
+        h2 { "Rejections" }
+        p { "Rejected: " strong data-field="rejection_rate" { (pct(report.rejection_rate)) } " of the window's events." }
+        ul { @for c in &report.rejections { li { code { (c.code) } ": " (c.count) } } }
+        h2 { "Orphans and quarantine" }
+        p { "Interactions without their decision after " (report.orphan_interactions.grace_minutes) " min: "
+            strong data-field="orphans" { (report.orphan_interactions.orphans) } " of " (report.orphan_interactions.checked) "." }
+        p { "Quarantine: " strong data-field="quarantine" { (report.quarantine.total) } " entries, "
+            (report.quarantine.unresolved) " not replayed (" code { "sonde quarantine list" } ")." }
+        h2 { "Distinct per hour" }
+        div.table-wrap { table {
+            thead { tr { th scope="col" { "Hour (UTC)" } th.num scope="col" { "Users" } th.num scope="col" { "Sessions" } th.num scope="col" { "Items" } } }
+            tbody { @for h in report.cardinality.iter().rev() {
+                tr {
+                    th scope="row" { (chrono::DateTime::from_timestamp_millis(h.hour_ms).map(|d| d.format("%Y-%m-%d %H:00").to_string()).unwrap_or_default()) }
+                    td.num { (number(Some(h.users as f64), 0)) } td.num { (number(Some(h.sessions as f64), 0)) } td.num { (number(Some(h.items as f64), 0)) }
+                }
+            } }
+        } }
+        p { a href=(format!("/v1/health/data?window_minutes={minutes}")) { "This page's data (JSON)" } }
+    };
+    Html(
+        sonde_ui::page(
+            "Data health",
+            &NAV,
+            "/health",
+            filter_form("/health", minutes, None, &[]),
+            body,
+        )
+        .into_string(),
+    )
+    .into_response()
 }

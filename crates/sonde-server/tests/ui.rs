@@ -123,6 +123,63 @@ async fn sign_in_then_the_overview_matches_the_api() {
     assert!(!html.contains("<b>x</b>"));
     assert!(html.contains("<svg"), "the latency chart");
 
+    // Latency & SLOs: the SLO's budget as /v1/slo has it; tail shares as /v1/latency/tail.
+    let (s, _, html) = fetch(&app, page("/latency?surface=home_feed", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let (_, slo) = get(&app, "/v1/slo").await;
+    let budget = slo["slos"][0]["evaluation"]["budget_remaining"].as_f64();
+    let budget_cell = html
+        .split("data-slo=\"feed\"")
+        .nth(1)
+        .and_then(|r| r.split("data-field=\"budget\">").nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    assert_eq!(
+        budget_cell,
+        format!("{}%", sonde_ui::number(budget.map(|b| b * 100.0), 2))
+    );
+    let (_, tail) = get(&app, "/v1/latency/tail?surface=home_feed").await;
+    let top = tail["components"][0]["component"]
+        .as_str()
+        .expect("component");
+    let share = html
+        .split(&format!("data-component=\"{top}\""))
+        .nth(1)
+        .and_then(|r| r.split("data-field=\"tail_share\">").nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    assert_eq!(
+        share,
+        format!(
+            "{}%",
+            sonde_ui::number(
+                tail["components"][0]["tail_share"]
+                    .as_f64()
+                    .map(|x| x * 100.0),
+                2
+            )
+        )
+    );
+
+    // Data health: the decision source's events as /v1/health/data counts them.
+    let (s, _, html) = fetch(&app, page("/health", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let (_, health) = get(&app, "/v1/health/data").await;
+    let feed = health["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|x| x["surface"] == "home_feed")
+        .expect("home_feed source")
+        .clone();
+    let events = html
+        .split("data-source=\"decision/home_feed\"")
+        .nth(1)
+        .and_then(|r| r.split("data-field=\"events\">").nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    assert_eq!(events, feed["events"].to_string());
+
     // Signed out, the old cookie opens nothing.
     let out = Request::post("/logout")
         .header("cookie", &cookie)
