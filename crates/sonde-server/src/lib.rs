@@ -205,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(ui::post_logout))
         .route("/overview", get(ui::get_overview))
         .route("/latency", get(ui::get_latency_page))
+        .route("/relevance", get(ui::get_relevance_page))
         .route("/health", get(ui::get_health_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -23,7 +23,7 @@ const TTL_MS: i64 = 12 * 3_600_000;
 const MINUTE: i64 = 60_000;
 
 /// The pages, in navigation order.
-pub const NAV: [NavItem; 3] = [
+pub const NAV: [NavItem; 4] = [
     NavItem {
         path: "/overview",
         label: "Overview",
@@ -31,6 +31,10 @@ pub const NAV: [NavItem; 3] = [
     NavItem {
         path: "/latency",
         label: "Latency & SLOs",
+    },
+    NavItem {
+        path: "/relevance",
+        label: "Relevance",
     },
     NavItem {
         path: "/health",
@@ -182,6 +186,8 @@ pub struct PageFilters {
     pub minutes: Option<i64>,
     /// Only this surface.
     pub surface: Option<String>,
+    /// The experiment whose variants the relevance page compares.
+    pub experiment: Option<String>,
 }
 
 /// `GET /overview`: traffic, latency against the SLO, fallbacks, freshness and alerts per
@@ -621,6 +627,111 @@ pub async fn get_health_page(
             &NAV,
             "/health",
             filter_form("/health", minutes, None, &[]),
+            body,
+        )
+        .into_string(),
+    )
+    .into_response()
+}
+
+/// `GET /relevance`: ranking quality and calibration per variant of the first experiment
+/// seen (or `?experiment=`), over the window.
+pub async fn get_relevance_page(
+    State(state): State<AppState>,
+    Query(f): Query<PageFilters>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/relevance") {
+        return r.into_response();
+    }
+    let (minutes, from, to, _) = window(&f);
+    let surface = f.surface.clone().filter(|s| !s.is_empty());
+    let surfaces = surfaces_of(&state);
+    let experiment = f.experiment.clone().filter(|s| !s.is_empty()).or_else(|| {
+        state.store.with_rollups(|r| {
+            r.keys()
+                .iter()
+                .map(|k| k.experiment.clone())
+                .find(|e| !e.is_empty())
+        })
+    });
+    let params = crate::relevance::RelevanceParams {
+        surface: surface.clone(),
+        experiment: experiment.clone(),
+        group_by: Some(
+            if experiment.is_some() {
+                "variant"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        from: Some(from.to_string()),
+        to: Some(to.to_string()),
+        gains: state.config.gains,
+        ..Default::default()
+    };
+    let timeout = state.config.query_timeout;
+    let ranking = crate::relevance::relevance_report(&state.store, &params, timeout).await;
+    let calibration = crate::relevance::calibration_report(&state.store, &params, timeout).await;
+    let body = html! {
+        p.muted {
+            "Outcomes graded within " (state.config.gains.window_minutes) " minutes of the decision (click 1, long click or cart 2, purchase 3); "
+            @if let Some(e) = &experiment { "variants of experiment " code { (e) } "." } @else { "no experiment seen." }
+        }
+        h2 { "Ranking quality at k = 10" }
+        @match &ranking {
+            Ok(groups) if !groups.is_empty() => {
+                div.table-wrap { table {
+                    thead { tr {
+                        th scope="col" { "Variant" } th.num scope="col" { "Decisions" } th.num scope="col" { "CTR@10" }
+                        th.num scope="col" { "NDCG@10" } th.num scope="col" { "MRR" } th.num scope="col" { "Hit rate@10" }
+                    } }
+                    tbody { @for g in groups {
+                        tr data-group=(g.group) {
+                            th scope="row" { (g.group) }
+                            td.num data-field="lists" { (number(Some(g.summary.lists as f64), 0)) }
+                            td.num data-field="ctr" { (number(Some(g.summary.ctr), 4)) }
+                            td.num data-field="ndcg" { (number(Some(g.summary.ndcg), 4)) }
+                            td.num { (number(Some(g.summary.mrr), 4)) }
+                            td.num { (number(Some(g.summary.hit_rate), 4)) }
+                        }
+                    } }
+                } }
+            }
+            Ok(_) => { p.muted { "No decisions in this window." } }
+            Err(e) => { p.error { (e.message()) } }
+        }
+        h2 { "Calibration (reliability)" }
+        @match &calibration {
+            Ok(groups) if !groups.is_empty() => {
+                @for g in groups {
+                    h3 { (g.group) ": ECE " (number(Some(g.report.ece), 4)) ", Brier " (number(Some(g.report.brier), 4)) }
+                    div.table-wrap { table {
+                        caption.muted { "Predicted score against the observed click rate, per equal-mass bin." }
+                        thead { tr { th.num scope="col" { "Scores" } th.num scope="col" { "Items" } th.num scope="col" { "Predicted" } th.num scope="col" { "Observed" } } }
+                        tbody { @for b in &g.report.bins {
+                            tr {
+                                td.num { (number(Some(b.lower), 3)) "–" (number(Some(b.upper), 3)) }
+                                td.num { (number(Some(b.count as f64), 0)) }
+                                td.num { (number(Some(b.predicted), 4)) }
+                                td.num { (number(Some(b.observed), 4)) }
+                            }
+                        } }
+                    } }
+                }
+            }
+            Ok(_) => { p.muted { "No scored items in this window." } }
+            Err(e) => { p.error { (e.message()) } }
+        }
+        p { a href=(format!("/v1/relevance?from={from}&to={to}{}{}", experiment.as_ref().map(|e| format!("&experiment={}&group_by=variant", encode(e))).unwrap_or_default(), surface.as_ref().map(|s| format!("&surface={}", encode(s))).unwrap_or_default())) { "This page's data (JSON)" } }
+    };
+    Html(
+        sonde_ui::page(
+            "Relevance",
+            &NAV,
+            "/relevance",
+            filter_form("/relevance", minutes, surface.as_deref(), &surfaces),
             body,
         )
         .into_string(),

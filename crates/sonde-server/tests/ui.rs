@@ -65,7 +65,9 @@ async fn sign_in_then_the_overview_matches_the_api() {
             let surface = if i % 4 == 0 { "<b>x</b>" } else { "home_feed" };
             json!({"type": "decision", "event_id": format!("e{i}"), "timestamp": now - 60_000 - i * 500,
                 "anonymous_id": "a", "request_id": format!("r{i}"), "surface": surface,
-                "model": {"name": "m", "version": "v1"}, "items": [{"item_id": "i", "position": 1}],
+                "model": {"name": "m", "version": "v1"},
+                "experiments": [{"id": "exp", "variant": if i % 2 == 0 { "a" } else { "b" }}],
+                "items": [{"item_id": "i", "position": 1, "score": 0.3}],
                 "latency_ms": {"total": 20 + i * 7, "components": {"inference": 10 + i}}})
         })
         .collect();
@@ -179,6 +181,22 @@ async fn sign_in_then_the_overview_matches_the_api() {
         .and_then(|r| r.split('<').next())
         .unwrap_or_default();
     assert_eq!(events, feed["events"].to_string());
+
+    // Relevance: the decisions per variant as /v1/relevance counts them.
+    let (s, _, html) = fetch(&app, page("/relevance", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let (_, rel) = get(&app, "/v1/relevance?experiment=exp&group_by=variant").await;
+    let g = &rel["groups"][0];
+    let lists = html
+        .split(&format!(
+            "data-group=\"{}\"",
+            g["group"].as_str().unwrap_or("?")
+        ))
+        .nth(1)
+        .and_then(|r| r.split("data-field=\"lists\">").nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    assert_eq!(lists, g["lists"].to_string(), "{html}");
 
     // Signed out, the old cookie opens nothing.
     let out = Request::post("/logout")
