@@ -207,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/latency", get(ui::get_latency_page))
         .route("/relevance", get(ui::get_relevance_page))
         .route("/health", get(ui::get_health_page))
+        .route("/summary", get(ui::get_summary_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -23,7 +23,7 @@ const TTL_MS: i64 = 12 * 3_600_000;
 const MINUTE: i64 = 60_000;
 
 /// The pages, in navigation order.
-pub const NAV: [NavItem; 4] = [
+pub const NAV: [NavItem; 5] = [
     NavItem {
         path: "/overview",
         label: "Overview",
@@ -39,6 +39,10 @@ pub const NAV: [NavItem; 4] = [
     NavItem {
         path: "/health",
         label: "Data health",
+    },
+    NavItem {
+        path: "/summary",
+        label: "Summary",
     },
 ];
 
@@ -737,4 +741,121 @@ pub async fn get_relevance_page(
         .into_string(),
     )
     .into_response()
+}
+
+/// "+12.3%" / "−4.0%" / "–" for the change from `before` to `now`.
+fn change(now: f64, before: f64) -> String {
+    if before > 0.0 && now.is_finite() {
+        let c = (now / before - 1.0) * 100.0;
+        format!(
+            "{}{}%",
+            if c >= 0.0 { "+" } else { "−" },
+            number(Some(c.abs()), 1)
+        )
+    } else {
+        "–".into()
+    }
+}
+
+/// `GET /summary`: the headline numbers of the last 24 hours against the 24 before, in
+/// plain words.
+pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/summary") {
+        return r.into_response();
+    }
+    const DAY: i64 = 1440 * MINUTE;
+    let to = (now_ms() + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
+    let (w_now, w_before, p99_now, p99_before) = state.store.with_rollups(|r| {
+        let all = Filter::default();
+        (
+            r.window(&all, to - DAY, to, None),
+            r.window(&all, to - 2 * DAY, to - DAY, None),
+            r.sketch(&all, TOTAL, to - DAY, to).quantile(0.99),
+            r.sketch(&all, TOTAL, to - 2 * DAY, to - DAY).quantile(0.99),
+        )
+    });
+    let experiment = state.store.with_rollups(|r| {
+        r.keys()
+            .iter()
+            .map(|k| k.experiment.clone())
+            .find(|e| !e.is_empty())
+    });
+    let params = crate::relevance::RelevanceParams {
+        experiment: experiment.clone(),
+        group_by: Some(
+            if experiment.is_some() {
+                "variant"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        from: Some((to - DAY).to_string()),
+        to: Some(to.to_string()),
+        gains: state.config.gains,
+        ..Default::default()
+    };
+    let groups =
+        crate::relevance::relevance_report(&state.store, &params, state.config.query_timeout)
+            .await
+            .unwrap_or_default();
+    let specs = state.alerts.specs().to_vec();
+    let evals = crate::alerts::evaluate_all(&specs, &state.store, now_ms());
+    let firing: Vec<sonde_latency::AlertState> = state
+        .alerts
+        .states()
+        .into_iter()
+        .filter(|a| a.firing)
+        .collect();
+    let best = groups
+        .iter()
+        .max_by(|a, b| a.summary.ctr.total_cmp(&b.summary.ctr));
+    let worst = groups
+        .iter()
+        .min_by(|a, b| a.summary.ctr.total_cmp(&b.summary.ctr));
+    let body = html! {
+        p.muted { "The last 24 hours, compared with the 24 hours before." }
+        section.cards {
+            div.card {
+                div.muted { "Decisions served" }
+                div.value data-field="decisions" { (number(Some(w_now.decisions as f64), 0)) }
+                div { (change(w_now.decisions as f64, w_before.decisions as f64)) " on the day before" }
+            }
+            div.card {
+                div.muted { "p99 latency" }
+                div.value data-field="p99" { (number(p99_now, 0)) " ms" }
+                div { "was " (number(p99_before, 0)) " ms" }
+            }
+            div.card {
+                div.muted { "Fallbacks" }
+                div.value { (number(Some(100.0 * w_now.fallbacks as f64 / w_now.decisions.max(1) as f64), 2)) "%" }
+                div { "of decisions served degraded" }
+            }
+            div.card {
+                div.muted { "Alerts firing" }
+                div.value class=(if firing.is_empty() { "ok" } else { "bad" }) { (firing.len()) }
+            }
+        }
+        h2 { "In words" }
+        ul {
+            li { "The engine served " (number(Some(w_now.decisions as f64), 0)) " decisions, "
+                 (change(w_now.decisions as f64, w_before.decisions as f64)) " on the day before." }
+            li { "The slowest 1% of decisions took over " (number(p99_now, 0)) " ms (the day before: "
+                 (number(p99_before, 0)) " ms)." }
+            @for (spec, e) in specs.iter().zip(&evals) {
+                li { "Objective “" (crate::alerts::describe(spec)) "”: "
+                     (pct(e.attainment.unwrap_or(1.0))) " met, " (pct(e.budget_remaining.max(-9.99))) " of the error budget left." }
+            }
+            @if let (Some(b), Some(w), Some(e)) = (best, worst, &experiment) {
+                @if b.group != w.group {
+                    li { "In experiment " code { (e) } ", variant " strong { (b.group) } " has the higher click-through at 10 ("
+                         (pct(b.summary.ctr)) " against " (pct(w.summary.ctr)) " for " (w.group) ", "
+                         (change(b.summary.ctr, w.summary.ctr)) "). The Relevance page has the detail; significance tests come with the experiments work." }
+                }
+            }
+            @if firing.is_empty() { li.ok { "No alert is firing." } }
+            @for a in &firing { li.bad { (a.slo) " is " (a.severity.as_str()) "-level: burning its budget at " (number(Some(a.burn_rate), 1)) "×." } }
+        }
+    };
+    Html(sonde_ui::page("Summary", &NAV, "/summary", html! {}, body).into_string()).into_response()
 }

@@ -198,6 +198,12 @@ async fn sign_in_then_the_overview_matches_the_api() {
         .unwrap_or_default();
     assert_eq!(lists, g["lists"].to_string(), "{html}");
 
+    // Summary: the day's decisions as the rollups count them.
+    let (s, _, html) = fetch(&app, page("/summary", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    assert!(html.contains("data-field=\"decisions\">40<"), "{html}");
+    assert!(html.contains("The engine served 40 decisions"), "{html}");
+
     // Signed out, the old cookie opens nothing.
     let out = Request::post("/logout")
         .header("cookie", &cookie)
