@@ -638,6 +638,42 @@ pub async fn get_health_page(
     .into_response()
 }
 
+/// The first experiment the rollups have seen, if any.
+fn first_experiment(state: &AppState) -> Option<String> {
+    state.store.with_rollups(|r| {
+        r.keys()
+            .iter()
+            .map(|k| k.experiment.clone())
+            .find(|e| !e.is_empty())
+    })
+}
+
+/// Relevance parameters grouping `[from, to)` by the variants of `experiment`.
+fn by_variant(
+    state: &AppState,
+    experiment: Option<String>,
+    surface: Option<String>,
+    from: i64,
+    to: i64,
+) -> crate::relevance::RelevanceParams {
+    crate::relevance::RelevanceParams {
+        surface,
+        group_by: Some(
+            if experiment.is_some() {
+                "variant"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        experiment,
+        from: Some(from.to_string()),
+        to: Some(to.to_string()),
+        gains: state.config.gains,
+        ..Default::default()
+    }
+}
+
 /// `GET /relevance`: ranking quality and calibration per variant of the first experiment
 /// seen (or `?experiment=`), over the window.
 pub async fn get_relevance_page(
@@ -651,30 +687,12 @@ pub async fn get_relevance_page(
     let (minutes, from, to, _) = window(&f);
     let surface = f.surface.clone().filter(|s| !s.is_empty());
     let surfaces = surfaces_of(&state);
-    let experiment = f.experiment.clone().filter(|s| !s.is_empty()).or_else(|| {
-        state.store.with_rollups(|r| {
-            r.keys()
-                .iter()
-                .map(|k| k.experiment.clone())
-                .find(|e| !e.is_empty())
-        })
-    });
-    let params = crate::relevance::RelevanceParams {
-        surface: surface.clone(),
-        experiment: experiment.clone(),
-        group_by: Some(
-            if experiment.is_some() {
-                "variant"
-            } else {
-                "none"
-            }
-            .into(),
-        ),
-        from: Some(from.to_string()),
-        to: Some(to.to_string()),
-        gains: state.config.gains,
-        ..Default::default()
-    };
+    let experiment = f
+        .experiment
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| first_experiment(&state));
+    let params = by_variant(&state, experiment.clone(), surface.clone(), from, to);
     let timeout = state.config.query_timeout;
     let ranking = crate::relevance::relevance_report(&state.store, &params, timeout).await;
     let calibration = crate::relevance::calibration_report(&state.store, &params, timeout).await;
@@ -774,27 +792,8 @@ pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap)
             r.sketch(&all, TOTAL, to - 2 * DAY, to - DAY).quantile(0.99),
         )
     });
-    let experiment = state.store.with_rollups(|r| {
-        r.keys()
-            .iter()
-            .map(|k| k.experiment.clone())
-            .find(|e| !e.is_empty())
-    });
-    let params = crate::relevance::RelevanceParams {
-        experiment: experiment.clone(),
-        group_by: Some(
-            if experiment.is_some() {
-                "variant"
-            } else {
-                "none"
-            }
-            .into(),
-        ),
-        from: Some((to - DAY).to_string()),
-        to: Some(to.to_string()),
-        gains: state.config.gains,
-        ..Default::default()
-    };
+    let experiment = first_experiment(&state);
+    let params = by_variant(&state, experiment.clone(), None, to - DAY, to);
     let groups =
         crate::relevance::relevance_report(&state.store, &params, state.config.query_timeout)
             .await

@@ -52,17 +52,24 @@ svg.chart .grid { stroke: var(--line); stroke-width: 1; }
 .error { color: var(--bad); }
 "#;
 
+/// The document head.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Sonde" }
+            style { (PreEscaped(CSS)) }
+        }
+    }
+}
+
 /// A full page: head, navigation with `active` marked, the filter form, and `body`.
 pub fn page(title: &str, nav: &[NavItem], active: &str, filters: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Sonde" }
-                style { (PreEscaped(CSS)) }
-            }
+            (head(title))
             body {
                 header {
                     span.brand { "Sonde" }
@@ -98,12 +105,7 @@ pub fn login_page(error: Option<&str>, next: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · Sonde" }
-                style { (PreEscaped(CSS)) }
-            }
+            (head("Sign in"))
             body {
                 main.signin {
                     h1 { "Sonde" }
