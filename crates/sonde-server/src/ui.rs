@@ -99,15 +99,14 @@ fn signed_in(state: &AppState, headers: &HeaderMap, here: &str) -> Result<(), Re
     }
 }
 
+/// Percent-encode a query value, keeping `/` readable in `next=` paths.
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'/');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
 
 /// Only local paths: an open redirect would let a link send a signed-in user anywhere.
