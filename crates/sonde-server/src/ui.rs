@@ -482,8 +482,10 @@ pub async fn get_latency_page(
     let body = html! {
         h2 { "p99 by component" }
         (chart("p99 latency by component", &by_component).render())
+        p { a href=(series_url(from, to, step, "component", surface.as_deref())) { "This chart's data (JSON)" } }
         h2 { "p99 by variant" }
         (chart("p99 end-to-end latency by variant", &by_variant).render())
+        p { a href=(series_url(from, to, step, "variant", surface.as_deref())) { "This chart's data (JSON)" } }
         h2 { "Service-level objectives" }
         @if specs.is_empty() {
             p.muted { "No SLO declared: add " code { "[[slo]]" } " to the config file (docs/latency.md)." }
@@ -635,6 +637,17 @@ pub async fn get_health_page(
         .into_string(),
     )
     .into_response()
+}
+
+/// The `/v1/latency` query behind a p99 chart.
+fn series_url(from: i64, to: i64, step: i64, group_by: &str, surface: Option<&str>) -> String {
+    format!(
+        "/v1/latency?from={from}&to={to}&step={}m&q=0.99&group_by={group_by}{}",
+        step / MINUTE,
+        surface
+            .map(|s| format!("&surface={}", encode(s)))
+            .unwrap_or_default()
+    )
 }
 
 /// The first experiment the rollups have seen, if any.

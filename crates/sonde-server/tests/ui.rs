@@ -128,6 +128,16 @@ async fn sign_in_then_the_overview_matches_the_api() {
     // Latency & SLOs: the SLO's budget as /v1/slo has it; tail shares as /v1/latency/tail.
     let (s, _, html) = fetch(&app, page("/latency?surface=home_feed", Some(&cookie))).await;
     assert_eq!(s, StatusCode::OK, "{html}");
+    // Each chart links the JSON of its data, and the link answers.
+    let link = html
+        .split("href=\"/v1/latency?")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a data link")
+        .replace("&amp;", "&");
+    let (s, data) = get(&app, &format!("/v1/latency?{link}")).await;
+    assert_eq!(s, StatusCode::OK, "{data}");
+    assert_eq!(data["component"], "by_component");
     let (_, slo) = get(&app, "/v1/slo").await;
     let budget = slo["slos"][0]["evaluation"]["budget_remaining"].as_f64();
     let budget_cell = html
