@@ -52,15 +52,19 @@ pub struct Outcomes {
 
 impl IngestTally {
     /// Count a batch's outcomes (one lock per batch).
+    /// `source_of[i]` indexes `sources` for the i-th outcome.
     pub(crate) fn add(
         &self,
         outcomes: &[sonde_store::Seen],
+        source_of: &[usize],
         sources: &[(&'static str, String)],
         received_at: i64,
     ) {
-        let mut local: BTreeMap<(&'static str, &str), Outcomes> = BTreeMap::new();
-        for (seen, (kind, surface)) in outcomes.iter().zip(sources) {
-            let o = local.entry((kind, surface.as_str())).or_default();
+        let mut local = vec![Outcomes::default(); sources.len()];
+        for (seen, at) in outcomes.iter().zip(source_of) {
+            let Some(o) = local.get_mut(*at) else {
+                continue;
+            };
             match seen {
                 sonde_store::Seen::New => o.accepted += 1,
                 sonde_store::Seen::Duplicate => o.duplicates += 1,
@@ -71,8 +75,11 @@ impl IngestTally {
             }
         }
         let mut map = self.by_source.lock();
-        for ((kind, surface), o) in local {
-            let t = map.entry((kind, surface.to_string())).or_default();
+        for ((kind, surface), o) in sources.iter().zip(local) {
+            if o.accepted + o.duplicates == 0 {
+                continue;
+            }
+            let t = map.entry((kind, surface.clone())).or_default();
             t.accepted += o.accepted;
             t.duplicates += o.duplicates;
             t.conflicting_duplicates += o.conflicting_duplicates;

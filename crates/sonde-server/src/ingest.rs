@@ -223,18 +223,28 @@ pub async fn post_events(
     };
     let mut batch = WriteBatch::default();
     let mut accepted_index = Vec::with_capacity(raws.len());
-    // Type and surface of each accepted event, for the per-source ingest tally.
-    let mut sources: Vec<(&'static str, String)> = Vec::with_capacity(raws.len());
+    // The batch's distinct (type, surface) sources, and each accepted event's index into
+    // them, for the per-source ingest tally: one string per source, not per event.
+    let mut sources: Vec<(&'static str, String)> = Vec::new();
+    let mut source_of: Vec<usize> = Vec::with_capacity(raws.len());
     let mut errors = Vec::new();
     for (index, raw) in raws.iter().enumerate() {
         match parse_event(raw, &ctx) {
             Ok(e) => {
                 accepted_index.push(index);
+                let kind = e.event_type().as_str();
                 let surface = match &e.data.body {
-                    sonde_model::EventBody::Decision(d) => d.surface.clone(),
-                    _ => String::new(),
+                    sonde_model::EventBody::Decision(d) => d.surface.as_str(),
+                    _ => "",
                 };
-                sources.push((e.event_type().as_str(), surface));
+                let at = match sources.iter().position(|(k, s)| *k == kind && s == surface) {
+                    Some(i) => i,
+                    None => {
+                        sources.push((kind, surface.to_string()));
+                        sources.len() - 1
+                    }
+                };
+                source_of.push(at);
                 batch.events.push(e);
             }
             Err(r) => {
@@ -260,7 +270,9 @@ pub async fn post_events(
     }
     let rejected = errors.len();
     let outcome = state.store.write(batch).await?;
-    state.tally.add(&outcome.seen, &sources, received_at);
+    state
+        .tally
+        .add(&outcome.seen, &source_of, &sources, received_at);
     let mut duplicates = 0;
     let mut conflicting = 0;
     for (seen, index) in outcome.seen.iter().zip(accepted_index) {
