@@ -114,12 +114,18 @@ pub struct AppState {
     http: Arc<metrics::HttpMetrics>,
     tally: Arc<health::IngestTally>,
     sessions: Arc<ui::Sessions>,
+    segments: Arc<ui::SegmentCache>,
 }
 
 impl AppState {
     /// The store behind the server.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A one-time sign-in link (a path) to the dashboard, good for 30 minutes.
+    pub fn sign_in_link(&self) -> String {
+        self.sessions.sign_in_link()
     }
 
     /// Evaluate every SLO at `now_ms` and record alert state changes (the server does this
@@ -202,11 +208,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::get_metrics))
         .route("/", get(ui::get_root))
         .route("/login", get(ui::get_login).post(ui::post_login))
+        .route("/login/link", get(ui::get_login_link))
+        .route("/live", get(ui::get_live))
+        .route("/assets/live.js", get(ui::get_live_js))
         .route("/logout", post(ui::post_logout))
         .route("/overview", get(ui::get_overview))
         .route("/latency", get(ui::get_latency_page))
         .route("/relevance", get(ui::get_relevance_page))
         .route("/health", get(ui::get_health_page))
+        .route("/health/quarantine", get(ui::get_quarantine_page))
+        .route(
+            "/health/quarantine/replay",
+            post(ui::post_quarantine_replay),
+        )
         .route("/summary", get(ui::get_summary_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -263,6 +277,7 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         http: Arc::default(),
         tally: Arc::default(),
         sessions: Arc::default(),
+        segments: Arc::default(),
     })
 }
 

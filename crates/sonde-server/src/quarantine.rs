@@ -53,7 +53,7 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-async fn list_items(
+pub(crate) async fn list_items(
     state: &AppState,
     code: Option<&str>,
     ids: Option<&[String]>,
@@ -126,7 +126,7 @@ pub async fn get_quarantine(
 }
 
 /// Body of `POST /v1/quarantine/replay`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ReplayBody {
     /// Quarantine ids to replay. Without ids, every pending entry (optionally of `code`).
     pub ids: Option<Vec<String>>,
@@ -163,10 +163,16 @@ pub async fn post_replay(
     let req: ReplayBody = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("expected {{\"ids\": [...]}}: {e}"))
     })?;
+    Ok(axum::Json(replay(&state, req).await?))
+}
+
+/// Replay quarantined events (the caller has checked the admin scope): the summary and
+/// each entry's outcome.
+pub(crate) async fn replay(state: &AppState, req: ReplayBody) -> Result<Value, ApiError> {
     let max = state.config.limits.max_events_per_batch;
     let items = match &req.ids {
-        Some(ids) => list_items(&state, None, Some(ids), false, max).await?,
-        None => list_items(&state, req.code.as_deref(), None, true, max).await?,
+        Some(ids) => list_items(state, None, Some(ids), false, max).await?,
+        None => list_items(state, req.code.as_deref(), None, true, max).await?,
     };
     if let Some(ids) = &req.ids
         && let Some(missing) = ids
@@ -259,11 +265,11 @@ pub async fn post_replay(
         })
         .await?;
     let count = |o: &str| results.iter().filter(|r| r.outcome == o).count();
-    Ok(axum::Json(serde_json::json!({
+    Ok(serde_json::json!({
         "replayed": results.len(),
         "accepted": count("accepted"),
         "duplicates": count("duplicate"),
         "rejected": count("rejected"),
         "results": results,
-    })))
+    }))
 }

@@ -301,6 +301,8 @@ pub struct GroupRanking {
     /// Means over the group's decisions.
     #[serde(flatten)]
     pub summary: RankingSummary,
+    /// Share of the decisions with a shown item purchased within the window (any position).
+    pub conversion_rate: f64,
 }
 
 /// Compute ranking metrics per group over the store.
@@ -310,7 +312,8 @@ pub async fn relevance_report(
     timeout: std::time::Duration,
 ) -> Result<Vec<GroupRanking>, ApiError> {
     let k = p.k.unwrap_or(10).max(1);
-    // One row per decision with its items packed as position·1024 + grade·2 + clicked: an
+    // One row per decision with its items packed as position·2048 + purchased·1024 + grade·2
+    // + clicked: an
     // unordered array_agg is several times cheaper than one ordered by position, and ten
     // items sort in no time here.
     // The group is evaluated once per decision on `decisions`, not per item: on 10 M items
@@ -318,7 +321,7 @@ pub async fn relevance_report(
     let sql = format!(
         "SELECT d.grp, l.items FROM \
            (SELECT request_id, \
-              array_agg(CAST(position AS BIGINT) * 1024 + least(greatest(grade, 0), 511) * 2 + clicked) AS items \
+              array_agg(CAST(position AS BIGINT) * 2048 + purchased * 1024 + least(greatest(grade, 0), 511) * 2 + clicked) AS items \
             FROM ({graded}) GROUP BY request_id) l \
          JOIN (SELECT request_id, {group} AS grp FROM decisions i WHERE {filter}) d \
            ON l.request_id = d.request_id",
@@ -326,7 +329,7 @@ pub async fn relevance_report(
         group = p.group_expr()?,
         filter = p.where_clause()?,
     );
-    let mut groups: BTreeMap<String, RankingSummary> = BTreeMap::new();
+    let mut groups: BTreeMap<String, (RankingSummary, u64)> = BTreeMap::new();
     let mut items: Vec<RankedItem<'static>> = Vec::new();
     let mut packed: Vec<i64> = Vec::new();
     store
@@ -340,24 +343,27 @@ pub async fn relevance_report(
                 items.clear();
                 items.extend(packed.iter().map(|v| RankedItem {
                     item_id: "",
-                    score: -((v >> 10) as f64),
+                    score: -((v >> 11) as f64),
                     grade: ((v >> 1) & 511) as f64,
                     clicked: v & 1 == 1,
                 }));
                 let m = list_metrics(&items, k);
-                groups
-                    .entry(grp.value(row).to_string())
-                    .or_default()
-                    .add(&m);
+                let g = groups.entry(grp.value(row).to_string()).or_default();
+                g.0.add(&m);
+                g.1 += u64::from(packed.iter().any(|v| v & 1024 != 0));
             }
             Ok(())
         })
         .await?;
     Ok(groups
         .into_iter()
-        .map(|(group, s)| GroupRanking {
-            group,
-            summary: s.finish(),
+        .map(|(group, (s, converted))| {
+            let summary = s.finish();
+            GroupRanking {
+                group,
+                conversion_rate: converted as f64 / summary.lists.max(1) as f64,
+                summary,
+            }
         })
         .collect())
 }

@@ -1,11 +1,13 @@
 //! The dashboard through the real router: sign-in and its cookie, no open redirect, the
-//! overview's numbers equal to the JSON API's, escaping of event values, sign-out.
+//! pages' numbers equal to the JSON API's, chart downloads, live regions and the live
+//! stream, one-time sign-in links, the quarantine browser, escaping of event values,
+//! sign-out.
 
 mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{App, app_with, get, ingest, lines};
+use common::{App, app_with, call, get, ingest, lines};
 use http_body_util::BodyExt;
 use serde_json::json;
 use sonde_latency::{Objective, SloSpec};
@@ -128,16 +130,58 @@ async fn sign_in_then_the_overview_matches_the_api() {
     // Latency & SLOs: the SLO's budget as /v1/slo has it; tail shares as /v1/latency/tail.
     let (s, _, html) = fetch(&app, page("/latency?surface=home_feed", Some(&cookie))).await;
     assert_eq!(s, StatusCode::OK, "{html}");
-    // Each chart links the JSON of its data, and the link answers.
-    let link = html
-        .split("href=\"/v1/latency?")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a data link")
-        .replace("&amp;", "&");
-    let (s, data) = get(&app, &format!("/v1/latency?{link}")).await;
+    // Each chart links its data as CSV and JSON, with the page's filters; the JSON holds
+    // the p99 series of /v1/latency by component.
+    let link = |format: &str| {
+        html.split("href=\"")
+            .filter_map(|r| r.split('"').next())
+            .find(|h| h.contains("download=by_component") && h.ends_with(format))
+            .expect("a download link")
+            .replace("&amp;", "&")
+    };
+    assert!(link("json").contains("surface=home_feed"));
+    let (s, _, data) = fetch(&app, page(&link("json"), Some(&cookie))).await;
     assert_eq!(s, StatusCode::OK, "{data}");
-    assert_eq!(data["component"], "by_component");
+    let data: serde_json::Value = serde_json::from_str(&data).expect("chart json");
+    let (_, api) = get(
+        &app,
+        "/v1/latency?surface=home_feed&group_by=component&q=0.99&step=1m",
+    )
+    .await;
+    let values = |series: &serde_json::Value,
+                  pick: &dyn Fn(&serde_json::Value) -> serde_json::Value| {
+        series
+            .as_array()
+            .expect("series")
+            .iter()
+            .map(|s| {
+                s["points"]
+                    .as_array()
+                    .expect("points")
+                    .iter()
+                    .map(pick)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        values(&data["series"], &|p| p[1].clone()),
+        values(&api["series"], &|p| p["quantiles"][0].clone()),
+    );
+    let (s, h, csv) = fetch(&app, page(&link("csv"), Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "text/csv; charset=utf-8");
+    assert!(csv.starts_with("series,x,value\n"), "{csv}");
+    let points: usize = api["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| s["points"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(csv.lines().count(), 1 + points);
+    // Without a session, no data either.
+    let (s, _, _) = fetch(&app, page(&link("csv"), None)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
     let (_, slo) = get(&app, "/v1/slo").await;
     let budget = slo["slos"][0]["evaluation"]["budget_remaining"].as_f64();
     let budget_cell = html
@@ -207,6 +251,47 @@ async fn sign_in_then_the_overview_matches_the_api() {
         .and_then(|r| r.split('<').next())
         .unwrap_or_default();
     assert_eq!(lists, g["lists"].to_string(), "{html}");
+    for section in [
+        "Reliability diagram",
+        "examination by position",
+        "Drift against",
+    ] {
+        assert!(html.contains(section), "{section}");
+    }
+
+    // Overview: conversion per variant as /v1/relevance has it.
+    let (_, html) = {
+        let (s, _, html) = fetch(&app, page("/overview", Some(&cookie))).await;
+        (s, html)
+    };
+    let conversion = html
+        .split(&format!(
+            "data-variant=\"{}\"",
+            g["group"].as_str().unwrap_or("?")
+        ))
+        .nth(1)
+        .and_then(|r| r.split("data-field=\"conversion\">").nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    assert_eq!(
+        conversion,
+        format!(
+            "{}%",
+            sonde_ui::number(g["conversion_rate"].as_f64().map(|c| c * 100.0), 2)
+        )
+    );
+
+    // The live region alone, as the page script fetches it.
+    let (s, h, part) = fetch(&app, page("/overview?partial=1", Some(&cookie))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-sonde-partial"], "1");
+    assert!(!part.contains("<html") && part.contains("data-surface=\"home_feed\""));
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap_or_default()
+            .contains("script-src 'self'")
+    );
 
     // Summary: the day's decisions as the rollups count them.
     let (s, _, html) = fetch(&app, page("/summary", Some(&cookie))).await;
@@ -229,4 +314,125 @@ async fn sign_in_then_the_overview_matches_the_api() {
     );
     let (s, _, _) = fetch(&app, page("/overview", Some(&cookie))).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn the_live_stream_needs_a_session_and_speaks_server_sent_events() {
+    let app = app_with(|_| {});
+    let (s, _, _) = fetch(&app, page("/live", None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A one-time link signs in once.
+    let link = app.state.sign_in_link();
+    let (s, h, _) = fetch(&app, page(&link, None)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/overview");
+    let cookie = h["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string();
+    let (s, _, body) = fetch(&app, page(&link, None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("used already"));
+
+    let resp = app
+        .router
+        .clone()
+        .oneshot(page("/live?every=2", Some(&cookie)))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // New data: the next tick says so.
+    let now = chrono::Utc::now().timestamp_millis();
+    ingest(
+        &app,
+        lines(&[
+            json!({"type": "decision", "event_id": "live1", "timestamp": now,
+            "anonymous_id": "a", "request_id": "r1", "surface": "s", "model": {"name": "m", "version": "v1"},
+            "items": [{"item_id": "i", "position": 1}], "latency_ms": {"total": 5}}),
+        ]),
+    )
+    .await;
+    let mut body = resp.into_body();
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+        .await
+        .expect("an event within 10 s")
+        .expect("a frame")
+        .expect("data");
+    let text = String::from_utf8_lossy(frame.data_ref().expect("bytes")).into_owned();
+    assert!(text.starts_with("event: update\ndata: "), "{text}");
+}
+
+#[tokio::test]
+async fn the_quarantine_browser_shows_the_raw_event_and_replays_for_admins() {
+    let app = app_with(|_| {});
+    let now = chrono::Utc::now().timestamp_millis();
+    // No request_id: quarantined.
+    let req = Request::post("/v1/events")
+        .header("authorization", format!("Bearer {}", app.keys.write_key))
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from(lines(&[
+            json!({"type": "decision", "event_id": "bad1",
+            "timestamp": now, "anonymous_id": "a", "surface": "s", "items": []}),
+        ])))
+        .expect("request");
+    let (_, v) = call(&app, req).await;
+    assert_eq!(v["rejected"], 1, "{v}");
+    let cookie_of = |h: &axum::http::HeaderMap| {
+        h["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("pair")
+            .to_string()
+    };
+    let (_, h, _) = fetch(&app, login(&app.keys.read_key, "/health/quarantine")).await;
+    let reader = cookie_of(&h);
+    let (s, _, html) = fetch(&app, page("/health/quarantine", Some(&reader))).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let (_, api) = get(&app, "/v1/quarantine").await;
+    let item = &api["items"][0];
+    let id = item["quarantine_id"].as_str().expect("an entry");
+    assert!(
+        html.contains(&format!("data-quarantine=\"{id}\"")),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        "data-field=\"code\">{}<",
+        item["code"].as_str().unwrap_or("?")
+    )));
+    assert!(html.contains("bad1"), "the raw event");
+    assert!(
+        !html.contains("action=\"/health/quarantine/replay\""),
+        "readers cannot replay"
+    );
+    let replay = |cookie: &str| {
+        Request::post("/health/quarantine/replay")
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(format!("id={id}")))
+            .expect("request")
+    };
+    let (s, _, _) = fetch(&app, replay(&reader)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (_, h, _) = fetch(&app, login(&app.keys.admin_key, "/health/quarantine")).await;
+    let admin = cookie_of(&h);
+    let (s, _, html) = fetch(&app, page("/health/quarantine", Some(&admin))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("action=\"/health/quarantine/replay\""));
+    // Still invalid: rejected again, and the browser says so with the reason.
+    let (s, _, html) = fetch(&app, replay(&admin)).await;
+    assert_eq!(s, StatusCode::OK, "{html}");
+    let result = html
+        .split("data-field=\"replay-result\"")
+        .nth(1)
+        .expect("a replay result");
+    assert!(result.contains("rejected"), "{result}");
+    let (_, api) = get(&app, "/v1/quarantine").await;
+    assert_eq!(api["items"][0]["replay"], "rejected");
 }

@@ -1,19 +1,35 @@
-//! Line charts as inline SVG: time on x, a value on y, gaps where a point has no value,
-//! an optional threshold line (an SLO), and a text alternative.
+//! Line charts as inline SVG: time (or a number) on x, a value on y, gaps where a point has
+//! no value, an optional threshold line (an SLO) or diagonal (a reliability diagram), a text
+//! alternative, and the chart's data as CSV or JSON for download.
 
 use maud::{Markup, html};
+use serde::Serialize;
 
 /// One line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChartSeries {
     /// Legend label.
     pub label: String,
-    /// (epoch ms, value) points; `None` breaks the line.
-    pub points: Vec<(i64, Option<f64>)>,
+    /// (x, value) points; x is epoch ms on a time axis. `None` breaks the line.
+    pub points: Vec<(f64, Option<f64>)>,
+}
+
+/// What the x axis shows.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum XAxis {
+    /// Epoch milliseconds, labelled as UTC clock times.
+    #[default]
+    Time,
+    /// Plain numbers (e.g. a predicted probability), with the axis name.
+    Number {
+        /// Axis name.
+        name: String,
+    },
 }
 
 /// A chart.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct LineChart {
     /// Title (also the accessible name).
     pub title: String,
@@ -23,6 +39,14 @@ pub struct LineChart {
     pub series: Vec<ChartSeries>,
     /// A horizontal reference line (value, label).
     pub threshold: Option<(f64, String)>,
+    /// The x axis.
+    pub x: XAxis,
+    /// Draw a dot at every point (sparse data such as calibration bins).
+    #[serde(skip)]
+    pub markers: bool,
+    /// Draw the y = x diagonal (perfect calibration).
+    #[serde(skip)]
+    pub diagonal: bool,
 }
 
 const W: f64 = 960.0;
@@ -52,10 +76,10 @@ fn nice_step(span: f64) -> f64 {
     }
 }
 
-fn clock(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (h, m) = ((secs / 3600) % 24, (secs / 60) % 60);
-    format!("{h:02}:{m:02}")
+fn clock(ms: f64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|d| d.format("%H:%M").to_string())
+        .unwrap_or_default()
 }
 
 impl LineChart {
@@ -65,21 +89,28 @@ impl LineChart {
             .series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.0));
-        let (x0, x1) = xs.fold((i64::MAX, i64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+        let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
         let ys = self
             .series
             .iter()
             .flat_map(|s| s.points.iter().filter_map(|p| p.1))
-            .chain(self.threshold.as_ref().map(|t| t.0));
+            .chain(self.threshold.as_ref().map(|t| t.0))
+            .chain(self.diagonal.then_some(x1).filter(|x| x.is_finite()));
         let ymax = ys.fold(0.0f64, f64::max);
         let step = nice_step(if ymax > 0.0 { ymax } else { 1.0 });
         let top = (ymax / step).ceil().max(1.0) * step;
-        let (x0, x1) = if x0 > x1 {
-            (0, 1)
-        } else {
-            (x0, x1.max(x0 + 1))
+        let (x0, x1) = match (&self.x, x0 > x1) {
+            (_, true) => (0.0, 1.0),
+            (XAxis::Time, false) => (x0, x1.max(x0 + 1.0)),
+            // Numbers start at zero, like the y axis, so a diagonal is a diagonal.
+            (XAxis::Number { .. }, false) => {
+                let hi = x1.max(if self.diagonal { top } else { 0.0 });
+                (0.0_f64.min(x0), if hi > 0.0 { hi } else { 1.0 })
+            }
         };
-        let sx = |x: i64| LEFT + (x - x0) as f64 / (x1 - x0) as f64 * (W - LEFT - RIGHT);
+        let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT);
         let sy = |y: f64| TOP + (1.0 - y / top) * (H - TOP - BOTTOM);
         let paths: Vec<(usize, String)> = self
             .series
@@ -108,7 +139,11 @@ impl LineChart {
         let yticks: Vec<f64> = (0..=((top / step).round() as i64))
             .map(|k| k as f64 * step)
             .collect();
-        let xticks: Vec<i64> = (0..=4).map(|k| x0 + (x1 - x0) * k / 4).collect();
+        let xticks: Vec<f64> = (0..=4).map(|k| x0 + (x1 - x0) * k as f64 / 4.0).collect();
+        let xlabel = |x: f64| match &self.x {
+            XAxis::Time => clock(x),
+            XAxis::Number { .. } => crate::number(Some(x), if x1 - x0 < 4.0 { 2 } else { 0 }),
+        };
         let summary = self
             .series
             .iter()
@@ -132,18 +167,28 @@ impl LineChart {
                         text x=(LEFT - 6.0) y=(format!("{:.1}", sy(*y) + 4.0)) text-anchor="end" { (crate::number(Some(*y), if step < 1.0 { 2 } else { 0 })) }
                     }
                     @for x in &xticks {
-                        text x=(format!("{:.1}", sx(*x))) y=(H - 8.0) text-anchor="middle" { (clock(*x)) }
+                        text x=(format!("{:.1}", sx(*x))) y=(H - 8.0) text-anchor="middle" { (xlabel(*x)) }
                     }
                     @if let Some((v, label)) = &self.threshold {
                         line x1=(LEFT) x2=(W - RIGHT) y1=(format!("{:.1}", sy(*v))) y2=(format!("{:.1}", sy(*v))) stroke="#cf222e" stroke-dasharray="6 4" stroke-width="1.5" {}
                         text x=(W - RIGHT) y=(format!("{:.1}", sy(*v) - 4.0)) text-anchor="end" { (label) }
                     }
+                    @if self.diagonal {
+                        line.grid x1=(format!("{:.1}", sx(0.0))) y1=(format!("{:.1}", sy(0.0))) x2=(format!("{:.1}", sx(x1.min(top)))) y2=(format!("{:.1}", sy(x1.min(top)))) stroke-dasharray="4 4" {}
+                    }
                     @for (i, d) in &paths {
                         path d=(d) fill="none" stroke=(COLORS[i % COLORS.len()]) stroke-width="2" {}
                     }
+                    @if self.markers {
+                        @for (i, s) in self.series.iter().enumerate() {
+                            @for (x, y) in s.points.iter().filter_map(|(x, y)| y.map(|y| (*x, y))) {
+                                circle cx=(format!("{:.1}", sx(x))) cy=(format!("{:.1}", sy(y))) r="3.5" fill=(COLORS[i % COLORS.len()]) {}
+                            }
+                        }
+                    }
                 }
                 figcaption {
-                    (self.title) " (" (self.unit) "): "
+                    (self.title) " (" (self.unit) @if let XAxis::Number { name } = &self.x { " against " (name) } "): "
                     @for (i, s) in self.series.iter().enumerate() {
                         span style=(format!("color:{}", COLORS[i % COLORS.len()])) { "■ " }
                         (s.label) " "
@@ -152,6 +197,41 @@ impl LineChart {
             }
         }
     }
+}
+
+impl LineChart {
+    /// The chart's data as CSV, one row per point: `series,x,value` (x as RFC 3339 on a time
+    /// axis; an empty value where the line breaks).
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("series,x,value\n");
+        for s in &self.series {
+            for (x, y) in &s.points {
+                let x = match self.x {
+                    XAxis::Time => rfc3339(*x),
+                    XAxis::Number { .. } => x.to_string(),
+                };
+                let y = y.map(|v| v.to_string()).unwrap_or_default();
+                out.push_str(&format!("{},{x},{y}\n", csv_field(&s.label)));
+            }
+        }
+        out
+    }
+}
+
+/// A CSV field, quoted when it holds a separator, a quote or a line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Epoch ms as RFC 3339 UTC.
+fn rfc3339(ms: f64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -166,13 +246,14 @@ mod tests {
             series: vec![ChartSeries {
                 label: "a&b".into(),
                 points: vec![
-                    (0, Some(10.0)),
-                    (60_000, None),
-                    (120_000, Some(20.0)),
-                    (180_000, Some(40.0)),
+                    (0.0, Some(10.0)),
+                    (60_000.0, None),
+                    (120_000.0, Some(20.0)),
+                    (180_000.0, Some(40.0)),
                 ],
             }],
             threshold: Some((150.0, "SLO 150 ms".into())),
+            ..LineChart::default()
         }
         .render()
         .into_string();
@@ -193,5 +274,49 @@ mod tests {
             chart.contains(">150<") || chart.contains(">200<"),
             "{chart}"
         );
+    }
+
+    #[test]
+    fn data_downloads_as_csv_with_quoted_labels() {
+        let chart = LineChart {
+            title: "t".into(),
+            unit: "ms".into(),
+            series: vec![ChartSeries {
+                label: "p99, \"all\"".into(),
+                points: vec![
+                    (1_700_000_000_000.0, Some(12.5)),
+                    (1_700_000_060_000.0, None),
+                ],
+            }],
+            ..LineChart::default()
+        };
+        assert_eq!(
+            chart.to_csv(),
+            "series,x,value\n\"p99, \"\"all\"\"\",2023-11-14T22:13:20Z,12.5\n\"p99, \"\"all\"\"\",2023-11-14T22:14:20Z,\n"
+        );
+    }
+
+    #[test]
+    fn a_reliability_diagram_has_dots_and_a_diagonal_on_a_number_axis() {
+        let svg = LineChart {
+            title: "Reliability".into(),
+            unit: "observed rate".into(),
+            series: vec![ChartSeries {
+                label: "control".into(),
+                points: vec![(0.1, Some(0.05)), (0.5, Some(0.4)), (0.9, Some(0.7))],
+            }],
+            x: XAxis::Number {
+                name: "predicted".into(),
+            },
+            markers: true,
+            diagonal: true,
+            ..LineChart::default()
+        }
+        .render()
+        .into_string();
+        assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+        assert!(svg.contains("stroke-dasharray=\"4 4\""));
+        assert!(svg.contains("against predicted"));
+        assert!(svg.contains(">0.50<"), "x ticks are numbers: {svg}");
     }
 }

@@ -50,6 +50,10 @@ svg.chart .grid { stroke: var(--line); stroke-width: 1; }
 .signin { max-width: 420px; margin: 10vh auto; padding: 1.5rem; }
 .signin input { width: 100%; margin: .25rem 0 .75rem; }
 .error { color: var(--bad); }
+.skip { position: absolute; left: -999px; } .skip:focus { left: 1rem; top: .5rem; background: var(--bg); padding: .25rem .5rem; z-index: 1; }
+.downloads { font-size: .85rem; color: var(--muted); margin-top: -.75rem; }
+pre.raw { white-space: pre-wrap; word-break: break-all; background: var(--card); padding: .5rem; border-radius: 4px; font-size: .8rem; max-height: 16rem; overflow: auto; }
+@media (max-width: 640px) { main { padding: .75rem .5rem 2rem; } form.filters label { flex: 1 1 40%; } }
 "#;
 
 /// The document head.
@@ -64,13 +68,60 @@ fn head(title: &str) -> Markup {
     }
 }
 
-/// A full page: head, navigation with `active` marked, the filter form, and `body`.
-pub fn page(title: &str, nav: &[NavItem], active: &str, filters: Markup, body: Markup) -> Markup {
+/// The dashboard's only script: on each `update` from `/live`, fetch the page's live region
+/// again (same URL and filters, `partial=1`) and swap it in, without a reload. Pages work
+/// without it; they just do not update.
+pub const LIVE_JS: &str = r#"(() => {
+  const live = document.getElementById('live');
+  const every = Number(document.body.dataset.liveEvery || 0);
+  const status = document.getElementById('live-status');
+  if (!live || !every || !window.EventSource) return;
+  let updates = 0, busy = false;
+  const source = new EventSource('/live?every=' + every);
+  source.onopen = () => { if (status) status.textContent = 'Live'; };
+  source.onerror = () => { if (status) status.textContent = 'Reconnecting…'; };
+  source.addEventListener('update', async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const url = new URL(location.href);
+      url.searchParams.set('partial', '1');
+      const r = await fetch(url, { credentials: 'same-origin' });
+      if (r.ok && r.headers.get('x-sonde-partial')) {
+        live.innerHTML = await r.text();
+        updates += 1;
+        document.body.dataset.liveUpdates = String(updates);
+        if (status) status.textContent = 'Live · updated ' + new Date().toLocaleTimeString();
+      } else {
+        source.close();
+        if (status) status.textContent = 'Signed out: reload to sign in';
+      }
+    } catch (e) {
+      if (status) status.textContent = 'Update failed; retrying';
+    } finally {
+      busy = false;
+    }
+  });
+})();
+"#;
+
+/// A full page: head, navigation with `active` marked, the filter form, and `body` in the
+/// live region, which the script refreshes every `live_every_secs` when data changed (0:
+/// never).
+pub fn page(
+    title: &str,
+    nav: &[NavItem],
+    active: &str,
+    filters: Markup,
+    body: Markup,
+    live_every_secs: u64,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             (head(title))
-            body {
+            body data-live-every=(live_every_secs) {
+                a.skip href="#main" { "Skip to content" }
                 header {
                     span.brand { "Sonde" }
                     nav aria-label="Pages" {
@@ -86,14 +137,18 @@ pub fn page(title: &str, nav: &[NavItem], active: &str, filters: Markup, body: M
                             }
                         }
                     }
-                    form method="post" action="/logout" style="margin-left:auto" {
+                    span #live-status .muted role="status" style="margin-left:auto" {}
+                    form method="post" action="/logout" {
                         button type="submit" { "Sign out" }
                     }
                 }
                 main id="main" {
                     h1 { (title) }
                     (filters)
-                    (body)
+                    div #live { (body) }
+                }
+                @if live_every_secs > 0 {
+                    script src="/assets/live.js" defer {}
                 }
             }
         }

@@ -6,8 +6,8 @@
 mod chart;
 mod layout;
 
-pub use chart::{ChartSeries, LineChart};
-pub use layout::{NavItem, login_page, page};
+pub use chart::{ChartSeries, LineChart, XAxis};
+pub use layout::{LIVE_JS, NavItem, login_page, page};
 pub use maud::{Markup, PreEscaped};
 
 /// A number for people: thousands separated, at most `digits` decimals, `–` when absent.

@@ -1,0 +1,424 @@
+//! The relevance page (ranking quality by variant and over time, reliability diagram, CTR by
+//! position with examination, stability, diversity, exposure fairness, drift) and the
+//! executive summary.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use sonde_latency::{Filter, TOTAL};
+use sonde_ui::{ChartSeries, LineChart, XAxis, number};
+
+use super::overview::experiment_of;
+use super::{
+    MINUTE, PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct, respond,
+    signed_in,
+};
+use crate::AppState;
+
+/// `YYYY-MM-DD HH:MM:SS` or `YYYY-MM-DDTHH:MM:SS` (how a truncated timestamp prints) as
+/// epoch ms.
+fn bucket_ms(s: &str) -> Option<f64> {
+    let s = s.replace('T', " ");
+    let head = s.get(..19)?;
+    chrono::NaiveDateTime::parse_from_str(head, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis() as f64)
+}
+
+/// One line per variant of `(variant | bucket, value)` rows.
+fn over_time(
+    groups: &[crate::relevance::GroupRanking],
+    value: impl Fn(&crate::relevance::GroupRanking) -> f64,
+) -> Vec<ChartSeries> {
+    let mut lines: BTreeMap<String, Vec<(f64, Option<f64>)>> = BTreeMap::new();
+    for g in groups {
+        let (variant, bucket) = g
+            .group
+            .rsplit_once(" | ")
+            .unwrap_or(("all", g.group.as_str()));
+        if let Some(t) = bucket_ms(bucket) {
+            lines
+                .entry(variant.to_string())
+                .or_default()
+                .push((t, Some(value(g))));
+        }
+    }
+    lines
+        .into_iter()
+        .map(|(label, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ChartSeries { label, points }
+        })
+        .collect()
+}
+
+/// `GET /relevance`.
+pub async fn get_relevance_page(
+    State(state): State<AppState>,
+    Query(f): Query<PageFilters>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/relevance") {
+        return r.into_response();
+    }
+    let (minutes, from, to, _) = f.window();
+    let choices = choices(&state).await;
+    let experiment = experiment_of(&state, &f);
+    let by = if experiment.is_some() {
+        "variant"
+    } else {
+        "none"
+    };
+    let bucket = if minutes > 2 * 1440 { "day" } else { "hour" };
+    let params = |group_by: &str| {
+        let mut p = f.relevance(&state, from, to, group_by);
+        p.experiment = experiment.clone();
+        p
+    };
+    let timeout = state.config.query_timeout;
+    let store = &state.store;
+    let (p_rank, p_time, p_drift) = (params(by), params(&format!("{by},{bucket}")), {
+        let mut p = params("none");
+        p.reference_from = Some((2 * from - to).to_string());
+        p.reference_to = Some(from.to_string());
+        p
+    });
+    let (ranking, timeline, calibration, position, stability, diversity, fairness, drift) = tokio::join!(
+        crate::relevance::relevance_report(store, &p_rank, timeout),
+        crate::relevance::relevance_report(store, &p_time, timeout),
+        crate::relevance::calibration_report(store, &p_rank, timeout),
+        crate::position::position_report(store, &p_rank, timeout),
+        crate::exposure::stability_report(store, &p_rank, timeout),
+        crate::exposure::diversity_report(store, &p_rank, timeout),
+        crate::exposure::fairness_report(store, &p_rank, timeout),
+        crate::drift::drift_report(store, &p_drift, timeout),
+    );
+    let timeline = timeline.unwrap_or_default();
+    let ndcg_chart = LineChart {
+        title: format!("NDCG@10 by {by} and {bucket}"),
+        unit: "NDCG@10".into(),
+        series: over_time(&timeline, |g| g.summary.ndcg),
+        ..LineChart::default()
+    };
+    let ctr_chart = LineChart {
+        title: format!("CTR@10 by {by} and {bucket}"),
+        unit: "CTR@10".into(),
+        series: over_time(&timeline, |g| g.summary.ctr),
+        ..LineChart::default()
+    };
+    let reliability = LineChart {
+        title: "Reliability diagram".into(),
+        unit: "observed click rate".into(),
+        series: calibration
+            .as_ref()
+            .map(|groups| {
+                groups
+                    .iter()
+                    .map(|g| ChartSeries {
+                        label: g.group.clone(),
+                        points: g
+                            .report
+                            .bins
+                            .iter()
+                            .map(|b| (b.predicted, Some(b.observed)))
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        x: XAxis::Number {
+            name: "mean predicted score".into(),
+        },
+        markers: true,
+        diagonal: true,
+        ..LineChart::default()
+    };
+    let examination = LineChart {
+        title: "CTR and estimated examination by position".into(),
+        unit: "rate".into(),
+        series: position
+            .as_ref()
+            .map(|groups| {
+                groups
+                    .iter()
+                    .flat_map(|g| {
+                        [
+                            ChartSeries {
+                                label: format!("{} CTR", g.group),
+                                points: g
+                                    .positions
+                                    .iter()
+                                    .map(|r| (r.position as f64, Some(r.ctr)))
+                                    .collect(),
+                            },
+                            ChartSeries {
+                                label: format!("{} examination", g.group),
+                                points: g
+                                    .positions
+                                    .iter()
+                                    .map(|r| (r.position as f64, r.examination))
+                                    .collect(),
+                            },
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        x: XAxis::Number {
+            name: "position".into(),
+        },
+        markers: true,
+        ..LineChart::default()
+    };
+    let error = |e: &crate::error::ApiError| html! { p.error { (e.message()) } };
+    let body = html! {
+        p.muted {
+            "Outcomes graded within " (state.config.gains.window_minutes) " minutes of the decision (click 1, long click or cart 2, purchase 3); "
+            @if let Some(e) = &experiment { "variants of experiment " code { (e) } "." } @else { "no experiment seen." }
+        }
+        h2 { "Ranking quality at k = 10" }
+        @match &ranking {
+            Ok(groups) if !groups.is_empty() => {
+                div.table-wrap { table {
+                    thead { tr {
+                        th scope="col" { "Variant" } th.num scope="col" { "Decisions" } th.num scope="col" { "CTR@10" }
+                        th.num scope="col" { "NDCG@10" } th.num scope="col" { "MRR" } th.num scope="col" { "Hit rate@10" }
+                        th.num scope="col" { "Conversion" }
+                    } }
+                    tbody { @for g in groups {
+                        tr data-group=(g.group) {
+                            th scope="row" { (g.group) }
+                            td.num data-field="lists" { (number(Some(g.summary.lists as f64), 0)) }
+                            td.num data-field="ctr" { (number(Some(g.summary.ctr), 4)) }
+                            td.num data-field="ndcg" { (number(Some(g.summary.ndcg), 4)) }
+                            td.num { (number(Some(g.summary.mrr), 4)) }
+                            td.num { (number(Some(g.summary.hit_rate), 4)) }
+                            td.num data-field="conversion" { (pct(g.conversion_rate)) }
+                        }
+                    } }
+                } }
+            }
+            Ok(_) => { p.muted { "No decisions in this window." } }
+            Err(e) => { (error(e)) }
+        }
+        h2 { "Over time" }
+        (chart_block("ndcg", &ndcg_chart, "/relevance", &f))
+        (chart_block("ctr", &ctr_chart, "/relevance", &f))
+        h2 { "Calibration" }
+        @match &calibration {
+            Ok(groups) if !groups.is_empty() => {
+                p { @for g in groups { span data-calibration=(g.group) { (g.group) ": ECE " (number(Some(g.report.ece), 4)) ", Brier " (number(Some(g.report.brier), 4)) ". " } } }
+                (chart_block("reliability", &reliability, "/relevance", &f))
+            }
+            Ok(_) => { p.muted { "No scored items in this window." } }
+            Err(e) => { (error(e)) }
+        }
+        h2 { "Position bias" }
+        @match &position {
+            Ok(groups) if !groups.is_empty() => {
+                p.muted { "Examination: the probability a user looks at a position, from swap interventions where decisions flag them, else estimated by EM. "
+                    @for g in groups { (g.group) ": propensity-weighted CTR " (number(g.ipw_ctr, 4)) ". " } }
+                (chart_block("position", &examination, "/relevance", &f))
+            }
+            Ok(_) => { p.muted { "No impressions in this window." } }
+            Err(e) => { (error(e)) }
+        }
+        h2 { "Stability and diversity" }
+        div.table-wrap { table {
+            thead { tr {
+                th scope="col" { "Variant" } th.num scope="col" { "RBO" } th.num scope="col" { "Jaccard@10" }
+                th.num scope="col" { "Intra-list diversity" } th.num scope="col" { "Catalog coverage" }
+                th.num scope="col" { "Exposure Gini" } th.num scope="col" { "Novelty (bits)" }
+            } }
+            tbody {
+                @let st = stability.as_ref().map(|v| v.as_slice()).unwrap_or(&[]);
+                @for d in diversity.as_ref().map(|v| v.as_slice()).unwrap_or(&[]) {
+                    @let s = st.iter().find(|s| s.group == d.group);
+                    tr data-group=(d.group) {
+                        th scope="row" { (d.group) }
+                        td.num data-field="rbo" { (number(s.map(|s| s.rbo), 3)) }
+                        td.num { (number(s.map(|s| s.jaccard), 3)) }
+                        td.num data-field="ild" { (number(Some(d.intra_list_diversity), 3)) }
+                        td.num { (pct(d.catalog_coverage)) }
+                        td.num { (number(Some(d.exposure_gini), 3)) }
+                        td.num { (number(Some(d.novelty), 2)) }
+                    }
+                }
+            }
+        } }
+        @if let Err(e) = &stability { (error(e)) }
+        @if let Err(e) = &diversity { (error(e)) }
+        h2 { "Exposure fairness by provider" }
+        @match &fairness {
+            Ok((groups, _)) => {
+                @for g in groups {
+                    h3 { (g.group) ": " (pct(g.share_within_band)) " of providers within the 0.8–1.25 band" }
+                    div.table-wrap { table {
+                        thead { tr { th scope="col" { "Provider" } th.num scope="col" { "Exposure share" } th.num scope="col" { "Outcome share" } th.num scope="col" { "Disparity" } } }
+                        tbody { @for x in &g.exposure {
+                            tr {
+                                th scope="row" { (x.group) }
+                                td.num { (pct(x.exposure_share)) }
+                                td.num { (pct(x.outcome_share)) }
+                                td.num class=(if x.within_band == Some(false) { "num warn" } else { "num" }) { (number(x.disparity, 2)) }
+                            }
+                        } }
+                    } }
+                }
+            }
+            Err(e) => { (error(e)) }
+        }
+        h2 { "Drift against the previous " (minutes) " minutes" }
+        @match &drift {
+            Ok(cols) => {
+                div.table-wrap { table {
+                    thead { tr { th scope="col" { "Column" } th.num scope="col" { "Reference n" } th.num scope="col" { "Current n" }
+                        th.num scope="col" { "KS / JS" } th.num scope="col" { "PSI" } th scope="col" { "Drifted" } } }
+                    tbody { @for c in cols {
+                        tr data-column=(c.column) {
+                            th scope="row" { code { (c.column) } }
+                            td.num { (number(Some(c.n_reference as f64), 0)) }
+                            td.num { (number(Some(c.n_current as f64), 0)) }
+                            td.num { (number(c.numeric.as_ref().map(|n| n.ks).or(c.jensen_shannon), 3)) }
+                            td.num { (number(c.numeric.as_ref().map(|n| n.psi).or(c.psi), 3)) }
+                            td class=(if c.drifted { "bad" } else { "ok" }) { (if c.drifted { "yes" } else { "no" }) @if let Some(n) = &c.note { " (" (n) ")" } }
+                        }
+                    } }
+                } }
+            }
+            Err(e) => { (error(e)) }
+        }
+        p { a href=(format!("/v1/relevance?from={from}&to={to}{}", experiment.as_ref().map(|e| format!("&experiment={}&group_by=variant", super::encode(e))).unwrap_or_default())) { "The ranking table's data (JSON API)" } }
+    };
+    respond(
+        Rendered {
+            title: "Relevance",
+            path: "/relevance",
+            filters: filter_form("/relevance", &f, &choices),
+            body,
+            charts: vec![
+                ("ndcg", ndcg_chart),
+                ("ctr", ctr_chart),
+                ("reliability", reliability),
+                ("position", examination),
+            ],
+            live_every_secs: 60,
+        },
+        &f,
+    )
+}
+
+/// "+12.3%" / "−4.0%" / "–" for the change from `before` to `now`.
+fn change(now: f64, before: f64) -> String {
+    if before > 0.0 && now.is_finite() {
+        let c = (now / before - 1.0) * 100.0;
+        format!(
+            "{}{}%",
+            if c >= 0.0 { "+" } else { "−" },
+            number(Some(c.abs()), 1)
+        )
+    } else {
+        "–".into()
+    }
+}
+
+/// `GET /summary`: the headline numbers of the last 24 hours against the 24 before, in
+/// plain words.
+pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/summary") {
+        return r.into_response();
+    }
+    const DAY: i64 = 1440 * MINUTE;
+    let to = (now_ms() + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
+    let (w_now, w_before, p99_now, p99_before) = state.store.with_rollups(|r| {
+        let all = Filter::default();
+        (
+            r.window(&all, to - DAY, to, None),
+            r.window(&all, to - 2 * DAY, to - DAY, None),
+            r.sketch(&all, TOTAL, to - DAY, to).quantile(0.99),
+            r.sketch(&all, TOTAL, to - 2 * DAY, to - DAY).quantile(0.99),
+        )
+    });
+    let experiment = super::overview::experiment_of(&state, &PageFilters::default());
+    let mut params = PageFilters::default().relevance(&state, to - DAY, to, "variant");
+    params.experiment = experiment.clone();
+    if experiment.is_none() {
+        params.group_by = Some("none".into());
+    }
+    let groups =
+        crate::relevance::relevance_report(&state.store, &params, state.config.query_timeout)
+            .await
+            .unwrap_or_default();
+    let specs = state.alerts.specs().to_vec();
+    let evals = crate::alerts::evaluate_all(&specs, &state.store, now_ms());
+    let firing: Vec<sonde_latency::AlertState> = state
+        .alerts
+        .states()
+        .into_iter()
+        .filter(|a| a.firing)
+        .collect();
+    let best = groups
+        .iter()
+        .max_by(|a, b| a.summary.ctr.total_cmp(&b.summary.ctr));
+    let worst = groups
+        .iter()
+        .min_by(|a, b| a.summary.ctr.total_cmp(&b.summary.ctr));
+    let body = html! {
+        p.muted { "The last 24 hours, compared with the 24 hours before." }
+        section.cards {
+            div.card {
+                div.muted { "Decisions served" }
+                div.value data-field="decisions" { (number(Some(w_now.decisions as f64), 0)) }
+                div { (change(w_now.decisions as f64, w_before.decisions as f64)) " on the day before" }
+            }
+            div.card {
+                div.muted { "p99 latency" }
+                div.value data-field="p99" { (number(p99_now, 0)) " ms" }
+                div { "was " (number(p99_before, 0)) " ms" }
+            }
+            div.card {
+                div.muted { "Fallbacks" }
+                div.value { (number(Some(100.0 * w_now.fallbacks as f64 / w_now.decisions.max(1) as f64), 2)) "%" }
+                div { "of decisions served degraded" }
+            }
+            div.card {
+                div.muted { "Alerts firing" }
+                div.value class=(if firing.is_empty() { "ok" } else { "bad" }) { (firing.len()) }
+            }
+        }
+        h2 { "In words" }
+        ul {
+            li { "The engine served " (number(Some(w_now.decisions as f64), 0)) " decisions, "
+                 (change(w_now.decisions as f64, w_before.decisions as f64)) " on the day before." }
+            li { "The slowest 1% of decisions took over " (number(p99_now, 0)) " ms (the day before: "
+                 (number(p99_before, 0)) " ms)." }
+            @for (spec, e) in specs.iter().zip(&evals) {
+                li { "Objective “" (crate::alerts::describe(spec)) "”: "
+                     (pct(e.attainment.unwrap_or(1.0))) " met, " (pct(e.budget_remaining.max(-9.99))) " of the error budget left." }
+            }
+            @if let (Some(b), Some(w), Some(e)) = (best, worst, &experiment) {
+                @if b.group != w.group {
+                    li { "In experiment " code { (e) } ", variant " strong { (b.group) } " has the higher click-through at 10 ("
+                         (pct(b.summary.ctr)) " against " (pct(w.summary.ctr)) " for " (w.group) ", "
+                         (change(b.summary.ctr, w.summary.ctr)) "). The Relevance page has the detail; significance tests come with the experiments work." }
+                }
+            }
+            @if firing.is_empty() { li.ok { "No alert is firing." } }
+            @for a in &firing { li.bad { (a.slo) " is " (a.severity.as_str()) "-level: burning its budget at " (number(Some(a.burn_rate), 1)) "×." } }
+        }
+    };
+    respond(
+        Rendered {
+            title: "Summary",
+            path: "/summary",
+            filters: html! {},
+            body,
+            charts: Vec::new(),
+            live_every_secs: 60,
+        },
+        &PageFilters::default(),
+    )
+}
