@@ -57,7 +57,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })?;
     let url = format!("http://{}", listener.local_addr()?);
     println!("Sonde demo: {url}  (data in {})", dir.display());
-    println!("  dashboard: {url}/login  (sign in with the read key)");
+    println!(
+        "  dashboard: {url}{}  (a one-time sign-in link, good for 30 minutes; after that, {url}/login with the read key)",
+        state.sign_in_link()
+    );
     println!("  write key: {}", keys.write_key);
     println!("  read key:  {}", keys.read_key);
     println!("  admin key: {}", keys.admin_key);

@@ -2,29 +2,15 @@
 //! file, and through the HTTP API of a real server), import, and the simulator's ground
 //! truth recovered by SQL.
 
+mod common;
+
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn sonde(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(args)
-        .env("SONDE_LOG", "warn")
-        .output()
-        .expect("run sonde")
-}
-
-/// Run `sonde`, require success, and return what it printed.
-fn sonde_ok(args: &[&str]) -> String {
-    let out = sonde(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sonde {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use common::{
+    free_port, http_get, scalar, sonde, sonde_ok, start_server, start_server_with, url_encode,
+};
 
 #[test]
 fn init_prints_keys_once_and_query_reads_offline() {
@@ -113,15 +99,6 @@ fn simulate_is_deterministic_and_writes_truth() {
     assert_eq!(lines, scheduled);
 }
 
-fn scalar(url: &str, key: &str, sql: &str) -> u64 {
-    let stdout = sonde_ok(&["query", "--url", url, "--key", key, "--format", "csv", sql]);
-    stdout
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no number in {stdout:?}"))
-}
-
 /// The numbers of "accepted A · duplicates D · rejected R · retried requests X · failed batches F".
 fn tally(line: &str) -> Vec<u64> {
     line.split('·')
@@ -132,68 +109,6 @@ fn tally(line: &str) -> Vec<u64> {
                 .unwrap_or_else(|| panic!("no number in {part:?} of {line:?}"))
         })
         .collect()
-}
-
-/// A `sonde serve` on a fresh project: kills the server when dropped.
-struct Server {
-    child: std::process::Child,
-    url: String,
-    write_key: String,
-    read_key: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    start_server_with(&[])
-}
-
-/// A `sonde serve` on a fresh project with extra arguments (`--config`, ...).
-fn start_server_with(extra: &[&str]) -> Server {
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let keys: serde_json::Value = serde_json::from_str(&sonde_ok(&[
-        "init",
-        "--data-dir",
-        data.to_str().expect("utf8"),
-    ]))
-    .expect("keys");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(extra)
-        .env("SONDE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        write_key: keys["write_key"].as_str().expect("wk").to_string(),
-        read_key: keys["read_key"].as_str().expect("rk").to_string(),
-        _dir: dir,
-    }
 }
 
 #[test]
@@ -464,37 +379,6 @@ fn report_relevance_ranks_the_better_variant_higher() {
         .find(|l| l.starts_with("| treatment |"))
         .unwrap_or_else(|| panic!("no treatment row: {md}"));
     assert!(row.contains(&format!("{:.4}", ndcg("treatment"))), "{row}");
-}
-
-/// A plain HTTP/1.0 GET on loopback, with a bearer key if given; returns the body.
-fn http_get(port: u16, path: &str, key: Option<&str>) -> String {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A real Prometheus (the Debian package, which `.ci/run` installs) scrapes Sonde's

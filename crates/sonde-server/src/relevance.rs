@@ -40,7 +40,7 @@ pub struct RelevanceParams {
     pub from: Option<String>,
     /// Decisions before (RFC 3339 or epoch ms).
     pub to: Option<String>,
-    /// `none` (default), `surface`, `model`, `variant`, `device`, `region`, `hour`, `day`,
+    /// `none` (default), `surface`, `model`, `variant`, `device`, `region`, `minute`, `hour`, `day`,
     /// or several joined by commas (`variant,day`): groups are then named `a | b`.
     pub group_by: Option<String>,
     /// Cutoff of the @k metrics (default 10).
@@ -207,6 +207,7 @@ impl RelevanceParams {
             ),
             "device" => "coalesce(i.device, 'unknown')".into(),
             "region" => "coalesce(i.region, 'unknown')".into(),
+            "minute" => "CAST(date_trunc('minute', i.event_time) AS VARCHAR)".into(),
             "hour" => "CAST(date_trunc('hour', i.event_time) AS VARCHAR)".into(),
             "day" => "CAST(date_trunc('day', i.event_time) AS VARCHAR)".into(),
             other => {
@@ -214,7 +215,7 @@ impl RelevanceParams {
                     "invalid_parameter",
                     format!(
                         "group_by={other:?}: use none, surface, model, variant, device, region, \
-                         hour or day, or several joined by commas"
+                         minute, hour or day, or several joined by commas"
                     ),
                 ));
             }

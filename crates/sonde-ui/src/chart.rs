@@ -41,6 +41,9 @@ pub struct LineChart {
     pub threshold: Option<(f64, String)>,
     /// The x axis.
     pub x: XAxis,
+    /// The x range to show (a page's time window), instead of the data's extent.
+    #[serde(skip)]
+    pub x_range: Option<(f64, f64)>,
     /// Draw a dot at every point (sparse data such as calibration bins).
     #[serde(skip)]
     pub markers: bool,
@@ -102,6 +105,7 @@ impl LineChart {
         let step = nice_step(if ymax > 0.0 { ymax } else { 1.0 });
         let top = (ymax / step).ceil().max(1.0) * step;
         let (x0, x1) = match (&self.x, x0 > x1) {
+            _ if self.x_range.is_some_and(|(a, b)| b > a) => self.x_range.unwrap_or((0.0, 1.0)),
             (_, true) => (0.0, 1.0),
             (XAxis::Time, false) => (x0, x1.max(x0 + 1.0)),
             // Numbers start at zero, like the y axis, so a diagonal is a diagonal.
@@ -166,8 +170,8 @@ impl LineChart {
                         line.grid x1=(LEFT) x2=(W - RIGHT) y1=(format!("{:.1}", sy(*y))) y2=(format!("{:.1}", sy(*y))) {}
                         text x=(LEFT - 6.0) y=(format!("{:.1}", sy(*y) + 4.0)) text-anchor="end" { (crate::number(Some(*y), if step < 1.0 { 2 } else { 0 })) }
                     }
-                    @for x in &xticks {
-                        text x=(format!("{:.1}", sx(*x))) y=(H - 8.0) text-anchor="middle" { (xlabel(*x)) }
+                    @for (k, x) in xticks.iter().enumerate() {
+                        text x=(format!("{:.1}", sx(*x))) y=(H - 8.0) text-anchor=(match k { 0 => "start", 4 => "end", _ => "middle" }) { (xlabel(*x)) }
                     }
                     @if let Some((v, label)) = &self.threshold {
                         line x1=(LEFT) x2=(W - RIGHT) y1=(format!("{:.1}", sy(*v))) y2=(format!("{:.1}", sy(*v))) stroke="#cf222e" stroke-dasharray="6 4" stroke-width="1.5" {}
@@ -179,11 +183,9 @@ impl LineChart {
                     @for (i, d) in &paths {
                         path d=(d) fill="none" stroke=(COLORS[i % COLORS.len()]) stroke-width="2" {}
                     }
-                    @if self.markers {
-                        @for (i, s) in self.series.iter().enumerate() {
-                            @for (x, y) in s.points.iter().filter_map(|(x, y)| y.map(|y| (*x, y))) {
-                                circle cx=(format!("{:.1}", sx(x))) cy=(format!("{:.1}", sy(y))) r="3.5" fill=(COLORS[i % COLORS.len()]) {}
-                            }
+                    @for (i, s) in self.series.iter().enumerate() {
+                        @for (x, y) in dots(&s.points, self.markers) {
+                            circle cx=(format!("{:.1}", sx(x))) cy=(format!("{:.1}", sy(y))) r="3.5" fill=(COLORS[i % COLORS.len()]) {}
                         }
                     }
                 }
@@ -197,6 +199,21 @@ impl LineChart {
             }
         }
     }
+}
+
+/// The points drawn as dots: all of them with `markers`, else those without a neighbour
+/// (a line needs two points; a lone minute would not show).
+fn dots(points: &[(f64, Option<f64>)], markers: bool) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (x, y))| {
+            let y = (*y)?;
+            let has =
+                |j: Option<usize>| j.and_then(|j| points.get(j)).is_some_and(|p| p.1.is_some());
+            (markers || !(has(i.checked_sub(1)) || has(Some(i + 1)))).then_some((*x, y))
+        })
+        .collect()
 }
 
 impl LineChart {
@@ -269,6 +286,8 @@ mod tests {
         assert!(chart.contains("a&amp;b"));
         assert!(chart.contains("SLO 150 ms"));
         assert!(chart.contains("latest 40.0 ms"));
+        // The lone first point is a dot; the two joined ones are a line.
+        assert_eq!(chart.matches("<circle").count(), 1, "{chart}");
         // The threshold sets the scale: 150 fits under the top tick.
         assert!(
             chart.contains(">150<") || chart.contains(">200<"),

@@ -34,6 +34,7 @@ h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
 .muted { color: var(--muted); }
 .ok { color: var(--ok); } .warn { color: var(--warn); } .bad { color: var(--bad); }
 table { border-collapse: collapse; width: 100%; margin: .25rem 0 1rem; }
+caption { text-align: left; padding: .25rem 0; }
 th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid var(--line); }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .table-wrap { overflow-x: auto; }

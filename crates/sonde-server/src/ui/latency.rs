@@ -50,6 +50,7 @@ pub async fn get_latency_page(
                     .collect(),
             })
             .collect(),
+        x_range: Some((from as f64, to as f64)),
         ..LineChart::default()
     };
     let component_chart = chart("p99 latency by component", &by_component);

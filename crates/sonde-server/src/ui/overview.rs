@@ -99,6 +99,7 @@ pub async fn get_overview(
             .as_deref()
             .and_then(threshold_of)
             .map(|(t, _)| (t, format!("SLO {} ms", number(Some(t), 0)))),
+        x_range: Some((from as f64, to as f64)),
         ..LineChart::default()
     };
     let experiment = experiment_of(&state, &f);

@@ -72,7 +72,13 @@ pub async fn get_relevance_page(
     } else {
         "none"
     };
-    let bucket = if minutes > 2 * 1440 { "day" } else { "hour" };
+    let bucket = if minutes <= 120 {
+        "minute"
+    } else if minutes <= 2 * 1440 {
+        "hour"
+    } else {
+        "day"
+    };
     let params = |group_by: &str| {
         let mut p = f.relevance(&state, from, to, group_by);
         p.experiment = experiment.clone();
@@ -101,12 +107,14 @@ pub async fn get_relevance_page(
         title: format!("NDCG@10 by {by} and {bucket}"),
         unit: "NDCG@10".into(),
         series: over_time(&timeline, |g| g.summary.ndcg),
+        x_range: Some((from as f64, to as f64)),
         ..LineChart::default()
     };
     let ctr_chart = LineChart {
         title: format!("CTR@10 by {by} and {bucket}"),
         unit: "CTR@10".into(),
         series: over_time(&timeline, |g| g.summary.ctr),
+        x_range: Some((from as f64, to as f64)),
         ..LineChart::default()
     };
     let reliability = LineChart {
