@@ -207,6 +207,9 @@ pub enum BenchWhich {
     /// Latency rollups: cost per decision (floor 1 µs), 24 h × 1 min series (floor 50 ms),
     /// memory.
     Latency(crate::bench::LatencyBenchArgs),
+    /// Server-side render time of every dashboard page over 10 million stored decision
+    /// items (floor: 200 ms).
+    Dashboard(crate::bench_dashboard::DashboardBenchArgs),
 }
 
 /// `sonde serve` options. Unset options fall back to the config file, then defaults.

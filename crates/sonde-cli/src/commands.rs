@@ -73,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             BenchWhich::Simulate(a) => bench::simulate(a),
             BenchWhich::Relevance(a) => bench::relevance(a),
             BenchWhich::Latency(a) => bench::latency(a),
+            BenchWhich::Dashboard(a) => runtime()?.block_on(crate::bench_dashboard::run(a)),
         },
     }
 }

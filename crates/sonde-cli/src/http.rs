@@ -14,10 +14,12 @@ pub struct Client {
     inner: HyperClient<HttpConnector, Full<Bytes>>,
 }
 
-/// A response: status and body.
+/// A response: status, headers and body.
 pub struct Reply {
     /// HTTP status.
     pub status: StatusCode,
+    /// Response headers.
+    pub headers: hyper::HeaderMap,
     /// Body bytes.
     pub body: Bytes,
 }
@@ -50,12 +52,28 @@ impl Client {
         content_type: Option<&str>,
         body: Bytes,
     ) -> anyhow::Result<Reply> {
-        let mut req = Request::builder().method(method).uri(url);
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut headers = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
         }
         if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
+            headers.push(("content-type", ct));
+        }
+        self.send_with(method, url, &headers, body).await
+    }
+
+    /// Send a request with the given headers and body.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req.body(Full::new(body)).context("building request")?;
         let resp = self
@@ -64,13 +82,18 @@ impl Client {
             .await
             .with_context(|| format!("request to {url}"))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
             .await
             .context("reading response")?
             .to_bytes();
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// POST JSON.

@@ -2,6 +2,7 @@
 //! its own module.
 
 mod bench;
+mod bench_dashboard;
 mod cli;
 mod commands;
 mod config;
