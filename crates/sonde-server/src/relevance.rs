@@ -179,6 +179,22 @@ impl RelevanceParams {
         Ok(conds.join(" AND "))
     }
 
+    /// `col` within the window, its end moved `after_minutes` later (outcomes follow their
+    /// decision): lets the outcome and decision scans skip files outside the window.
+    fn time_bounds(&self, col: &str, after_minutes: u32) -> Result<String, ApiError> {
+        let mut conds = vec!["TRUE".to_string()];
+        if let Some(v) = &self.from {
+            conds.push(format!("{col} >= {}", time_lit("from", v)?));
+        }
+        if let Some(v) = &self.to {
+            conds.push(format!(
+                "{col} < {} + INTERVAL '{after_minutes} minutes'",
+                time_lit("to", v)?
+            ));
+        }
+        Ok(conds.join(" AND "))
+    }
+
     /// The group expression over `decision_items` aliased `i`.
     pub(crate) fn group_expr(&self) -> Result<String, ApiError> {
         let dims = self
@@ -237,17 +253,19 @@ impl RelevanceParams {
                       WHEN action = 'click' THEN {click} \
                       WHEN action = 'add_to_cart' THEN {cart} ELSE 0 END AS gain, \
                  CASE WHEN action = 'click' THEN 1 ELSE 0 END AS click, 0 AS purchase \
-               FROM interactions \
+               FROM interactions WHERE {outcome_window} \
                UNION ALL \
                SELECT request_id, unnest(items) AS item_id, event_time, {buy} AS gain, 0 AS click, \
                  1 AS purchase \
-               FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL), \
+               FROM conversions WHERE name = 'purchase' AND request_id IS NOT NULL \
+                 AND {outcome_window}), \
              graded AS (\
                SELECT o.request_id, o.item_id, max(o.gain) AS gain, max(o.click) AS click, \
                  max(o.purchase) AS purchase \
                FROM outcomes o JOIN decisions d ON d.request_id = o.request_id \
                WHERE o.event_time >= d.event_time \
                  AND o.event_time <= d.event_time + INTERVAL '{w} minutes' \
+                 AND {decision_window} \
                GROUP BY o.request_id, o.item_id) \
              SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
                i.score AS score, i.model_name || ':' || i.model_version AS model, \
@@ -261,6 +279,8 @@ impl RelevanceParams {
             group = self.group_expr()?,
             w = self.window(),
             filter = self.where_clause()?,
+            outcome_window = self.time_bounds("event_time", self.window() + 1)?,
+            decision_window = self.time_bounds("d.event_time", 0)?,
             dwell = g.long_dwell_secs,
             long = g.long_dwell,
             click = g.click,
