@@ -8,13 +8,12 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use maud::html;
-use sonde_latency::{Filter, TOTAL};
+use sonde_latency::TOTAL;
 use sonde_ui::{ChartSeries, LineChart, XAxis, number};
 
 use super::overview::experiment_of;
 use super::{
-    MINUTE, PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct, respond,
-    signed_in,
+    PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct, respond, signed_in,
 };
 use crate::AppState;
 
@@ -335,31 +334,54 @@ fn change(now: f64, before: f64) -> String {
 
 /// `GET /summary`: the headline numbers of the last 24 hours against the 24 before, in
 /// plain words.
-pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn get_summary_page(
+    State(state): State<AppState>,
+    Query(mut f): Query<PageFilters>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = signed_in(&state, &headers, "/summary") {
         return r.into_response();
     }
-    const DAY: i64 = 1440 * MINUTE;
-    let to = (now_ms() + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
+    // A day against the day before, unless the filter says otherwise.
+    f.minutes.get_or_insert(1440);
+    let (minutes, from, to, _) = f.window();
+    let span = to - from;
+    let choices = choices(&state).await;
+    let filter = f.rollups();
     let (w_now, w_before, p99_now, p99_before) = state.store.with_rollups(|r| {
-        let all = Filter::default();
         (
-            r.window(&all, to - DAY, to, None),
-            r.window(&all, to - 2 * DAY, to - DAY, None),
-            r.sketch(&all, TOTAL, to - DAY, to).quantile(0.99),
-            r.sketch(&all, TOTAL, to - 2 * DAY, to - DAY).quantile(0.99),
+            r.window(&filter, from, to, None),
+            r.window(&filter, from - span, from, None),
+            r.sketch(&filter, TOTAL, from, to).quantile(0.99),
+            r.sketch(&filter, TOTAL, from - span, from).quantile(0.99),
         )
     });
-    let experiment = super::overview::experiment_of(&state, &PageFilters::default());
-    let mut params = PageFilters::default().relevance(&state, to - DAY, to, "variant");
-    params.experiment = experiment.clone();
-    if experiment.is_none() {
-        params.group_by = Some("none".into());
-    }
-    let groups =
-        crate::relevance::relevance_report(&state.store, &params, state.config.query_timeout)
-            .await
-            .unwrap_or_default();
+    let experiment = experiment_of(&state, &f);
+    let params = |from: i64, to: i64| {
+        let mut p = f.relevance(
+            &state,
+            from,
+            to,
+            if experiment.is_some() {
+                "variant"
+            } else {
+                "none"
+            },
+        );
+        p.experiment = experiment.clone();
+        p
+    };
+    let timeout = state.config.query_timeout;
+    let (p_now, p_before) = (params(from, to), params(from - span, from));
+    let (groups, groups_before) = tokio::join!(
+        crate::relevance::relevance_report(&state.store, &p_now, timeout),
+        crate::relevance::relevance_report(&state.store, &p_before, timeout),
+    );
+    let (groups, groups_before) = (
+        groups.unwrap_or_default(),
+        groups_before.unwrap_or_default(),
+    );
+    let period = period_words(minutes);
     let specs = state.alerts.specs().to_vec();
     let evals = crate::alerts::evaluate_all(&specs, &state.store, now_ms());
     let firing: Vec<sonde_latency::AlertState> = state
@@ -374,13 +396,20 @@ pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap)
     let worst = groups
         .iter()
         .min_by(|a, b| a.summary.ctr.total_cmp(&b.summary.ctr));
+    let ctr_before = |g: &str| {
+        groups_before
+            .iter()
+            .find(|b| b.group == g)
+            .map(|b| b.summary.ctr)
+    };
     let body = html! {
-        p.muted { "The last 24 hours, compared with the 24 hours before." }
+        p.muted { "The last " (period) ", compared with the " (period) " before"
+            @if f.segment().is_some() { "; latency covers every segment" } "." }
         section.cards {
             div.card {
                 div.muted { "Decisions served" }
                 div.value data-field="decisions" { (number(Some(w_now.decisions as f64), 0)) }
-                div { (change(w_now.decisions as f64, w_before.decisions as f64)) " on the day before" }
+                div { (change(w_now.decisions as f64, w_before.decisions as f64)) " on the " (period) " before" }
             }
             div.card {
                 div.muted { "p99 latency" }
@@ -400,9 +429,15 @@ pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap)
         h2 { "In words" }
         ul {
             li { "The engine served " (number(Some(w_now.decisions as f64), 0)) " decisions, "
-                 (change(w_now.decisions as f64, w_before.decisions as f64)) " on the day before." }
-            li { "The slowest 1% of decisions took over " (number(p99_now, 0)) " ms (the day before: "
+                 (change(w_now.decisions as f64, w_before.decisions as f64)) " on the " (period) " before." }
+            li { "The slowest 1% of decisions took over " (number(p99_now, 0)) " ms (the " (period) " before: "
                  (number(p99_before, 0)) " ms)." }
+            @for g in &groups {
+                li data-variant=(g.group) { @if experiment.is_some() { "Variant " strong { (g.group) } ": " } @else { "All traffic: " }
+                    "click-through at 10 " span data-field="ctr" { (pct(g.summary.ctr)) }
+                    @if let Some(b) = ctr_before(&g.group) { " (" (change(g.summary.ctr, b)) " on the " (period) " before)" }
+                    ", conversion " (pct(g.conversion_rate)) "." }
+            }
             @for (spec, e) in specs.iter().zip(&evals) {
                 li { "Objective “" (crate::alerts::describe(spec)) "”: "
                      (pct(e.attainment.unwrap_or(1.0))) " met, " (pct(e.budget_remaining.max(-9.99))) " of the error budget left." }
@@ -422,11 +457,21 @@ pub async fn get_summary_page(State(state): State<AppState>, headers: HeaderMap)
         Rendered {
             title: "Summary",
             path: "/summary",
-            filters: html! {},
+            filters: filter_form("/summary", &f, &choices),
             body,
             charts: Vec::new(),
             live_every_secs: 60,
         },
-        &PageFilters::default(),
+        &f,
     )
+}
+
+/// "24 hours", "hour", "7 days": a window in words.
+fn period_words(minutes: i64) -> String {
+    match minutes {
+        60 => "hour".into(),
+        m if m % 1440 == 0 && m > 1440 => format!("{} days", m / 1440),
+        m if m % 60 == 0 => format!("{} hours", m / 60),
+        m => format!("{m} minutes"),
+    }
 }
