@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use sonde_ui::number;
 
-use super::{NAV, PageFilters, Rendered, html_page, pct, respond, signed_in};
+use super::{NAV, PageFilters, RANGES, Rendered, html_page, pct, respond, signed_in};
 use crate::{AppState, Scope};
 
 /// `GET /health`: the instrumentation-health report.
@@ -22,6 +22,8 @@ pub async fn get_health_page(
         return r.into_response();
     }
     let (minutes, ..) = f.window();
+    let surface = f.surface();
+    let surfaces = super::choices(&state).await.surfaces;
     let report = match crate::health::report(&state, minutes, 10).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -29,14 +31,15 @@ pub async fn get_health_page(
     let body = html! {
         h2 { "Sources" }
         div.table-wrap { table {
-            caption.muted { "Last " (minutes) " minutes; duplicates since the server started." }
+            caption.muted { "Last " (minutes) " minutes; duplicates since the server started."
+                @if let Some(x) = &surface { " Decisions of " (x) " and the sources without a surface." } }
             thead { tr {
                 th scope="col" { "Type" } th scope="col" { "Surface" }
                 th.num scope="col" { "Events" } th.num scope="col" { "Per s (5 min)" }
                 th.num scope="col" { "Last event" } th.num scope="col" { "Lag p50 ms" } th.num scope="col" { "Lag p99 ms" }
                 th.num scope="col" { "Late" } th.num scope="col" { "Future" } th.num scope="col" { "Duplicates" }
             } }
-            tbody { @for s in &report.sources {
+            tbody { @for s in report.sources.iter().filter(|s| s.surface.is_empty() || surface.as_ref().is_none_or(|x| *x == s.surface)) {
                 tr data-source=(format!("{}/{}", s.kind, s.surface)) {
                     th scope="row" { (s.kind) } td { (s.surface) }
                     td.num data-field="events" { (number(Some(s.events as f64), 0)) }
@@ -76,7 +79,7 @@ pub async fn get_health_page(
         Rendered {
             title: "Data health",
             path: "/health",
-            filters: range_form("/health", minutes),
+            filters: range_form(minutes, surface.as_deref(), &surfaces),
             body,
             charts: Vec::new(),
             live_every_secs: 5,
@@ -85,14 +88,23 @@ pub async fn get_health_page(
     )
 }
 
-/// Only the time range: the health report covers every surface and segment.
-fn range_form(action: &str, minutes: i64) -> Markup {
+/// The time range and surface: the health report is per source, not per model, variant or
+/// segment.
+fn range_form(minutes: i64, surface: Option<&str>, surfaces: &[String]) -> Markup {
     html! {
-        form.filters method="get" action=(action) {
+        form.filters method="get" action="/health" {
             label { "Time range"
                 select name="minutes" {
-                    @for (m, label) in [(15, "15 min"), (60, "1 hour"), (360, "6 hours"), (1440, "24 hours"), (10080, "7 days")] {
+                    @for (m, label) in RANGES {
                         option value=(m) selected[m == minutes] { (label) }
+                    }
+                }
+            }
+            label { "Surface"
+                select name="surface" {
+                    option value="" { "All" }
+                    @for v in surfaces {
+                        option value=(v) selected[surface == Some(v.as_str())] { (v) }
                     }
                 }
             }

@@ -450,6 +450,15 @@ impl SegmentCache {
     }
 }
 
+/// The time ranges a page offers, in minutes.
+const RANGES: [(i64, &str); 5] = [
+    (15, "15 min"),
+    (60, "1 hour"),
+    (360, "6 hours"),
+    (1440, "24 hours"),
+    (10080, "7 days"),
+];
+
 /// The filter form of a page, as a GET form (so the URL carries the filters).
 fn filter_form(action: &str, f: &PageFilters, c: &Choices) -> Markup {
     let (minutes, ..) = f.window();
@@ -469,7 +478,7 @@ fn filter_form(action: &str, f: &PageFilters, c: &Choices) -> Markup {
         form.filters method="get" action=(action) {
             label { "Time range"
                 select name="minutes" {
-                    @for (m, label) in [(15, "15 min"), (60, "1 hour"), (360, "6 hours"), (1440, "24 hours"), (10080, "7 days")] {
+                    @for (m, label) in RANGES {
                         option value=(m) selected[m == minutes] { (label) }
                     }
                 }
