@@ -152,12 +152,7 @@ async fn the_dashboard_in_headless_chromium() {
         "--flush-interval-secs",
         "1",
     ]);
-    let port: u16 = server
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = server.port();
     // 50 minutes of history (all inside the pages' default hour), then 15 s live.
     let status = simulate(&server.url, &server.write_key, 15, 7, 50.0 / 1440.0)
         .status()

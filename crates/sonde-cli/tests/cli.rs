@@ -648,12 +648,7 @@ fn a_burning_slo_pages_through_the_webhook() {
     assert_eq!(page["labels"]["slo"], "fallbacks");
     assert_eq!(page["labels"]["surface"], "home_feed");
     assert_eq!(page["endsAt"], "0001-01-01T00:00:00Z");
-    let port: u16 = server
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = server.port();
     let alerts = http_get(port, "/v1/alerts", Some(&server.read_key));
     assert!(alerts.contains("\"firing\":true"), "{alerts}");
 }
