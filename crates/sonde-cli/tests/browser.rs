@@ -99,6 +99,19 @@ async fn text(c: &Client, css: &str) -> String {
         .expect("text")
 }
 
+/// Wait (up to 30 s) until the page the form submitted to has `needle` in its query.
+async fn wait_for_query(c: &Client, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.query().unwrap_or("").contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never got {needle}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn api(port: u16, path: &str, key: &str) -> Value {
     let body = http_get(port, path, Some(key));
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
@@ -303,6 +316,45 @@ async fn the_dashboard_in_headless_chromium() {
             .is_empty()
     );
     screenshot(&c, "relevance").await;
+    // The segment filter, chosen in the form, narrows the figures as the API's `device`
+    // filter does.
+    c.find(Locator::Css("select[name=segment]"))
+        .await
+        .expect("segment filter")
+        .select_by_value("device:ios")
+        .await
+        .expect("choose iOS");
+    c.find(Locator::Css("form.filters button"))
+        .await
+        .expect("apply")
+        .click()
+        .await
+        .expect("apply filters");
+    wait_for_query(&c, "segment=device%3Aios").await;
+    let ios = api(
+        port,
+        &format!(
+            "/v1/relevance?experiment={}&group_by=variant&device=ios",
+            url_encode(&experiment)
+        ),
+        &key,
+    );
+    for g in ios["groups"].as_array().expect("groups") {
+        let variant = g["group"].as_str().expect("group");
+        let lists = text(
+            &c,
+            &format!("tr[data-group='{variant}'] td[data-field=lists]"),
+        )
+        .await;
+        assert_eq!(lists, number(g["lists"].as_f64(), 0), "iOS {variant}");
+        assert!(
+            g["lists"].as_u64()
+                < groups
+                    .iter()
+                    .find(|x| x["group"] == g["group"])
+                    .and_then(|x| x["lists"].as_u64())
+        );
+    }
 
     // Data health: events of the home feed's decisions as /v1/health/data counts them.
     c.goto(&format!("{}/health", server.url))
@@ -376,11 +428,7 @@ async fn the_dashboard_in_headless_chromium() {
         .click()
         .await
         .expect("apply filters");
-    let url = c.current_url().await.expect("url");
-    assert!(
-        url.query().unwrap_or("").contains("surface=home_feed"),
-        "{url}"
-    );
+    wait_for_query(&c, "surface=home_feed").await;
     let rows = c
         .find_all(Locator::Css("tr[data-surface]"))
         .await
