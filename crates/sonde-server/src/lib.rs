@@ -115,6 +115,7 @@ pub struct AppState {
     tally: Arc<health::IngestTally>,
     sessions: Arc<ui::Sessions>,
     segments: Arc<ui::SegmentCache>,
+    pages: Arc<ui::PageCache>,
 }
 
 impl AppState {
@@ -278,6 +279,7 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         tally: Arc::default(),
         sessions: Arc::default(),
         segments: Arc::default(),
+        pages: Arc::default(),
     })
 }
 

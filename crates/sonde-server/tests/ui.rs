@@ -436,3 +436,37 @@ async fn the_quarantine_browser_shows_the_raw_event_and_replays_for_admins() {
     let (_, api) = get(&app, "/v1/quarantine").await;
     assert_eq!(api["items"][0]["replay"], "rejected");
 }
+
+#[tokio::test]
+async fn a_page_is_rendered_once_per_interval_and_again_when_data_arrived() {
+    let app = app_with(|_| {});
+    let decision = |id: &str| {
+        let now = chrono::Utc::now().timestamp_millis();
+        json!({"type": "decision", "event_id": id, "timestamp": now, "anonymous_id": "a",
+            "request_id": id, "surface": "s", "model": {"name": "m", "version": "v1"},
+            "items": [{"item_id": "i", "position": 1}], "latency_ms": {"total": 5}})
+    };
+    ingest(&app, lines(&[decision("c1")])).await;
+    let (_, h, _) = fetch(&app, login(&app.keys.read_key, "/overview")).await;
+    let cookie = h["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string();
+    let decisions = |html: &str| cell(html, "s", "decisions");
+    let (_, _, first) = fetch(&app, page("/overview", Some(&cookie))).await;
+    assert_eq!(decisions(&first), "1");
+    // New data within the overview's 5 s: the kept page answers.
+    ingest(&app, lines(&[decision("c2")])).await;
+    let (_, _, kept) = fetch(&app, page("/overview", Some(&cookie))).await;
+    assert_eq!(decisions(&kept), "1");
+    // Other filters are another page.
+    let (_, _, other) = fetch(&app, page("/overview?surface=s", Some(&cookie))).await;
+    assert_eq!(decisions(&other), "2");
+    // Past the interval, with data arrived since: rendered again.
+    tokio::time::sleep(std::time::Duration::from_millis(5_100)).await;
+    let (_, _, fresh) = fetch(&app, page("/overview", Some(&cookie))).await;
+    assert_eq!(decisions(&fresh), "2");
+}

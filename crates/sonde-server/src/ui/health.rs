@@ -21,12 +21,27 @@ pub async fn get_health_page(
     if let Err(r) = signed_in(&state, &headers, "/health") {
         return r.into_response();
     }
+    let r = super::cache::cached(&state, &headers, "/health", &f, 5, render(&state, &f)).await;
+    respond(&r, &f)
+}
+
+async fn render(state: &AppState, f: &PageFilters) -> Rendered {
     let (minutes, ..) = f.window();
     let surface = f.surface();
-    let surfaces = super::choices(&state).await.surfaces;
-    let report = match crate::health::report(&state, minutes, 10).await {
+    let surfaces = super::choices(state).await.surfaces;
+    let filters = range_form(minutes, surface.as_deref(), &surfaces);
+    let report = match crate::health::report(state, minutes, 10).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            return Rendered {
+                title: "Data health",
+                path: "/health",
+                filters,
+                body: html! { p.error role="alert" { (e.message()) } },
+                charts: Vec::new(),
+                live_every_secs: 5,
+            };
+        }
     };
     let body = html! {
         h2 { "Sources" }
@@ -75,17 +90,14 @@ pub async fn get_health_page(
         } }
         p { a href=(format!("/v1/health/data?window_minutes={minutes}")) { "This page's data (JSON)" } }
     };
-    respond(
-        Rendered {
-            title: "Data health",
-            path: "/health",
-            filters: range_form(minutes, surface.as_deref(), &surfaces),
-            body,
-            charts: Vec::new(),
-            live_every_secs: 5,
-        },
-        &f,
-    )
+    Rendered {
+        title: "Data health",
+        path: "/health",
+        filters: range_form(minutes, surface.as_deref(), &surfaces),
+        body,
+        charts: Vec::new(),
+        live_every_secs: 5,
+    }
 }
 
 /// The time range and surface: the health report is per source, not per model, variant or

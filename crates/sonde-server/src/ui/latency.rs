@@ -24,9 +24,14 @@ pub async fn get_latency_page(
     if let Err(r) = signed_in(&state, &headers, "/latency") {
         return r.into_response();
     }
+    let r = super::cache::cached(&state, &headers, "/latency", &f, 5, render(&state, &f)).await;
+    respond(&r, &f)
+}
+
+async fn render(state: &AppState, f: &PageFilters) -> Rendered {
     let (_, from, to, step) = f.window();
     let surface = f.surface();
-    let choices = choices(&state).await;
+    let choices = choices(state).await;
     let filter = f.rollups();
     let (by_component, by_variant) = state.store.with_rollups(|r| {
         (
@@ -75,13 +80,13 @@ pub async fn get_latency_page(
         to: Some(to.to_string()),
         ..Default::default()
     };
-    let tail = crate::latency::tail(&state, &params).await.ok();
+    let tail = crate::latency::tail(state, &params).await.ok();
     let body = html! {
         @if f.segment().is_some() { p.muted { "Latency is not split by segment: these figures cover every segment." } }
         h2 { "p99 by component" }
-        (chart_block("by_component", &component_chart, "/latency", &f))
+        (chart_block("by_component", &component_chart, "/latency", f))
         h2 { "p99 by variant" }
-        (chart_block("by_variant", &variant_chart, "/latency", &f))
+        (chart_block("by_variant", &variant_chart, "/latency", f))
         h2 { "Service-level objectives" }
         @if specs.is_empty() {
             p.muted { "No SLO declared: add " code { "[[slo]]" } " to the config file (docs/latency.md)." }
@@ -149,18 +154,15 @@ pub async fn get_latency_page(
             } }
         } }
     };
-    respond(
-        Rendered {
-            title: "Latency & SLOs",
-            path: "/latency",
-            filters: filter_form("/latency", &f, &choices),
-            body,
-            charts: vec![
-                ("by_component", component_chart),
-                ("by_variant", variant_chart),
-            ],
-            live_every_secs: 5,
-        },
-        &f,
-    )
+    Rendered {
+        title: "Latency & SLOs",
+        path: "/latency",
+        filters: filter_form("/latency", f, &choices),
+        body,
+        charts: vec![
+            ("by_component", component_chart),
+            ("by_variant", variant_chart),
+        ],
+        live_every_secs: 5,
+    }
 }

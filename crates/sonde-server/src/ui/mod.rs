@@ -2,6 +2,7 @@
 //! server-rendered pages (`sonde-ui`) over the same data as the JSON API, filters carried in
 //! the URL, a CSV/JSON download of every chart, and live updates over server-sent events.
 
+mod cache;
 mod health;
 mod latency;
 mod overview;
@@ -25,6 +26,7 @@ use sonde_ui::{LineChart, NavItem, number};
 
 use crate::{AppState, Scope};
 
+pub use cache::PageCache;
 pub use health::{get_health_page, get_quarantine_page, post_quarantine_replay};
 pub use latency::get_latency_page;
 pub use overview::get_overview;
@@ -495,6 +497,7 @@ fn filter_form(action: &str, f: &PageFilters, c: &Choices) -> Markup {
 
 /// What a page handler renders: the page, its charts (for downloads) and how often its live
 /// region refreshes.
+#[derive(Clone)]
 struct Rendered {
     title: &'static str,
     path: &'static str,
@@ -525,7 +528,7 @@ fn html_page(m: Markup) -> Response {
 }
 
 /// Answer with the page, its live region (`partial=1`) or a chart's data (`download=`).
-fn respond(r: Rendered, f: &PageFilters) -> Response {
+fn respond(r: &Rendered, f: &PageFilters) -> Response {
     if let Some(id) = f.download.as_deref() {
         let Some((_, chart)) = r.charts.iter().find(|(c, _)| *c == id) else {
             return (
@@ -554,7 +557,7 @@ fn respond(r: Rendered, f: &PageFilters) -> Response {
         };
     }
     if f.partial.as_deref() == Some("1") {
-        let mut resp = html_page(r.body);
+        let mut resp = html_page(r.body.clone());
         resp.headers_mut()
             .insert("x-sonde-partial", HeaderValue::from_static("1"));
         return resp;
@@ -563,8 +566,8 @@ fn respond(r: Rendered, f: &PageFilters) -> Response {
         r.title,
         &NAV,
         r.path,
-        r.filters,
-        r.body,
+        r.filters.clone(),
+        r.body.clone(),
         r.live_every_secs,
     ))
 }
@@ -576,7 +579,7 @@ pub struct LiveParams {
 }
 
 /// What changes when data arrives or an alert moves.
-fn data_version(state: &AppState) -> u64 {
+pub(crate) fn data_version(state: &AppState) -> u64 {
     let c = state.store.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let firing = state.alerts.states().iter().filter(|a| a.firing).count() as u64;

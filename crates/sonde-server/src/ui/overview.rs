@@ -36,9 +36,14 @@ pub async fn get_overview(
     if let Err(r) = signed_in(&state, &headers, "/overview") {
         return r.into_response();
     }
+    let r = super::cache::cached(&state, &headers, "/overview", &f, 5, render(&state, &f)).await;
+    respond(&r, &f)
+}
+
+async fn render(state: &AppState, f: &PageFilters) -> Rendered {
     let (minutes, from, to, step) = f.window();
     let now = now_ms();
-    let choices = choices(&state).await;
+    let choices = choices(state).await;
     let base = f.rollups();
     let qs = [0.5, 0.95, 0.99];
     let slos = state.alerts.specs();
@@ -102,10 +107,10 @@ pub async fn get_overview(
         x_range: Some((from as f64, to as f64)),
         ..LineChart::default()
     };
-    let experiment = experiment_of(&state, &f);
+    let experiment = experiment_of(state, f);
     let variants = match &experiment {
         Some(e) => {
-            let mut p = f.relevance(&state, from, to, "variant");
+            let mut p = f.relevance(state, from, to, "variant");
             p.experiment = Some(e.clone());
             Some(
                 crate::relevance::relevance_report(&state.store, &p, state.config.query_timeout)
@@ -164,7 +169,7 @@ pub async fn get_overview(
                 }
             }
         }
-        (chart_block("latency", &chart, "/overview", &f))
+        (chart_block("latency", &chart, "/overview", f))
         h2 { "Click-through and conversion by variant" }
         @match (&experiment, &variants) {
             (Some(e), Some(Ok(groups))) if !groups.is_empty() => {
@@ -190,17 +195,14 @@ pub async fn get_overview(
             (None, _) => { p.muted { "No experiment seen yet." } }
         }
     };
-    respond(
-        Rendered {
-            title: "Overview",
-            path: "/overview",
-            filters: filter_form("/overview", &f, &choices),
-            body,
-            charts: vec![("latency", chart)],
-            live_every_secs: 5,
-        },
-        &f,
-    )
+    Rendered {
+        title: "Overview",
+        path: "/overview",
+        filters: filter_form("/overview", f, &choices),
+        body,
+        charts: vec![("latency", chart)],
+        live_every_secs: 5,
+    }
 }
 
 /// One line a person can act on.

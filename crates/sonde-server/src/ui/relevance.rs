@@ -63,9 +63,22 @@ pub async fn get_relevance_page(
     if let Err(r) = signed_in(&state, &headers, "/relevance") {
         return r.into_response();
     }
+    let r = super::cache::cached(
+        &state,
+        &headers,
+        "/relevance",
+        &f,
+        60,
+        render_relevance(&state, &f),
+    )
+    .await;
+    respond(&r, &f)
+}
+
+async fn render_relevance(state: &AppState, f: &PageFilters) -> Rendered {
     let (minutes, from, to, _) = f.window();
-    let choices = choices(&state).await;
-    let experiment = experiment_of(&state, &f);
+    let choices = choices(state).await;
+    let experiment = experiment_of(state, f);
     let by = if experiment.is_some() {
         "variant"
     } else {
@@ -79,7 +92,7 @@ pub async fn get_relevance_page(
         "day"
     };
     let params = |group_by: &str| {
-        let mut p = f.relevance(&state, from, to, group_by);
+        let mut p = f.relevance(state, from, to, group_by);
         p.experiment = experiment.clone();
         p
     };
@@ -212,13 +225,13 @@ pub async fn get_relevance_page(
             Err(e) => { (error(e)) }
         }
         h2 { "Over time" }
-        (chart_block("ndcg", &ndcg_chart, "/relevance", &f))
-        (chart_block("ctr", &ctr_chart, "/relevance", &f))
+        (chart_block("ndcg", &ndcg_chart, "/relevance", f))
+        (chart_block("ctr", &ctr_chart, "/relevance", f))
         h2 { "Calibration" }
         @match &calibration {
             Ok(groups) if !groups.is_empty() => {
                 p { @for g in groups { span data-calibration=(g.group) { (g.group) ": ECE " (number(Some(g.report.ece), 4)) ", Brier " (number(Some(g.report.brier), 4)) ". " } } }
-                (chart_block("reliability", &reliability, "/relevance", &f))
+                (chart_block("reliability", &reliability, "/relevance", f))
             }
             Ok(_) => { p.muted { "No scored items in this window." } }
             Err(e) => { (error(e)) }
@@ -228,7 +241,7 @@ pub async fn get_relevance_page(
             Ok(groups) if !groups.is_empty() => {
                 p.muted { "Examination: the probability a user looks at a position, from swap interventions where decisions flag them, else estimated by EM. "
                     @for g in groups { (g.group) ": propensity-weighted CTR " (number(g.ipw_ctr, 4)) ". " } }
-                (chart_block("position", &examination, "/relevance", &f))
+                (chart_block("position", &examination, "/relevance", f))
             }
             Ok(_) => { p.muted { "No impressions in this window." } }
             Err(e) => { (error(e)) }
@@ -300,22 +313,19 @@ pub async fn get_relevance_page(
         }
         p { a href=(format!("/v1/relevance?from={from}&to={to}{}", experiment.as_ref().map(|e| format!("&experiment={}&group_by=variant", super::encode(e))).unwrap_or_default())) { "The ranking table's data (JSON API)" } }
     };
-    respond(
-        Rendered {
-            title: "Relevance",
-            path: "/relevance",
-            filters: filter_form("/relevance", &f, &choices),
-            body,
-            charts: vec![
-                ("ndcg", ndcg_chart),
-                ("ctr", ctr_chart),
-                ("reliability", reliability),
-                ("position", examination),
-            ],
-            live_every_secs: 60,
-        },
-        &f,
-    )
+    Rendered {
+        title: "Relevance",
+        path: "/relevance",
+        filters: filter_form("/relevance", f, &choices),
+        body,
+        charts: vec![
+            ("ndcg", ndcg_chart),
+            ("ctr", ctr_chart),
+            ("reliability", reliability),
+            ("position", examination),
+        ],
+        live_every_secs: 60,
+    }
 }
 
 /// "+12.3%" / "−4.0%" / "–" for the change from `before` to `now`.
@@ -344,9 +354,22 @@ pub async fn get_summary_page(
     }
     // A day against the day before, unless the filter says otherwise.
     f.minutes.get_or_insert(1440);
+    let r = super::cache::cached(
+        &state,
+        &headers,
+        "/summary",
+        &f,
+        60,
+        render_summary(&state, &f),
+    )
+    .await;
+    respond(&r, &f)
+}
+
+async fn render_summary(state: &AppState, f: &PageFilters) -> Rendered {
     let (minutes, from, to, _) = f.window();
     let span = to - from;
-    let choices = choices(&state).await;
+    let choices = choices(state).await;
     let filter = f.rollups();
     let (w_now, w_before, p99_now, p99_before) = state.store.with_rollups(|r| {
         (
@@ -356,10 +379,10 @@ pub async fn get_summary_page(
             r.sketch(&filter, TOTAL, from - span, from).quantile(0.99),
         )
     });
-    let experiment = experiment_of(&state, &f);
+    let experiment = experiment_of(state, f);
     let params = |from: i64, to: i64| {
         let mut p = f.relevance(
-            &state,
+            state,
             from,
             to,
             if experiment.is_some() {
@@ -453,17 +476,14 @@ pub async fn get_summary_page(
             @for a in &firing { li.bad { (a.slo) " is " (a.severity.as_str()) "-level: burning its budget at " (number(Some(a.burn_rate), 1)) "×." } }
         }
     };
-    respond(
-        Rendered {
-            title: "Summary",
-            path: "/summary",
-            filters: filter_form("/summary", &f, &choices),
-            body,
-            charts: Vec::new(),
-            live_every_secs: 60,
-        },
-        &f,
-    )
+    Rendered {
+        title: "Summary",
+        path: "/summary",
+        filters: filter_form("/summary", f, &choices),
+        body,
+        charts: Vec::new(),
+        live_every_secs: 60,
+    }
 }
 
 /// "24 hours", "hour", "7 days": a window in words.
