@@ -56,15 +56,26 @@ fn start_chromedriver() -> (Kill, u16) {
 }
 
 /// A headless Chromium session (a fresh profile, so no cookies).
-async fn browser(driver_port: u16) -> Client {
+async fn browser(driver_port: u16, dark: bool) -> Client {
+    let mut args = vec![
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+        "--lang=en-US",
+    ];
+    if dark {
+        // The system setting pages follow: `prefers-color-scheme: dark`.
+        args.push("--force-dark-mode");
+    }
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
             "binary": "/usr/bin/chromium",
             // Root in a container: no sandbox; a small /dev/shm: no shared memory.
-            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,1000", "--lang=en-US"]
+            "args": args
         }),
     );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -97,6 +108,35 @@ async fn text(c: &Client, css: &str) -> String {
         .text()
         .await
         .expect("text")
+}
+
+/// Open the overview signed out: the sign-in form comes; the read key, typed in, opens the
+/// overview.
+async fn sign_in(c: &Client, base: &str, key: &str) {
+    c.goto(&format!("{base}/overview")).await.expect("goto");
+    let url = c.current_url().await.expect("url");
+    assert_eq!(url.path(), "/login", "{url}");
+    c.find(Locator::Css("input[name=key]"))
+        .await
+        .expect("key input")
+        .send_keys(key)
+        .await
+        .expect("type the key");
+    c.find(Locator::Css("form[action='/login'] button"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("sign in");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.path() == "/overview" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "signing in led to {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Wait (up to 30 s) until the page the form submitted to has `needle` in its query.
@@ -182,29 +222,11 @@ async fn the_dashboard_in_headless_chromium() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let (_driver, driver_port) = start_chromedriver();
-    let c = browser(driver_port).await;
+    let c = browser(driver_port, false).await;
     let key = server.read_key.clone();
 
     // Signed out, a page sends to the sign-in form; a read key opens the overview.
-    c.goto(&format!("{}/overview", server.url))
-        .await
-        .expect("goto");
-    let url = c.current_url().await.expect("url");
-    assert_eq!(url.path(), "/login", "{url}");
-    c.find(Locator::Css("input[name=key]"))
-        .await
-        .expect("key input")
-        .send_keys(&key)
-        .await
-        .expect("type the key");
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("sign in");
-    let url = c.current_url().await.expect("url");
-    assert_eq!(url.path(), "/overview", "{url}");
+    sign_in(&c, &server.url, &key).await;
 
     // Overview: decisions and p99 per surface as /v1/latency has them over the same hour;
     // CTR and conversion per variant as /v1/relevance has them.
@@ -506,6 +528,20 @@ async fn the_dashboard_in_headless_chromium() {
     screenshot(&c, "overview-phone").await;
     c.close().await.expect("close");
 
+    // The dark theme, when the system asks for it.
+    let c = browser(driver_port, true).await;
+    sign_in(&c, &server.url, &key).await;
+    let background = c
+        .execute(
+            "return getComputedStyle(document.body).backgroundColor;",
+            vec![],
+        )
+        .await
+        .expect("style");
+    assert_eq!(background, json!("rgb(13, 17, 23)"));
+    screenshot(&c, "overview-dark").await;
+    c.close().await.expect("close");
+
     demo_sign_in_link(driver_port).await;
 }
 
@@ -549,7 +585,7 @@ async fn demo_sign_in_link(driver_port: u16) {
         link.starts_with(&format!("http://127.0.0.1:{port}/")),
         "{link}"
     );
-    let c = browser(driver_port).await;
+    let c = browser(driver_port, false).await;
     c.goto(&link).await.expect("open the link");
     let url = c.current_url().await.expect("url");
     assert_eq!(url.path(), "/overview", "{url}");

@@ -168,6 +168,26 @@ async fn sign_in_then_the_overview_matches_the_api() {
         values(&data["series"], &|p| p[1].clone()),
         values(&api["series"], &|p| p["quantiles"][0].clone()),
     );
+    // Another quantile, chosen on the page, is the API's for that quantile.
+    let (_, _, median) = fetch(
+        &app,
+        page(
+            "/latency?surface=home_feed&q=0.5&download=by_component&format=json",
+            Some(&cookie),
+        ),
+    )
+    .await;
+    let median: serde_json::Value = serde_json::from_str(&median).expect("chart json");
+    assert_eq!(median["title"], "p50 latency by component");
+    let (_, api_median) = get(
+        &app,
+        "/v1/latency?surface=home_feed&group_by=component&q=0.5&step=1m",
+    )
+    .await;
+    assert_eq!(
+        values(&median["series"], &|p| p[1].clone()),
+        values(&api_median["series"], &|p| p["quantiles"][0].clone()),
+    );
     let (s, h, csv) = fetch(&app, page(&link("csv"), Some(&cookie))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-type"], "text/csv; charset=utf-8");

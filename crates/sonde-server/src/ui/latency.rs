@@ -1,4 +1,4 @@
-//! The latency page: p99 per component and per variant over time, SLOs with their error
+//! The latency page: a quantile (p99 by default) per component and per variant over time, SLOs with their error
 //! budget and burn rates, tail attribution by component, and the slowest requests.
 
 use axum::extract::{Query, State};
@@ -14,7 +14,7 @@ use super::{
 };
 use crate::AppState;
 
-/// `GET /latency`: p99 per component and per variant over time, the SLOs with their budget
+/// `GET /latency`: a quantile per component and per variant over time, the SLOs with their budget
 /// and burn rates, tail attribution, and the slowest requests.
 pub async fn get_latency_page(
     State(state): State<AppState>,
@@ -33,11 +33,13 @@ async fn render(state: &AppState, f: &PageFilters) -> Rendered {
     let surface = f.surface();
     let choices = choices(state).await;
     let filter = f.rollups();
+    let q = f.quantile();
+    let label = super::quantile_label(q);
     let (by_component, by_variant) = state.store.with_rollups(|r| {
         (
-            r.series(&filter, TOTAL, from, to, step, GroupBy::Component, &[0.99])
+            r.series(&filter, TOTAL, from, to, step, GroupBy::Component, &[q])
                 .unwrap_or_default(),
-            r.series(&filter, TOTAL, from, to, step, GroupBy::Variant, &[0.99])
+            r.series(&filter, TOTAL, from, to, step, GroupBy::Variant, &[q])
                 .unwrap_or_default(),
         )
     });
@@ -58,8 +60,11 @@ async fn render(state: &AppState, f: &PageFilters) -> Rendered {
         x_range: Some((from as f64, to as f64)),
         ..LineChart::default()
     };
-    let component_chart = chart("p99 latency by component", &by_component);
-    let variant_chart = chart("p99 end-to-end latency by variant", &by_variant);
+    let component_chart = chart(&format!("{label} latency by component"), &by_component);
+    let variant_chart = chart(
+        &format!("{label} end-to-end latency by variant"),
+        &by_variant,
+    );
     let exemplars: Vec<sonde_latency::Exemplar> = {
         let mut v: Vec<_> = by_variant
             .iter()
@@ -83,9 +88,9 @@ async fn render(state: &AppState, f: &PageFilters) -> Rendered {
     let tail = crate::latency::tail(state, &params).await.ok();
     let body = html! {
         @if f.segment().is_some() { p.muted { "Latency is not split by segment: these figures cover every segment." } }
-        h2 { "p99 by component" }
+        h2 { (label) " by component" }
         (chart_block("by_component", &component_chart, "/latency", f))
-        h2 { "p99 by variant" }
+        h2 { (label) " by variant" }
         (chart_block("by_variant", &variant_chart, "/latency", f))
         h2 { "Service-level objectives" }
         @if specs.is_empty() {

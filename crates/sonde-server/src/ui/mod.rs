@@ -283,6 +283,8 @@ pub struct PageFilters {
     pub variant: Option<String>,
     /// Only this user segment: `device:<value>` or `region:<value>`.
     pub segment: Option<String>,
+    /// The quantile the latency page charts (default 0.99).
+    pub q: Option<f64>,
     /// `1`: only the live region (what the page script swaps in).
     pub partial: Option<String>,
     /// The id of a chart whose data to download instead of the page.
@@ -336,7 +338,15 @@ impl PageFilters {
                 parts.push(format!("{k}={}", encode(&v)));
             }
         }
+        if let Some(q) = self.q {
+            parts.push(format!("q={q}"));
+        }
         parts.join("&")
+    }
+
+    /// The quantile to chart: `q` when in (0, 1), else 0.99.
+    fn quantile(&self) -> f64 {
+        self.q.filter(|q| *q > 0.0 && *q < 1.0).unwrap_or(0.99)
     }
 
     /// The window: `(minutes, from, to, step)`, `[from, to)` ending at the current minute,
@@ -452,6 +462,23 @@ impl SegmentCache {
     }
 }
 
+/// The quantiles the latency page offers.
+const QUANTILES: [(f64, &str); 5] = [
+    (0.5, "p50"),
+    (0.9, "p90"),
+    (0.95, "p95"),
+    (0.99, "p99"),
+    (0.999, "p99.9"),
+];
+
+/// The name of quantile `q`: `p99`, or `q0.97` for one not offered.
+fn quantile_label(q: f64) -> String {
+    QUANTILES
+        .iter()
+        .find(|(x, _)| (x - q).abs() < 1e-9)
+        .map_or_else(|| format!("q{q}"), |(_, l)| (*l).to_string())
+}
+
 /// The time ranges a page offers, in minutes.
 const RANGES: [(i64, &str); 5] = [
     (15, "15 min"),
@@ -490,6 +517,15 @@ fn filter_form(action: &str, f: &PageFilters, c: &Choices) -> Markup {
             (select("experiment", "Experiment", &f.experiment, &c.experiments))
             (select("variant", "Variant", &f.variant, &c.variants))
             (select("segment", "Segment", &f.segment, &c.segments))
+            @if action == "/latency" {
+                label { "Quantile"
+                    select name="q" {
+                        @for (q, label) in QUANTILES {
+                            option value=(q) selected[(f.quantile() - q).abs() < 1e-9] { (label) }
+                        }
+                    }
+                }
+            }
             button type="submit" { "Apply" }
         }
     }
