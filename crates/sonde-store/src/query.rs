@@ -1,7 +1,7 @@
 //! SQL over the store with DataFusion: each table is its committed Parquet files plus the
 //! rows still in memory, read as one.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +14,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::Result as DfResult;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -26,15 +27,18 @@ use crate::tables::Table;
 
 /// A consistent view of the store for one query: committed files and in-memory batches.
 pub struct Snapshot {
-    /// Absolute paths of each table's Parquet files.
-    pub files: Vec<(Table, Vec<String>)>,
+    /// Each table's Parquet files: hour partition (epoch hours) and absolute path.
+    pub files: Vec<(Table, Vec<(i64, String)>)>,
     /// Each table's rows not yet in committed files.
     pub mem: Vec<(Table, Vec<RecordBatch>)>,
 }
 
 impl Snapshot {
     /// Build the file part of a snapshot from a manifest.
-    pub fn files_of(manifest: &Manifest, data_dir: &std::path::Path) -> Vec<(Table, Vec<String>)> {
+    pub fn files_of(
+        manifest: &Manifest,
+        data_dir: &std::path::Path,
+    ) -> Vec<(Table, Vec<(i64, String)>)> {
         Table::ALL
             .iter()
             .map(|&t| {
@@ -42,7 +46,12 @@ impl Snapshot {
                     .files
                     .iter()
                     .filter(|f| f.table == t.name())
-                    .map(|f| data_dir.join(&f.path).to_string_lossy().into_owned())
+                    .map(|f| {
+                        (
+                            f.hour,
+                            data_dir.join(&f.path).to_string_lossy().into_owned(),
+                        )
+                    })
                     .collect();
                 (t, paths)
             })
@@ -53,9 +62,104 @@ impl Snapshot {
 /// One table as DataFusion sees it.
 #[derive(Debug)]
 struct StoreTable {
+    table: Table,
     schema: SchemaRef,
-    files: Option<ListingTable>,
+    /// Hour partition and path of each committed file.
+    files: Vec<(i64, String)>,
     mem: MemTable,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+impl StoreTable {
+    /// The files whose hour can hold rows that pass `filters` on the table's time column:
+    /// a query over the last hour opens one hour of files, not the month.
+    fn listing(&self, filters: &[Expr]) -> DfResult<Option<ListingTable>> {
+        let (lo, hi) = time_bounds(filters, self.table.time_column());
+        let urls = self
+            .files
+            .iter()
+            .filter(|(hour, _)| {
+                lo.is_none_or(|lo| *hour >= lo.div_euclid(HOUR_MS))
+                    && hi.is_none_or(|hi| *hour <= hi.div_euclid(HOUR_MS))
+            })
+            .map(|(_, path)| ListingTableUrl::parse(path))
+            .collect::<DfResult<Vec<_>>>()?;
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(self.schema.clone());
+        Ok(Some(ListingTable::try_new(config)?))
+    }
+}
+
+/// Epoch-ms bounds `[lo, hi]` on column `col` implied by `filters` (conjunctions of
+/// comparisons of the column with timestamp literals, as they reach a scan after constant
+/// folding). Conservative: a strict bound is taken as inclusive, anything else is ignored.
+fn time_bounds(filters: &[Expr], col: &str) -> (Option<i64>, Option<i64>) {
+    use datafusion::logical_expr::{BinaryExpr, Operator, utils::split_conjunction};
+    let is_col = |e: &Expr| match e {
+        Expr::Column(c) => c.name == col,
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Column(c) if c.name == col),
+        Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Column(c) if c.name == col),
+        _ => false,
+    };
+    let (mut lo, mut hi): (Option<i64>, Option<i64>) = (None, None);
+    let mut lower = |v: i64| lo = Some(lo.map_or(v, |l| l.max(v)));
+    let mut upper = |v: i64| hi = Some(hi.map_or(v, |h| h.min(v)));
+    for e in filters.iter().flat_map(|f| split_conjunction(f)) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (op, v) = if is_col(left) {
+                    (*op, literal_ms(right))
+                } else if is_col(right) {
+                    (op.swap().unwrap_or(*op), literal_ms(left))
+                } else {
+                    continue;
+                };
+                let Some(v) = v else { continue };
+                match op {
+                    Operator::Gt | Operator::GtEq => lower(v),
+                    Operator::Lt | Operator::LtEq => upper(v),
+                    Operator::Eq => {
+                        lower(v);
+                        upper(v);
+                    }
+                    _ => {}
+                }
+            }
+            Expr::Between(b) if !b.negated && is_col(&b.expr) => {
+                if let Some(v) = literal_ms(&b.low) {
+                    lower(v);
+                }
+                if let Some(v) = literal_ms(&b.high) {
+                    upper(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    (lo, hi)
+}
+
+/// A timestamp literal as epoch milliseconds (rounded down).
+fn literal_ms(e: &Expr) -> Option<i64> {
+    use datafusion::common::ScalarValue as S;
+    match e {
+        Expr::Literal(v, _) => match v {
+            S::TimestampSecond(Some(v), _) => v.checked_mul(1000),
+            S::TimestampMillisecond(Some(v), _) => Some(*v),
+            S::TimestampMicrosecond(Some(v), _) => Some(v.div_euclid(1000)),
+            S::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1_000_000)),
+            _ => None,
+        },
+        Expr::Cast(c) => literal_ms(&c.expr),
+        _ => None,
+    }
 }
 
 #[async_trait]
@@ -84,7 +188,7 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let mut inputs = vec![self.mem.scan(state, projection, &[], limit).await?];
-        if let Some(files) = &self.files {
+        if let Some(files) = self.listing(filters)? {
             inputs.push(files.scan(state, projection, filters, limit).await?);
         }
         UnionExec::try_new(inputs)
@@ -120,11 +224,20 @@ pub struct QueryResult {
     pub truncated: bool,
 }
 
+/// One runtime for every query, so Parquet footers read once stay in its metadata cache
+/// (files are immutable: a compaction writes new ones under new names).
+fn runtime() -> Arc<RuntimeEnv> {
+    static RUNTIME: OnceLock<Arc<RuntimeEnv>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| Arc::new(RuntimeEnv::default()))
+        .clone()
+}
+
 fn context(snapshot: Snapshot) -> Result<SessionContext, StoreError> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema("sonde", "public");
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, runtime());
     let mut mem = snapshot.mem;
     for (table, paths) in snapshot.files {
         let schema = table.schema();
@@ -133,24 +246,11 @@ fn context(snapshot: Snapshot) -> Result<SessionContext, StoreError> {
             .find(|(t, _)| *t == table)
             .map(|(_, b)| std::mem::take(b))
             .unwrap_or_default();
-        let files = if paths.is_empty() {
-            None
-        } else {
-            let urls = paths
-                .iter()
-                .map(ListingTableUrl::parse)
-                .collect::<DfResult<Vec<_>>>()?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(schema.clone());
-            Some(ListingTable::try_new(config)?)
-        };
         let provider = StoreTable {
+            table,
             mem: MemTable::try_new(schema.clone(), vec![batches])?,
             schema,
-            files,
+            files: paths,
         };
         ctx.register_table(table.name(), Arc::new(provider))?;
     }
@@ -229,4 +329,60 @@ pub async fn run(
     tokio::time::timeout(limits.timeout, work)
         .await
         .map_err(|_| StoreError::QueryTimeout(limits.timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::common::ScalarValue;
+    use datafusion::prelude::{cast, col, lit};
+
+    use super::*;
+
+    fn ts(ms: i64) -> Expr {
+        lit(ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn time_bounds_come_from_comparisons_with_literals_only() {
+        let t = "event_time";
+        // A window, one side written literal-first, the other in nanoseconds.
+        let filters = [
+            ts(7_200_000).lt_eq(col(t)),
+            col(t).lt(lit(ScalarValue::TimestampNanosecond(
+                Some(10_800_000_000_000),
+                None,
+            ))),
+        ];
+        assert_eq!(
+            time_bounds(&filters, t),
+            (Some(7_200_000), Some(10_800_000))
+        );
+        // Conjunctions split; the tighter bound wins; casts of the column are seen through.
+        let f = cast(
+            col(t),
+            datafusion::arrow::datatypes::DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Nanosecond,
+                None,
+            ),
+        )
+        .gt(ts(1_000))
+        .and(col(t).gt_eq(ts(5_000)));
+        assert_eq!(time_bounds(&[f], t), (Some(5_000), None));
+        // BETWEEN and equality.
+        assert_eq!(
+            time_bounds(&[col(t).between(ts(1), ts(2))], t),
+            (Some(1), Some(2))
+        );
+        assert_eq!(time_bounds(&[col(t).eq(ts(3))], t), (Some(3), Some(3)));
+        // Another column, a column-to-column comparison, a disjunction: no bound.
+        let none = [
+            col("received_at").gt(ts(1)),
+            col(t).gt(col("received_at")),
+            col(t).gt(ts(1)).or(col(t).lt(ts(0))),
+        ];
+        assert_eq!(time_bounds(&none, t), (None, None));
+    }
 }
