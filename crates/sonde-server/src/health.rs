@@ -249,94 +249,220 @@ pub async fn get_health(
     Ok(axum::Json(report(&state, window, grace).await?).into_response())
 }
 
-/// The report at the current time.
+/// One source's figures over the window: counts, last event (all time) and ingest lag.
+async fn source_health(
+    state: &AppState,
+    kind: &str,
+    table: &str,
+    now: i64,
+    from: i64,
+) -> Result<BTreeMap<(String, String), SourceHealth>, ApiError> {
+    let timeout = state.config.query_timeout;
+    let store = &state.store;
+    let surface = if table == "decisions" {
+        "surface"
+    } else {
+        "''"
+    };
+    let window_sql = format!(
+        "SELECT {surface}, count(*), \
+           sum(CASE WHEN received_at >= {recent} THEN 1 ELSE 0 END), \
+           sum(CASE WHEN is_late THEN 1 ELSE 0 END), \
+           sum(CASE WHEN is_future THEN 1 ELSE 0 END), \
+           sum(CASE WHEN is_backfill THEN 1 ELSE 0 END) \
+         FROM {table} WHERE received_at >= {from} GROUP BY 1",
+        recent = ts_lit(now - 5 * MINUTE),
+        from = ts_lit(from),
+    );
+    // Last event, all time: a stalled source is the point.
+    let last_sql =
+        format!("SELECT {surface}, CAST(max(received_at) AS BIGINT) FROM {table} GROUP BY 1");
+    // Event-time lag of live (not backfilled) events.
+    let lag_sql = format!(
+        "SELECT {surface}, CAST(received_at AS BIGINT) - CAST(event_time AS BIGINT) \
+         FROM {table} WHERE received_at >= {from} AND NOT is_backfill",
+        from = ts_lit(from),
+    );
+    let mut window: Vec<(String, [i64; 5])> = Vec::new();
+    let mut last: Vec<(String, i64)> = Vec::new();
+    let mut lags: BTreeMap<String, Sketch> = BTreeMap::new();
+    let (w, l, g) = tokio::join!(
+        store.scan(&window_sql, timeout, |b: &RecordBatch| {
+            let s = utf8(b, 0)?;
+            let cols: Vec<_> = (1..6).map(|i| i64s(b, i)).collect::<Result<_, _>>()?;
+            for r in 0..b.num_rows() {
+                let mut v = [0; 5];
+                for (i, c) in cols.iter().enumerate() {
+                    v[i] = c.value(r);
+                }
+                window.push((s.value(r).to_string(), v));
+            }
+            Ok(())
+        }),
+        store.scan(&last_sql, timeout, |b: &RecordBatch| {
+            let s = utf8(b, 0)?;
+            let at = i64s(b, 1)?;
+            for r in 0..b.num_rows() {
+                if !at.is_null(r) {
+                    last.push((s.value(r).to_string(), at.value(r)));
+                }
+            }
+            Ok(())
+        }),
+        store.scan(&lag_sql, timeout, |b: &RecordBatch| {
+            let s = utf8(b, 0)?;
+            let lag = i64s(b, 1)?;
+            for r in 0..b.num_rows() {
+                // Future events have negative lag; the sketch holds magnitudes ≥ 0.
+                lags.entry(s.value(r).to_string())
+                    .or_default()
+                    .add(lag.value(r).max(0) as f64);
+            }
+            Ok(())
+        }),
+    );
+    w?;
+    l?;
+    g?;
+    let mut out: BTreeMap<(String, String), SourceHealth> = BTreeMap::new();
+    for (s, v) in window {
+        let h = out.entry((kind.to_string(), s)).or_default();
+        let n = v[0].max(0) as u64;
+        h.events = n;
+        h.rate_per_sec_5m = v[1] as f64 / 300.0;
+        h.late_rate = ratio(v[2] as u64, n);
+        h.future_rate = ratio(v[3] as u64, n);
+        h.backfill_rate = ratio(v[4] as u64, n);
+    }
+    for (s, at) in last {
+        let h = out.entry((kind.to_string(), s)).or_default();
+        h.last_received_ms = Some(at);
+        h.seconds_since_last = Some((now - at) as f64 / 1000.0);
+    }
+    for (s, sketch) in lags {
+        let h = out.entry((kind.to_string(), s)).or_default();
+        h.lag_p50_ms = sketch.quantile(0.5);
+        h.lag_p99_ms = sketch.quantile(0.99);
+    }
+    Ok(out)
+}
+
+/// Decisions, users, sessions and items per hour of the last day.
+async fn cardinality(state: &AppState, now: i64) -> Result<Vec<HourCardinality>, ApiError> {
+    let timeout = state.config.query_timeout;
+    let day = ts_lit(now - 24 * 60 * MINUTE);
+    let users_sql = format!(
+        "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), \
+           approx_distinct(coalesce(user_key, anonymous_key)), approx_distinct(session_key) \
+         FROM decisions WHERE event_time >= {day} GROUP BY 1"
+    );
+    let items_sql = format!(
+        "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), approx_distinct(item_id) \
+         FROM decision_items WHERE event_time >= {day} GROUP BY 1"
+    );
+    let mut users: Vec<(i64, u64, u64)> = Vec::new();
+    let mut items: Vec<(i64, u64)> = Vec::new();
+    let (u, i) = tokio::join!(
+        state.store.scan(&users_sql, timeout, |b: &RecordBatch| {
+            let (h, a, c) = (i64s(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
+            for r in 0..b.num_rows() {
+                users.push((
+                    h.value(r),
+                    a.value(r).max(0) as u64,
+                    c.value(r).max(0) as u64,
+                ));
+            }
+            Ok(())
+        }),
+        state.store.scan(&items_sql, timeout, |b: &RecordBatch| {
+            let (h, a) = (i64s(b, 0)?, i64s(b, 1)?);
+            for r in 0..b.num_rows() {
+                items.push((h.value(r), a.value(r).max(0) as u64));
+            }
+            Ok(())
+        }),
+    );
+    u?;
+    i?;
+    let mut hours: BTreeMap<i64, HourCardinality> = BTreeMap::new();
+    let empty = |h: i64| HourCardinality {
+        hour_ms: h,
+        users: 0,
+        sessions: 0,
+        items: 0,
+    };
+    for (h, u, s) in users {
+        let e = hours.entry(h).or_insert_with(|| empty(h));
+        e.users = u;
+        e.sessions = s;
+    }
+    for (h, n) in items {
+        hours.entry(h).or_insert_with(|| empty(h)).items = n;
+    }
+    Ok(hours.into_values().collect())
+}
+
+/// Rejections in the window by code, most frequent first.
+async fn rejections(state: &AppState, from: i64) -> Result<Vec<CodeCount>, ApiError> {
+    let mut out = Vec::new();
+    state
+        .store
+        .scan(
+            &format!(
+                "SELECT code, count(*) FROM quarantine WHERE received_at >= {} GROUP BY 1 ORDER BY 2 DESC, 1",
+                ts_lit(from)
+            ),
+            state.config.query_timeout,
+            |b: &RecordBatch| {
+                let code = utf8(b, 0)?;
+                let n = i64s(b, 1)?;
+                for r in 0..b.num_rows() {
+                    out.push(CodeCount {
+                        code: code.value(r).to_string(),
+                        count: n.value(r).max(0) as u64,
+                    });
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    Ok(out)
+}
+
+/// The report at the current time. Its queries run concurrently.
 pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthReport, ApiError> {
     let now = chrono::Utc::now().timestamp_millis();
     let from = now - window * MINUTE;
-    let recent = now - 5 * MINUTE;
-    let timeout = state.config.query_timeout;
-    let store = &state.store;
-    let mut sources: BTreeMap<(String, String), SourceHealth> = BTreeMap::new();
-    for (kind, table) in SOURCES {
-        let surface = if table == "decisions" {
-            "surface"
-        } else {
-            "''"
-        };
-        // Window figures.
-        let sql = format!(
-            "SELECT {surface}, count(*), \
-               sum(CASE WHEN received_at >= {recent} THEN 1 ELSE 0 END), \
-               sum(CASE WHEN is_late THEN 1 ELSE 0 END), \
-               sum(CASE WHEN is_future THEN 1 ELSE 0 END), \
-               sum(CASE WHEN is_backfill THEN 1 ELSE 0 END) \
-             FROM {table} WHERE received_at >= {from} GROUP BY 1",
-            recent = ts_lit(recent),
-            from = ts_lit(from),
-        );
-        store
-            .scan(&sql, timeout, |b: &RecordBatch| {
-                let s = utf8(b, 0)?;
-                let cols: Vec<_> = (1..6).map(|i| i64s(b, i)).collect::<Result<_, _>>()?;
-                for r in 0..b.num_rows() {
-                    let h = sources
-                        .entry((kind.to_string(), s.value(r).to_string()))
-                        .or_default();
-                    let n = cols[0].value(r).max(0) as u64;
-                    h.events = n;
-                    h.rate_per_sec_5m = cols[1].value(r) as f64 / 300.0;
-                    h.late_rate = ratio(cols[2].value(r) as u64, n);
-                    h.future_rate = ratio(cols[3].value(r) as u64, n);
-                    h.backfill_rate = ratio(cols[4].value(r) as u64, n);
-                }
-                Ok(())
-            })
-            .await?;
-        // Last event, all time: a stalled source is the point.
-        let sql =
-            format!("SELECT {surface}, CAST(max(received_at) AS BIGINT) FROM {table} GROUP BY 1");
-        store
-            .scan(&sql, timeout, |b: &RecordBatch| {
-                let s = utf8(b, 0)?;
-                let last = i64s(b, 1)?;
-                for r in 0..b.num_rows() {
-                    let h = sources
-                        .entry((kind.to_string(), s.value(r).to_string()))
-                        .or_default();
-                    if !last.is_null(r) {
-                        h.last_received_ms = Some(last.value(r));
-                        h.seconds_since_last = Some((now - last.value(r)) as f64 / 1000.0);
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-        // Event-time lag of live (not backfilled) events.
-        let sql = format!(
-            "SELECT {surface}, CAST(received_at AS BIGINT) - CAST(event_time AS BIGINT) \
-             FROM {table} WHERE received_at >= {from} AND NOT is_backfill",
-            from = ts_lit(from),
-        );
-        let mut lags: BTreeMap<String, Sketch> = BTreeMap::new();
-        store
-            .scan(&sql, timeout, |b: &RecordBatch| {
-                let s = utf8(b, 0)?;
-                let lag = i64s(b, 1)?;
-                for r in 0..b.num_rows() {
-                    // Future events have negative lag; the sketch holds magnitudes ≥ 0.
-                    lags.entry(s.value(r).to_string())
-                        .or_default()
-                        .add(lag.value(r).max(0) as f64);
-                }
-                Ok(())
-            })
-            .await?;
-        for (surface, sketch) in lags {
-            let h = sources.entry((kind.to_string(), surface)).or_default();
-            h.lag_p50_ms = sketch.quantile(0.5);
-            h.lag_p99_ms = sketch.quantile(0.99);
-        }
-    }
+    // Interactions of the window (less the grace) without a decision. Only the decisions of
+    // those interactions are looked up: a semi-join, not the distinct ids of every decision.
+    let orphans_sql = format!(
+        "WITH i AS (SELECT request_id FROM interactions \
+                    WHERE received_at >= {from} AND received_at < {until}), \
+              d AS (SELECT DISTINCT request_id FROM decisions \
+                    WHERE request_id IN (SELECT request_id FROM i)) \
+         SELECT count(*), sum(CASE WHEN d.request_id IS NULL THEN 1 ELSE 0 END) \
+         FROM i LEFT JOIN d ON i.request_id = d.request_id",
+        from = ts_lit(from),
+        until = ts_lit(now - grace * MINUTE)
+    );
+    let (per_source, rejections, orphan_counts, quarantine_counts, cardinality) = tokio::join!(
+        futures::future::try_join_all(
+            SOURCES
+                .iter()
+                .map(|(kind, table)| source_health(state, kind, table, now, from))
+        ),
+        rejections(state, from),
+        two_counts(state, &orphans_sql),
+        two_counts(
+            state,
+            "SELECT count(*), sum(CASE WHEN r.quarantine_id IS NULL THEN 1 ELSE 0 END) \
+             FROM quarantine q LEFT JOIN (SELECT DISTINCT quarantine_id FROM quarantine_replays \
+             WHERE outcome = 'accepted') r ON q.quarantine_id = r.quarantine_id",
+        ),
+        cardinality(state, now),
+    );
+    let mut sources: BTreeMap<(String, String), SourceHealth> =
+        per_source?.into_iter().flatten().collect();
     for ((kind, surface), o) in state.tally.snapshot() {
         let h = sources.entry((kind.to_string(), surface)).or_default();
         h.since_start = o;
@@ -352,95 +478,19 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
             h
         })
         .collect();
-
-    let mut rejections = Vec::new();
-    store
-        .scan(
-            &format!(
-                "SELECT code, count(*) FROM quarantine WHERE received_at >= {} GROUP BY 1 ORDER BY 2 DESC, 1",
-                ts_lit(from)
-            ),
-            timeout,
-            |b: &RecordBatch| {
-                let code = utf8(b, 0)?;
-                let n = i64s(b, 1)?;
-                for r in 0..b.num_rows() {
-                    rejections.push(CodeCount {
-                        code: code.value(r).to_string(),
-                        count: n.value(r).max(0) as u64,
-                    });
-                }
-                Ok(())
-            },
-        )
-        .await?;
+    let rejections = rejections?;
     let rejected: u64 = rejections.iter().map(|c| c.count).sum();
     let stored: u64 = sources.iter().map(|s| s.events).sum();
-
-    let mut orphans = Orphans {
+    let (checked, orphan_count) = orphan_counts?;
+    let orphans = Orphans {
         grace_minutes: grace,
-        ..Orphans::default()
+        checked,
+        orphans: orphan_count,
+        rate: ratio(orphan_count, checked),
     };
-    let sql = format!(
-        "SELECT count(*), sum(CASE WHEN d.request_id IS NULL THEN 1 ELSE 0 END) \
-         FROM interactions i LEFT JOIN (SELECT DISTINCT request_id FROM decisions) d \
-           ON i.request_id = d.request_id \
-         WHERE i.received_at >= {} AND i.received_at < {}",
-        ts_lit(from),
-        ts_lit(now - grace * MINUTE)
-    );
-    (orphans.checked, orphans.orphans) = two_counts(state, &sql).await?;
-    orphans.rate = ratio(orphans.orphans, orphans.checked);
-
-    let (total, unresolved) = two_counts(
-        state,
-        "SELECT count(*), sum(CASE WHEN r.quarantine_id IS NULL THEN 1 ELSE 0 END) \
-         FROM quarantine q LEFT JOIN (SELECT DISTINCT quarantine_id FROM quarantine_replays \
-         WHERE outcome = 'accepted') r ON q.quarantine_id = r.quarantine_id",
-    )
-    .await?;
+    let (total, unresolved) = quarantine_counts?;
     let quarantine = QuarantineSize { total, unresolved };
-
-    let day = ts_lit(now - 24 * 60 * MINUTE);
-    let mut hours: BTreeMap<i64, HourCardinality> = BTreeMap::new();
-    for (sql, which) in [
-        (
-            format!(
-                "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), \
-                   approx_distinct(coalesce(user_key, anonymous_key)), approx_distinct(session_key) \
-                 FROM decisions WHERE event_time >= {day} GROUP BY 1"
-            ),
-            0,
-        ),
-        (
-            format!(
-                "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), approx_distinct(item_id), \
-                   CAST(0 AS BIGINT) FROM decision_items WHERE event_time >= {day} GROUP BY 1"
-            ),
-            1,
-        ),
-    ] {
-        store
-            .scan(&sql, timeout, |b: &RecordBatch| {
-                let (h, a, c) = (i64s(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
-                for r in 0..b.num_rows() {
-                    let e = hours.entry(h.value(r)).or_insert(HourCardinality {
-                        hour_ms: h.value(r),
-                        users: 0,
-                        sessions: 0,
-                        items: 0,
-                    });
-                    if which == 0 {
-                        e.users = a.value(r).max(0) as u64;
-                        e.sessions = c.value(r).max(0) as u64;
-                    } else {
-                        e.items = a.value(r).max(0) as u64;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-    }
+    let cardinality = cardinality?;
     Ok(HealthReport {
         at_ms: now,
         window_minutes: window,
@@ -449,6 +499,6 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
         rejections,
         orphan_interactions: orphans,
         quarantine,
-        cardinality: hours.into_values().collect(),
+        cardinality,
     })
 }

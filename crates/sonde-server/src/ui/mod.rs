@@ -638,7 +638,7 @@ pub async fn get_live(
     }
     let every = Duration::from_secs(p.every.unwrap_or(5).clamp(2, 3600));
     let start = (data_version(&state), tokio::time::Instant::now());
-    let stream = futures_util::stream::unfold(
+    let stream = futures::stream::unfold(
         (state, start),
         move |(state, (last, last_sent))| async move {
             loop {
