@@ -34,6 +34,9 @@ const SOURCES: [(&str, &str); 6] = [
 #[derive(Debug, Default)]
 pub struct IngestTally {
     by_source: Mutex<BTreeMap<(&'static str, String), Outcomes>>,
+    /// When each source's last stored event was received, read from the store once (at the
+    /// first report); `by_source` carries it on from there.
+    stored_last: tokio::sync::OnceCell<BTreeMap<(String, String), i64>>,
 }
 
 /// Counts of one source.
@@ -249,7 +252,49 @@ pub async fn get_health(
     Ok(axum::Json(report(&state, window, grace).await?).into_response())
 }
 
-/// One source's figures over the window: counts, last event (all time) and ingest lag.
+/// When each source's last stored event was received: a scan of every table, so done once
+/// per server (the ingest tally keeps it current after that). A stalled source is the point.
+async fn stored_last(state: &AppState) -> Result<&BTreeMap<(String, String), i64>, ApiError> {
+    state
+        .tally
+        .stored_last
+        .get_or_try_init(|| async {
+            let per_table =
+                futures::future::try_join_all(SOURCES.iter().map(|(kind, table)| async move {
+                    let surface = if *table == "decisions" {
+                        "surface"
+                    } else {
+                        "''"
+                    };
+                    let sql = format!(
+                        "SELECT {surface}, CAST(max(received_at) AS BIGINT) FROM {table} GROUP BY 1"
+                    );
+                    let mut out = Vec::new();
+                    state
+                        .store
+                        .scan(&sql, state.config.query_timeout, |b: &RecordBatch| {
+                            let s = utf8(b, 0)?;
+                            let at = i64s(b, 1)?;
+                            for r in 0..b.num_rows() {
+                                if !at.is_null(r) {
+                                    out.push((
+                                        (kind.to_string(), s.value(r).to_string()),
+                                        at.value(r),
+                                    ));
+                                }
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                    Ok::<_, ApiError>(out)
+                }))
+                .await?;
+            Ok(per_table.into_iter().flatten().collect())
+        })
+        .await
+}
+
+/// One source's figures over the window: counts and ingest lag.
 async fn source_health(
     state: &AppState,
     kind: &str,
@@ -274,9 +319,6 @@ async fn source_health(
         recent = ts_lit(now - 5 * MINUTE),
         from = ts_lit(from),
     );
-    // Last event, all time: a stalled source is the point.
-    let last_sql =
-        format!("SELECT {surface}, CAST(max(received_at) AS BIGINT) FROM {table} GROUP BY 1");
     // Event-time lag of live (not backfilled) events.
     let lag_sql = format!(
         "SELECT {surface}, CAST(received_at AS BIGINT) - CAST(event_time AS BIGINT) \
@@ -284,9 +326,8 @@ async fn source_health(
         from = ts_lit(from),
     );
     let mut window: Vec<(String, [i64; 5])> = Vec::new();
-    let mut last: Vec<(String, i64)> = Vec::new();
     let mut lags: BTreeMap<String, Sketch> = BTreeMap::new();
-    let (w, l, g) = tokio::join!(
+    let (w, g) = tokio::join!(
         store.scan(&window_sql, timeout, |b: &RecordBatch| {
             let s = utf8(b, 0)?;
             let cols: Vec<_> = (1..6).map(|i| i64s(b, i)).collect::<Result<_, _>>()?;
@@ -296,16 +337,6 @@ async fn source_health(
                     v[i] = c.value(r);
                 }
                 window.push((s.value(r).to_string(), v));
-            }
-            Ok(())
-        }),
-        store.scan(&last_sql, timeout, |b: &RecordBatch| {
-            let s = utf8(b, 0)?;
-            let at = i64s(b, 1)?;
-            for r in 0..b.num_rows() {
-                if !at.is_null(r) {
-                    last.push((s.value(r).to_string(), at.value(r)));
-                }
             }
             Ok(())
         }),
@@ -322,7 +353,6 @@ async fn source_health(
         }),
     );
     w?;
-    l?;
     g?;
     let mut out: BTreeMap<(String, String), SourceHealth> = BTreeMap::new();
     for (s, v) in window {
@@ -333,11 +363,6 @@ async fn source_health(
         h.late_rate = ratio(v[2] as u64, n);
         h.future_rate = ratio(v[3] as u64, n);
         h.backfill_rate = ratio(v[4] as u64, n);
-    }
-    for (s, at) in last {
-        let h = out.entry((kind.to_string(), s)).or_default();
-        h.last_received_ms = Some(at);
-        h.seconds_since_last = Some((now - at) as f64 / 1000.0);
     }
     for (s, sketch) in lags {
         let h = out.entry((kind.to_string(), s)).or_default();
@@ -445,7 +470,8 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
         from = ts_lit(from),
         until = ts_lit(now - grace * MINUTE)
     );
-    let (per_source, rejections, orphan_counts, quarantine_counts, cardinality) = tokio::join!(
+    let (stored_last, per_source, rejections, orphan_counts, quarantine_counts, cardinality) = tokio::join!(
+        stored_last(state),
         futures::future::try_join_all(
             SOURCES
                 .iter()
@@ -463,8 +489,17 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
     );
     let mut sources: BTreeMap<(String, String), SourceHealth> =
         per_source?.into_iter().flatten().collect();
+    for (key, at) in stored_last? {
+        sources.entry(key.clone()).or_default().last_received_ms = Some(*at);
+    }
     for ((kind, surface), o) in state.tally.snapshot() {
         let h = sources.entry((kind.to_string(), surface)).or_default();
+        if o.last_received_ms > 0 {
+            h.last_received_ms = Some(
+                h.last_received_ms
+                    .map_or(o.last_received_ms, |t| t.max(o.last_received_ms)),
+            );
+        }
         h.since_start = o;
         let seen = o.accepted + o.duplicates;
         h.duplicate_rate = ratio(o.duplicates, seen);
@@ -475,6 +510,7 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
         .map(|((kind, surface), mut h)| {
             h.kind = kind;
             h.surface = surface;
+            h.seconds_since_last = h.last_received_ms.map(|t| (now - t) as f64 / 1000.0);
             h
         })
         .collect();
