@@ -139,6 +139,24 @@ async fn sign_in(c: &Client, base: &str, key: &str) {
     }
 }
 
+/// Choose `value` in the filter form's `name` select, apply, and wait for the page it
+/// submits to (its URL carries the filter).
+async fn apply_filter(c: &Client, name: &str, value: &str) {
+    c.find(Locator::Css(&format!("select[name={name}]")))
+        .await
+        .expect("filter")
+        .select_by_value(value)
+        .await
+        .expect("choose");
+    c.find(Locator::Css("form.filters button"))
+        .await
+        .expect("apply")
+        .click()
+        .await
+        .expect("apply filters");
+    wait_for_query(c, &format!("{name}={}", url_encode(value))).await;
+}
+
 /// Wait (up to 30 s) until the page the form submitted to has `needle` in its query.
 async fn wait_for_query(c: &Client, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -340,19 +358,7 @@ async fn the_dashboard_in_headless_chromium() {
     screenshot(&c, "relevance").await;
     // The segment filter, chosen in the form, narrows the figures as the API's `device`
     // filter does.
-    c.find(Locator::Css("select[name=segment]"))
-        .await
-        .expect("segment filter")
-        .select_by_value("device:ios")
-        .await
-        .expect("choose iOS");
-    c.find(Locator::Css("form.filters button"))
-        .await
-        .expect("apply")
-        .click()
-        .await
-        .expect("apply filters");
-    wait_for_query(&c, "segment=device%3Aios").await;
+    apply_filter(&c, "segment", "device:ios").await;
     let ios = api(
         port,
         &format!(
@@ -438,19 +444,7 @@ async fn the_dashboard_in_headless_chromium() {
     c.goto(&format!("{}/overview", server.url))
         .await
         .expect("goto");
-    c.find(Locator::Css("select[name=surface]"))
-        .await
-        .expect("surface filter")
-        .select_by_value("home_feed")
-        .await
-        .expect("choose home_feed");
-    c.find(Locator::Css("form.filters button"))
-        .await
-        .expect("apply")
-        .click()
-        .await
-        .expect("apply filters");
-    wait_for_query(&c, "surface=home_feed").await;
+    apply_filter(&c, "surface", "home_feed").await;
     let rows = c
         .find_all(Locator::Css("tr[data-surface]"))
         .await

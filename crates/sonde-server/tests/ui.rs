@@ -37,10 +37,16 @@ fn page(path: &str, cookie: Option<&str>) -> Request<Body> {
 
 /// The text of the first `<td data-field="field">` in the row of `surface`.
 fn cell(html: &str, surface: &str, field: &str) -> String {
+    cell_of(html, "data-surface", surface, field)
+}
+
+/// The text of the first element `data-field="field"` after `attr="value"`, up to the
+/// end of that row.
+fn cell_of(html: &str, attr: &str, value: &str, field: &str) -> String {
     let row = html
-        .split(&format!("data-surface=\"{surface}\""))
+        .split(&format!("{attr}=\"{value}\""))
         .nth(1)
-        .unwrap_or_else(|| panic!("no row for {surface}"));
+        .unwrap_or_else(|| panic!("no {attr}={value}"));
     let row = row.split("</tr>").next().unwrap_or_default();
     row.split(&format!("data-field=\"{field}\">"))
         .nth(1)
@@ -204,12 +210,7 @@ async fn sign_in_then_the_overview_matches_the_api() {
     assert_eq!(s, StatusCode::SEE_OTHER);
     let (_, slo) = get(&app, "/v1/slo").await;
     let budget = slo["slos"][0]["evaluation"]["budget_remaining"].as_f64();
-    let budget_cell = html
-        .split("data-slo=\"feed\"")
-        .nth(1)
-        .and_then(|r| r.split("data-field=\"budget\">").nth(1))
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default();
+    let budget_cell = cell_of(&html, "data-slo", "feed", "budget");
     assert_eq!(
         budget_cell,
         format!("{}%", sonde_ui::number(budget.map(|b| b * 100.0), 2))
@@ -218,12 +219,7 @@ async fn sign_in_then_the_overview_matches_the_api() {
     let top = tail["components"][0]["component"]
         .as_str()
         .expect("component");
-    let share = html
-        .split(&format!("data-component=\"{top}\""))
-        .nth(1)
-        .and_then(|r| r.split("data-field=\"tail_share\">").nth(1))
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default();
+    let share = cell_of(&html, "data-component", top, "tail_share");
     assert_eq!(
         share,
         format!(
@@ -248,12 +244,7 @@ async fn sign_in_then_the_overview_matches_the_api() {
         .find(|x| x["surface"] == "home_feed")
         .expect("home_feed source")
         .clone();
-    let events = html
-        .split("data-source=\"decision/home_feed\"")
-        .nth(1)
-        .and_then(|r| r.split("data-field=\"events\">").nth(1))
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default();
+    let events = cell_of(&html, "data-source", "decision/home_feed", "events");
     assert_eq!(events, feed["events"].to_string());
 
     // Relevance: the decisions per variant as /v1/relevance counts them.
@@ -261,15 +252,8 @@ async fn sign_in_then_the_overview_matches_the_api() {
     assert_eq!(s, StatusCode::OK, "{html}");
     let (_, rel) = get(&app, "/v1/relevance?experiment=exp&group_by=variant").await;
     let g = &rel["groups"][0];
-    let lists = html
-        .split(&format!(
-            "data-group=\"{}\"",
-            g["group"].as_str().unwrap_or("?")
-        ))
-        .nth(1)
-        .and_then(|r| r.split("data-field=\"lists\">").nth(1))
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default();
+    let variant = g["group"].as_str().unwrap_or("?");
+    let lists = cell_of(&html, "data-group", variant, "lists");
     assert_eq!(lists, g["lists"].to_string(), "{html}");
     for section in [
         "Reliability diagram",
@@ -280,19 +264,8 @@ async fn sign_in_then_the_overview_matches_the_api() {
     }
 
     // Overview: conversion per variant as /v1/relevance has it.
-    let (_, html) = {
-        let (s, _, html) = fetch(&app, page("/overview", Some(&cookie))).await;
-        (s, html)
-    };
-    let conversion = html
-        .split(&format!(
-            "data-variant=\"{}\"",
-            g["group"].as_str().unwrap_or("?")
-        ))
-        .nth(1)
-        .and_then(|r| r.split("data-field=\"conversion\">").nth(1))
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default();
+    let (_, _, html) = fetch(&app, page("/overview", Some(&cookie))).await;
+    let conversion = cell_of(&html, "data-variant", variant, "conversion");
     assert_eq!(
         conversion,
         format!(
