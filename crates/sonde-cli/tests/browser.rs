@@ -564,11 +564,18 @@ async fn demo_sign_in_link(driver_port: u16) {
             .spawn()
             .expect("spawn demo"),
     );
+    // Keep reading the demo's output: a closed pipe would end it at its next line.
     let stdout = demo.0.stdout.take().expect("stdout");
-    let line = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("dashboard:"))
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if l.contains("dashboard:") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
         .expect("a dashboard line");
     let link = line
         .split_whitespace()
