@@ -32,6 +32,13 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Print a summary line; a reader that went away (`sonde demo | head`) must not end the demo,
+/// as `println!` would by panicking.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 /// Run the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir: PathBuf = args.data_dir.clone();
@@ -115,8 +122,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = &mut ctrl_c => break,
             _ = tick.tick() => {
                 match summary(&client, &url, &keys.read_key, &tally).await {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => println!("(summary unavailable: {e:#})"),
+                    Ok(text) => say(&text),
+                    Err(e) => say(&format!("(summary unavailable: {e:#})")),
                 }
             }
         }

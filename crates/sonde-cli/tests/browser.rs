@@ -564,7 +564,7 @@ async fn demo_sign_in_link(driver_port: u16) {
             .spawn()
             .expect("spawn demo"),
     );
-    // Keep reading the demo's output: a closed pipe would end it at its next line.
+    // Keep reading the demo's output, as a terminal would.
     let stdout = demo.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
