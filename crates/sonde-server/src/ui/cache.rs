@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
 use super::{PageFilters, Rendered};
@@ -27,10 +28,27 @@ pub struct PageCache {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
+/// Answer a page request: the sign-in redirect without a session, else the page of `path`
+/// for `f` (kept or rendered, see [`cached`]) as the filters ask for it.
+pub(super) async fn serve(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    f: &PageFilters,
+    ttl_secs: u64,
+    render: impl Future<Output = Rendered>,
+) -> Response {
+    if let Err(r) = super::signed_in(state, headers, path) {
+        return r.into_response();
+    }
+    let page = cached(state, headers, path, f, ttl_secs, render).await;
+    super::respond(&page, f)
+}
+
 /// The page of `path` for `f`: the kept one if it was rendered over the same window end and
 /// either no data arrived since or it is younger than `ttl_secs`; else `render`'s, kept. A
 /// request with `Cache-Control: no-cache` (a browser's hard reload) is always rendered.
-pub(super) async fn cached(
+async fn cached(
     state: &AppState,
     headers: &HeaderMap,
     path: &str,

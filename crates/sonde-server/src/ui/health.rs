@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use sonde_ui::number;
 
-use super::{NAV, PageFilters, RANGES, Rendered, html_page, pct, respond, signed_in};
+use super::{NAV, PageFilters, RANGES, Rendered, html_page, pct, signed_in};
 use crate::{AppState, Scope};
 
 /// `GET /health`: the instrumentation-health report.
@@ -18,11 +18,7 @@ pub async fn get_health_page(
     Query(f): Query<PageFilters>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&state, &headers, "/health") {
-        return r.into_response();
-    }
-    let r = super::cache::cached(&state, &headers, "/health", &f, 5, render(&state, &f)).await;
-    respond(&r, &f)
+    super::cache::serve(&state, &headers, "/health", &f, 5, render(&state, &f)).await
 }
 
 async fn render(state: &AppState, f: &PageFilters) -> Rendered {

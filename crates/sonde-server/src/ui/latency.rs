@@ -3,15 +3,12 @@
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::html;
 use sonde_latency::{GroupBy, Severity, TOTAL};
 use sonde_ui::{ChartSeries, LineChart, number};
 
-use super::{
-    MINUTE, PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct, respond,
-    signed_in,
-};
+use super::{MINUTE, PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct};
 use crate::AppState;
 
 /// `GET /latency`: a quantile per component and per variant over time, the SLOs with their budget
@@ -21,11 +18,7 @@ pub async fn get_latency_page(
     Query(f): Query<PageFilters>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&state, &headers, "/latency") {
-        return r.into_response();
-    }
-    let r = super::cache::cached(&state, &headers, "/latency", &f, 5, render(&state, &f)).await;
-    respond(&r, &f)
+    super::cache::serve(&state, &headers, "/latency", &f, 5, render(&state, &f)).await
 }
 
 async fn render(state: &AppState, f: &PageFilters) -> Rendered {

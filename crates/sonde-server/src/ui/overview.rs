@@ -5,14 +5,12 @@ use std::fmt::Write;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::html;
 use sonde_latency::{Filter, GroupBy, Objective, Severity, TOTAL};
 use sonde_ui::{ChartSeries, LineChart, number};
 
-use super::{
-    PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct, respond, signed_in,
-};
+use super::{PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct};
 use crate::AppState;
 
 /// The experiment a page compares the variants of: the filter's, else the first seen.
@@ -33,11 +31,7 @@ pub async fn get_overview(
     Query(f): Query<PageFilters>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&state, &headers, "/overview") {
-        return r.into_response();
-    }
-    let r = super::cache::cached(&state, &headers, "/overview", &f, 5, render(&state, &f)).await;
-    respond(&r, &f)
+    super::cache::serve(&state, &headers, "/overview", &f, 5, render(&state, &f)).await
 }
 
 async fn render(state: &AppState, f: &PageFilters) -> Rendered {

@@ -6,15 +6,13 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::html;
 use sonde_latency::TOTAL;
 use sonde_ui::{ChartSeries, LineChart, XAxis, number};
 
 use super::overview::experiment_of;
-use super::{
-    PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct, respond, signed_in,
-};
+use super::{PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct};
 use crate::AppState;
 
 /// `YYYY-MM-DD HH:MM:SS` or `YYYY-MM-DDTHH:MM:SS` (how a truncated timestamp prints) as
@@ -60,10 +58,7 @@ pub async fn get_relevance_page(
     Query(f): Query<PageFilters>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&state, &headers, "/relevance") {
-        return r.into_response();
-    }
-    let r = super::cache::cached(
+    super::cache::serve(
         &state,
         &headers,
         "/relevance",
@@ -71,8 +66,7 @@ pub async fn get_relevance_page(
         60,
         render_relevance(&state, &f),
     )
-    .await;
-    respond(&r, &f)
+    .await
 }
 
 async fn render_relevance(state: &AppState, f: &PageFilters) -> Rendered {
@@ -349,12 +343,9 @@ pub async fn get_summary_page(
     Query(mut f): Query<PageFilters>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&state, &headers, "/summary") {
-        return r.into_response();
-    }
     // A day against the day before, unless the filter says otherwise.
     f.minutes.get_or_insert(1440);
-    let r = super::cache::cached(
+    super::cache::serve(
         &state,
         &headers,
         "/summary",
@@ -362,8 +353,7 @@ pub async fn get_summary_page(
         60,
         render_summary(&state, &f),
     )
-    .await;
-    respond(&r, &f)
+    .await
 }
 
 async fn render_summary(state: &AppState, f: &PageFilters) -> Rendered {
