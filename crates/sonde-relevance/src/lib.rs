@@ -12,6 +12,8 @@ mod calibration;
 mod diversity;
 mod drift;
 mod error;
+mod gains;
+mod live;
 mod position;
 mod ranking;
 mod stability;
@@ -26,6 +28,10 @@ pub use drift::{
     numeric_drift, psi, psi_of_shares, wasserstein, wasserstein_normed,
 };
 pub use error::MetricError;
+pub use gains::Gains;
+pub use live::{
+    ListFilter, ListKey, ListSums, LiveConfig, LiveItem, LiveRelevance, Outcome, Resolution,
+};
 pub use position::{ClickCell, PositionBias, position_bias_em};
 pub use ranking::{Gain, ListMetrics, RankedItem, RankingSummary, list_metrics, trec_order};
 pub use stability::{jaccard_at_k, rbo_ext};

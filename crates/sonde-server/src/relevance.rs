@@ -74,37 +74,7 @@ pub struct RelevanceParams {
     pub reference_to: Option<String>,
 }
 
-/// How outcomes grade the items they follow: a project setting (`[relevance]` in the config
-/// file), defaults click 1, click with 30 s dwell 2, add to cart 2, purchase 3, window 30 min.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Gains {
-    /// Grade of a click.
-    pub click: i64,
-    /// Grade of a click whose dwell (`value`) reaches `long_dwell_secs`.
-    pub long_dwell: i64,
-    /// Dwell seconds of a long click.
-    pub long_dwell_secs: f64,
-    /// Grade of an add-to-cart.
-    pub add_to_cart: i64,
-    /// Grade of a purchase of the item.
-    pub purchase: i64,
-    /// Default minutes after a decision in which outcomes count.
-    pub window_minutes: u32,
-}
-
-impl Default for Gains {
-    fn default() -> Self {
-        Gains {
-            click: 1,
-            long_dwell: 2,
-            long_dwell_secs: 30.0,
-            add_to_cart: 2,
-            purchase: 3,
-            window_minutes: 30,
-        }
-    }
-}
+pub use sonde_relevance::Gains;
 
 /// A string literal for SQL.
 pub(crate) fn lit(s: &str) -> String {
