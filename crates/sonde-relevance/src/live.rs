@@ -6,7 +6,7 @@
 //! when it has the decision's `request_id` and the item's id and its event time is within
 //! `[decision, decision + window]`; an item's grade is the best such outcome. A decision stays
 //! *open* (its items and grades in memory) until its window has passed by `grace` — in wall
-//! time and, for history loaded faster than real time, in the event time seen so far — and
+//! time and, for history loaded faster than real time, in the decision times seen so far — and
 //! then *closes*: its list metrics at `k` go into the sums of its minute and key. Outcomes
 //! that arrive before their decision wait (up to the same bounds). An outcome of a closed
 //! decision is not counted here; [`LiveRelevance::late_outcomes`] says how many may have
@@ -52,7 +52,7 @@ impl Default for LiveConfig {
             k: 10,
             window_ms: 30 * MINUTE,
             grace_ms: 5 * MINUTE,
-            minute_retention_ms: 26 * HOUR,
+            minute_retention_ms: 50 * HOUR,
             hour_retention_ms: 8 * 24 * HOUR,
             max_keys: 20_000,
             max_open: 1_000_000,
@@ -217,7 +217,9 @@ pub struct LiveRelevance {
     hours: BTreeMap<i64, HashMap<u32, ListSums>>,
     /// Decisions before this minute are summed per hour, from it on per minute.
     minute_floor: i64,
-    /// Largest event time seen that was not in the future.
+    /// Largest decision time seen that was not in the future. Decisions only: the engine
+    /// logs them about in order, while a purchase may be reported with a time hours ahead
+    /// of the history still arriving.
     watermark: i64,
     /// Sums are complete from here on (epoch ms): nothing before it was loaded.
     complete_from: i64,
@@ -334,9 +336,23 @@ impl LiveRelevance {
         self.maintain(now_ms);
     }
 
+    /// A decision whose window closed before the join started, with its final grades (item
+    /// ids are not needed): straight into the sums.
+    pub fn add_closed(&mut self, time_ms: i64, key: ListKey, items: Vec<LiveItem>) {
+        if items.is_empty() {
+            return;
+        }
+        let key = self.key_id(key);
+        self.close(Open {
+            time_ms,
+            arrived_ms: time_ms,
+            key,
+            items,
+        });
+    }
+
     /// An outcome: grades its item if the decision is open, else waits for the decision.
     pub fn outcome(&mut self, o: &Outcome<'_>, now_ms: i64) {
-        self.see(o.time_ms, now_ms);
         let early = Early {
             item_id: o.item_id.into(),
             time_ms: o.time_ms,
@@ -643,7 +659,7 @@ mod tests {
         let now = 1000 * HOUR;
         let mut l = LiveRelevance::new(LiveConfig::default(), 0);
         l.set_ready();
-        let t0 = now - 48 * HOUR;
+        let t0 = now - 60 * HOUR;
         l.decision("old", t0, key("home", "a"), items(3), now);
         // Its outcome arrives after it, in the same second of wall time: still counted.
         l.outcome(&click("old", "i3", t0 + MINUTE), now);
@@ -651,7 +667,7 @@ mod tests {
         // History moves on past its window: it closes.
         l.decision("next", t0 + 40 * MINUTE, key("home", "a"), items(3), now);
         assert_eq!(l.open_decisions(), 1);
-        // 48 h ago is past minute retention once tiered: the hour answers at hour edges.
+        // 60 h ago is past minute retention once tiered: the hour answers at hour edges.
         l.maintain(now + 2 * MINUTE);
         let h = l
             .query(

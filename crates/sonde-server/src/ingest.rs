@@ -14,7 +14,7 @@ use sonde_store::{QuarantineEntry, Seen, WriteBatch};
 
 use crate::error::ApiError;
 use crate::project::Scope;
-use crate::{AppState, authorize};
+use crate::{AppState, authorize, now_ms};
 
 /// Query parameters of `POST /v1/events`.
 #[derive(Debug, Default, Deserialize)]
@@ -181,10 +181,6 @@ fn split(body: &[u8], format: Format) -> Result<Vec<&[u8]>, ApiError> {
             })
         }
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The handler.

@@ -12,6 +12,7 @@ mod exposure;
 pub mod health;
 mod ingest;
 pub(crate) mod latency;
+mod live_relevance;
 mod metrics;
 mod otlp;
 mod position;
@@ -283,6 +284,24 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
     })
 }
 
+/// Wall-clock now, epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Turn on the store's live relevance join and load it from what is stored (the ranking
+/// queries use SQL until it is done, or if it fails). `serve` runs it in the background.
+pub async fn load_live_relevance(state: AppState) {
+    // Loading reads the kept history once: it may take longer than a query.
+    let timeout = state
+        .config
+        .query_timeout
+        .max(std::time::Duration::from_secs(600));
+    if let Err(e) = live_relevance::load(state.store.clone(), state.config.gains, timeout).await {
+        tracing::warn!(error = %e, "live relevance not loaded; ranking queries use SQL");
+    }
+}
+
 /// Serve until `shutdown` resolves, then flush and close the store.
 pub async fn serve(
     state: AppState,
@@ -291,12 +310,14 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let store = state.store.clone();
     let evaluator = tokio::spawn(alerts::run(state.clone()));
+    let loader = tokio::spawn(load_live_relevance(state.clone()));
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Serve)?;
     evaluator.abort();
+    loader.abort();
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.close())
         .await

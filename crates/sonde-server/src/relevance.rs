@@ -72,6 +72,8 @@ pub struct RelevanceParams {
     pub reference_from: Option<String>,
     /// Drift: end of the reference window.
     pub reference_to: Option<String>,
+    /// Ranking: `true` runs the SQL join even where the live sums could answer.
+    pub exact: Option<bool>,
 }
 
 pub use sonde_relevance::Gains;
@@ -238,6 +240,10 @@ impl RelevanceParams {
                  AND {decision_window} \
                GROUP BY o.request_id, o.item_id) \
              SELECT i.request_id AS request_id, {group} AS grp, i.position AS position, \
+               i.item_id AS item_id, CAST(i.event_time AS BIGINT) AS t, i.surface AS surface, \
+               i.model_name AS model_name, i.model_version AS model_version, \
+               i.device AS device, i.region AS region, map_keys(i.experiments) AS exp_ids, \
+               map_values(i.experiments) AS exp_variants, \
                i.score AS score, i.model_name || ':' || i.model_version AS model, \
                i.category AS category, i.provider AS provider, \
                CAST(coalesce(g.gain, 0) AS BIGINT) AS grade, \
@@ -298,6 +304,18 @@ pub struct GroupRanking {
 
 /// Compute ranking metrics per group over the store.
 pub async fn relevance_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupRanking>, ApiError> {
+    match crate::live_relevance::ranking(store, p) {
+        Some(groups) => Ok(groups),
+        None => sql_relevance_report(store, p, timeout).await,
+    }
+}
+
+/// Ranking metrics per group by the SQL join over the stored rows.
+pub async fn sql_relevance_report(
     store: &Store,
     p: &RelevanceParams,
     timeout: std::time::Duration,
@@ -366,8 +384,15 @@ pub async fn get_relevance(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let groups = relevance_report(&state.store, &p, state.config.query_timeout).await?;
+        let (groups, source) = match crate::live_relevance::ranking(&state.store, &p) {
+            Some(groups) => (groups, "live"),
+            None => (
+                sql_relevance_report(&state.store, &p, state.config.query_timeout).await?,
+                "sql",
+            ),
+        };
         Ok(json!({
+            "source": source,
             "k": p.k.unwrap_or(10).max(1),
             "window_minutes": p.window(),
             "group_by": p.group_by.as_deref().unwrap_or("none"),

@@ -473,3 +473,76 @@ async fn swap_interventions_estimate_examination() {
         );
     }
 }
+
+#[tokio::test]
+async fn live_sums_answer_as_the_sql_join_does() {
+    const HOUR: i64 = 3_600_000;
+    let app = app();
+    let now = chrono::Utc::now().timestamp_millis();
+    let start = (now - 3 * HOUR).div_euclid(MIN) * MIN;
+    let sim = |seed: u64, start_ms: i64| sonde_sim::SimConfig {
+        seed,
+        start_ms,
+        decisions_per_sec: 0.3,
+        ..Default::default()
+    };
+    // Stored before the join starts (loaded from the store: closed windows into the sums),
+    // then fed live: older decisions close as the event time seen passes their window, the
+    // last half hour stays open.
+    simulate_into(&app, sim(11, start), 1620).await;
+    sonde_server::load_live_relevance(app.state.clone()).await;
+    simulate_into(&app, sim(12, start + 90 * MIN), 1620).await;
+
+    let to = (now + 2 * MIN).div_euclid(MIN) * MIN;
+    for group_by in [
+        "none",
+        "variant",
+        "variant,minute",
+        "surface,hour",
+        "model",
+        "device",
+        "region,day",
+    ] {
+        for window in [(start, to), (start + 100 * MIN, to), (to - 20 * MIN, to)] {
+            let q = format!(
+                "/v1/relevance?experiment=ranker_ab&group_by={group_by}&from={}&to={}",
+                window.0, window.1
+            );
+            let (status, live) = get(&app, &q).await;
+            assert_eq!(status, StatusCode::OK, "{live}");
+            assert_eq!(live["source"], "live", "{q}");
+            let (_, sql) = get(&app, &format!("{q}&exact=true")).await;
+            assert_eq!(sql["source"], "sql");
+            let (a, b) = (live["groups"].as_array(), sql["groups"].as_array());
+            let (a, b) = (a.expect("groups"), b.expect("groups"));
+            assert!(!a.is_empty(), "{q}");
+            assert_eq!(a.len(), b.len(), "{q}\n{live}\n{sql}");
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x["group"], y["group"], "{q}");
+                assert_eq!(x["lists"], y["lists"], "{q} {}", x["group"]);
+                for m in ["ndcg", "ctr", "mrr", "map", "hit_rate", "conversion_rate"] {
+                    let (u, v) = (x[m].as_f64(), y[m].as_f64());
+                    let (u, v) = (u.expect("number"), v.expect("number"));
+                    assert!((u - v).abs() < 1e-9, "{q} {} {m}: {u} vs {v}", x["group"]);
+                }
+            }
+        }
+    }
+    // A filter: one variant on one device.
+    let q = format!(
+        "/v1/relevance?experiment=ranker_ab&variant=treatment&device=ios&from={start}&to={to}"
+    );
+    let (_, live) = get(&app, &q).await;
+    let (_, sql) = get(&app, &format!("{q}&exact=true")).await;
+    assert_eq!(live["source"], "live");
+    assert_eq!(live["groups"][0]["lists"], sql["groups"][0]["lists"]);
+    assert!(
+        live["groups"][0]["lists"].as_u64().unwrap_or(0) > 0,
+        "{live}"
+    );
+    // A window edge inside a minute, or another cutoff: SQL answers.
+    let (_, v) = get(&app, &format!("/v1/relevance?from={}&to={to}", start + 1)).await;
+    assert_eq!(v["source"], "sql");
+    let (_, v) = get(&app, &format!("/v1/relevance?from={start}&to={to}&k=5")).await;
+    assert_eq!(v["source"], "sql");
+}

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod dedup;
 mod files;
+mod live;
 pub mod manifest;
 pub mod query;
 mod rollups;
@@ -18,6 +19,8 @@ pub use codec::{QuarantineEntry, ReplayEntry, SpanRecord};
 /// The Arrow version the store uses, for consumers of query results.
 pub use datafusion::arrow;
 pub use dedup::Seen;
+pub use live::LiveJoin;
+pub use query::Snapshot;
 pub use query::{QueryLimits, QueryResult};
 pub use store::{Counters, Store, StoreConfig, WriteBatch, WriteOutcome};
 pub use tables::Table;

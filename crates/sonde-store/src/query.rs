@@ -26,6 +26,7 @@ use crate::manifest::Manifest;
 use crate::tables::Table;
 
 /// A consistent view of the store for one query: committed files and in-memory batches.
+#[derive(Clone)]
 pub struct Snapshot {
     /// Each table's Parquet files: hour partition (epoch hours) and absolute path.
     pub files: Vec<(Table, Vec<(i64, String)>)>,

@@ -18,6 +18,7 @@ use crate::StoreError;
 use crate::codec::{self, QuarantineEntry, ReplayEntry, SpanRecord, WalEntry};
 use crate::dedup::{DedupIndex, Seen};
 use crate::files;
+use crate::live::LiveJoin;
 use crate::manifest::{FileEntry, Manifest};
 use crate::query::{self, QueryLimits, QueryResult, Snapshot};
 use crate::rollups;
@@ -162,12 +163,23 @@ impl Mem {
         Ok(())
     }
 
-    /// Buffer an entry's rows; a decision also goes into the latency rollups.
-    fn apply(&mut self, lsn: u64, entry: &WalEntry, rollups: &mut Rollups, now: i64) {
+    /// Buffer an entry's rows; a decision also goes into the latency rollups, and events go
+    /// into the live relevance join when it is on.
+    fn apply(
+        &mut self,
+        lsn: u64,
+        entry: &WalEntry,
+        rollups: &mut Rollups,
+        live: Option<&mut LiveJoin>,
+        now: i64,
+    ) {
         self.rows += match entry {
             WalEntry::Event(e, _) => {
                 if let Some(o) = rollups::observation(e) {
                     rollups.observe(&o, now);
+                }
+                if let Some(live) = live {
+                    live.feed(e, now);
                 }
                 self.builders.push_event(e)
             }
@@ -205,6 +217,8 @@ struct Inner {
     mem: RwLock<Mem>,
     /// Locked inside `mem` where both are held.
     rollups: Mutex<Rollups>,
+    /// The live relevance join, once started; locked inside `mem` where both are held.
+    live: Mutex<Option<LiveJoin>>,
     manifest: RwLock<Arc<Manifest>>,
     counters: Counters,
     wake: (Mutex<bool>, Condvar),
@@ -332,7 +346,7 @@ impl Store {
                 }
                 _ => {}
             }
-            mem.apply(r.lsn, &entry, &mut rollups, now);
+            mem.apply(r.lsn, &entry, &mut rollups, None, now);
         }
         mem.seal(false)?;
         tracing::info!(
@@ -384,7 +398,7 @@ impl Store {
         let mut mem = Mem::new();
         let now = now_ms();
         for r in sonde_wal::read_records(&dir.join("wal"), manifest.flushed_lsn)? {
-            mem.apply(r.lsn, &codec::decode(&r.payload)?, &mut rollups, now);
+            mem.apply(r.lsn, &codec::decode(&r.payload)?, &mut rollups, None, now);
         }
         mem.seal(true)?;
         Ok(Store {
@@ -485,10 +499,18 @@ impl Store {
                             let qids = {
                                 let mut mem = worker.mem.write();
                                 let mut rollups = worker.rollups.lock();
+                                let mut live = worker.live.lock();
                                 let now = now_ms();
                                 for (i, entry) in entries.iter().enumerate() {
-                                    mem.apply(first + i as u64, entry, &mut rollups, now);
+                                    mem.apply(
+                                        first + i as u64,
+                                        entry,
+                                        &mut rollups,
+                                        live.as_mut(),
+                                        now,
+                                    );
                                 }
+                                drop(live);
                                 drop(rollups);
                                 if let Err(e) = mem.seal(false) {
                                     tracing::error!(error = %e, "sealing in-memory batch failed");
@@ -539,7 +561,10 @@ impl Store {
 
     /// A consistent snapshot of files and buffered rows.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut mem = self.inner.mem.write();
+        self.snapshot_of(&mut self.inner.mem.write())
+    }
+
+    fn snapshot_of(&self, mem: &mut Mem) -> Result<Snapshot, StoreError> {
         mem.seal(true)?;
         let pending = rollup_batch(&self.inner.rollups.lock().pending_rows())?;
         let manifest = self.inner.manifest.read().clone();
@@ -581,6 +606,31 @@ impl Store {
     /// WAL fsync latencies since open (`None` read-only).
     pub fn fsync_histogram(&self) -> Option<sonde_wal::FsyncHistogram> {
         self.inner.wal.as_ref().map(|w| w.fsync_histogram())
+    }
+
+    /// Turn the live relevance join on and return a snapshot of everything stored before
+    /// it: events applied from now on are fed to the join, the snapshot holds the rest, so
+    /// loading the snapshot into the join counts every event once.
+    pub fn start_live_relevance(&self, join: LiveJoin) -> Result<Snapshot, StoreError> {
+        let mut mem = self.inner.mem.write();
+        *self.inner.live.lock() = Some(join);
+        self.snapshot_of(&mut mem)
+    }
+
+    /// Work on the live relevance join (`None` until started).
+    pub fn with_live_relevance<R>(&self, f: impl FnOnce(&mut LiveJoin) -> R) -> Option<R> {
+        self.inner.live.lock().as_mut().map(f)
+    }
+
+    /// Run read-only `sql` over a snapshot taken earlier, like [`Store::scan`].
+    pub async fn scan_snapshot(
+        snapshot: Snapshot,
+        sql: &str,
+        timeout: std::time::Duration,
+        visit: impl FnMut(&datafusion::arrow::record_batch::RecordBatch) -> Result<(), StoreError>
+        + Send,
+    ) -> Result<(), StoreError> {
+        query::scan(snapshot, sql, timeout, visit).await
     }
 
     /// Read the live latency rollups.
@@ -670,6 +720,7 @@ impl Inner {
             ingest_lock: Mutex::new(()),
             mem: RwLock::new(mem),
             rollups: Mutex::new(rollups),
+            live: Mutex::new(None),
             manifest: RwLock::new(Arc::new(manifest)),
             counters: Counters::default(),
             wake: (Mutex::new(false), Condvar::new()),

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use sonde_latency::Filter;
 use sonde_ui::{LineChart, NavItem, number};
 
-use crate::{AppState, Scope};
+use crate::{AppState, Scope, now_ms};
 
 pub use cache::PageCache;
 pub use health::{get_health_page, get_quarantine_page, post_quarantine_replay};
@@ -72,10 +72,6 @@ pub const NAV: [NavItem; 5] = [
 pub struct Sessions {
     tokens: Mutex<HashMap<String, (i64, Scope)>>,
     links: Mutex<HashMap<String, (i64, Scope)>>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn random_token() -> String {
@@ -353,7 +349,14 @@ impl PageFilters {
     /// with a step giving at most ~120 points.
     fn window(&self) -> (i64, i64, i64, i64) {
         let minutes = self.minutes.unwrap_or(60).clamp(5, 7 * 24 * 60);
-        let to = (now_ms() + MINUTE - 1).div_euclid(MINUTE) * MINUTE;
+        // Past two days, windows end on the hour: the live ranking sums keep minutes for
+        // two days and hours beyond.
+        let unit = if minutes > 2 * 1440 {
+            60 * MINUTE
+        } else {
+            MINUTE
+        };
+        let to = (now_ms() + unit - 1).div_euclid(unit) * unit;
         (
             minutes,
             to - minutes * MINUTE,
