@@ -3,7 +3,7 @@
 //! catalog they show, and whether provider groups and user segments are treated in line with
 //! the outcomes they earn. Formulas in `docs/relevance.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -157,60 +157,47 @@ pub async fn diversity_report(
     let attr = attribute(p, "category")?;
     let (group, filter) = (p.group_expr()?, p.where_clause()?);
     let mut ild: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    store
-        .scan(
-            &format!(
-                "SELECT {group} AS grp, array_agg(coalesce(i.{attr}, '') ORDER BY i.position) AS a \
-                 FROM decision_items i WHERE {filter} GROUP BY i.request_id, grp"
-            ),
-            timeout,
-            |batch: &RecordBatch| {
-                let grp = utf8(batch, 0)?;
-                let a = list(batch, 1)?;
-                for row in 0..batch.num_rows() {
-                    let e = ild.entry(grp.value(row).to_string()).or_default();
-                    e.0 += 1;
-                    e.1 += intra_list_diversity(&strings(&a.value(row))?);
-                }
-                Ok(())
-            },
-        )
-        .await?;
     let mut impressions: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut all_items = 0u64;
-    store
-        .scan(
-            &format!(
-                "SELECT {group} AS grp, i.item_id, CAST(count(*) AS DOUBLE) AS n \
-                 FROM decision_items i WHERE {filter} GROUP BY grp, i.item_id"
-            ),
-            timeout,
-            |batch: &RecordBatch| {
-                let grp = utf8(batch, 0)?;
-                let n = f64s(batch, 2)?;
-                for row in 0..batch.num_rows() {
-                    impressions
-                        .entry(grp.value(row).to_string())
-                        .or_default()
-                        .push(n.value(row));
-                }
-                Ok(())
-            },
-        )
-        .await?;
-    store
-        .scan(
-            &format!("SELECT count(DISTINCT i.item_id) FROM decision_items i WHERE {filter}"),
-            timeout,
-            |batch: &RecordBatch| {
-                let c = i64s(batch, 0)?;
-                if !c.is_empty() {
-                    all_items = c.value(0) as u64;
-                }
-                Ok(())
-            },
-        )
-        .await?;
+    // Distinct items over all groups, for coverage: the union of the groups' items.
+    let mut all_items: HashSet<String> = HashSet::new();
+    // Unordered: the diversity of a slate does not depend on the order.
+    let ild_sql = format!(
+        "SELECT {group} AS grp, array_agg(coalesce(i.{attr}, '')) AS a \
+         FROM decision_items i WHERE {filter} GROUP BY i.request_id, grp"
+    );
+    let items_sql = format!(
+        "SELECT {group} AS grp, i.item_id, CAST(count(*) AS DOUBLE) AS n \
+         FROM decision_items i WHERE {filter} GROUP BY grp, i.item_id"
+    );
+    let ild_scan = store.scan(&ild_sql, timeout, |batch: &RecordBatch| {
+        let grp = utf8(batch, 0)?;
+        let a = list(batch, 1)?;
+        for row in 0..batch.num_rows() {
+            let e = ild.entry(grp.value(row).to_string()).or_default();
+            e.0 += 1;
+            e.1 += intra_list_diversity(&strings(&a.value(row))?);
+        }
+        Ok(())
+    });
+    let items_scan = store.scan(&items_sql, timeout, |batch: &RecordBatch| {
+        let grp = utf8(batch, 0)?;
+        let item = utf8(batch, 1)?;
+        let n = f64s(batch, 2)?;
+        for row in 0..batch.num_rows() {
+            impressions
+                .entry(grp.value(row).to_string())
+                .or_default()
+                .push(n.value(row));
+            if !all_items.contains(item.value(row)) {
+                all_items.insert(item.value(row).to_string());
+            }
+        }
+        Ok(())
+    });
+    let (a, b) = tokio::join!(ild_scan, items_scan);
+    a?;
+    b?;
+    let all_items = all_items.len() as u64;
     Ok(ild
         .into_iter()
         .map(|(group, (decisions, ild_sum))| {

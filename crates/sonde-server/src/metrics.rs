@@ -267,6 +267,43 @@ fn decision_metrics(state: &AppState, x: &mut Exposition) {
             r.memory_bytes() as f64,
         );
     });
+    state.store.with_live_relevance(|j| {
+        let l = &j.relevance;
+        for (name, kind, help, v) in [
+            (
+                "sonde_live_relevance_ready",
+                "gauge",
+                "1 once the live ranking sums are loaded (ranking queries use SQL before).",
+                f64::from(u8::from(l.is_ready())),
+            ),
+            (
+                "sonde_live_relevance_open_decisions",
+                "gauge",
+                "Decisions whose outcome window is still open.",
+                l.open_decisions() as f64,
+            ),
+            (
+                "sonde_live_relevance_late_outcomes_total",
+                "counter",
+                "Outcomes that found no open decision (its window closed, or it never came).",
+                l.late_outcomes() as f64,
+            ),
+            (
+                "sonde_live_relevance_forced_closes_total",
+                "counter",
+                "Decisions closed early because the open-decision cap was reached.",
+                l.forced_closes() as f64,
+            ),
+            (
+                "sonde_live_relevance_memory_bytes",
+                "gauge",
+                "Approximate memory of the live ranking join and sums.",
+                l.memory_bytes() as f64,
+            ),
+        ] {
+            x.metric(name, kind, help, v);
+        }
+    });
 }
 
 /// The collector's own state.
