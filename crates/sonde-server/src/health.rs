@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sonde_latency::Sketch;
 use sonde_store::arrow::array::{Array, RecordBatch};
+use sonde_store::receipts::{self, REJECTED, ReceiptCell, Receipts};
 
 use crate::columns::{i64s, utf8};
 use crate::relevance::ts_lit;
@@ -372,6 +373,125 @@ async fn source_health(
     Ok(out)
 }
 
+/// Per-source figures from the receipts of the window and of its last five minutes.
+fn from_receipts(
+    window: &BTreeMap<(String, String), ReceiptCell>,
+    recent: &BTreeMap<(String, String), ReceiptCell>,
+) -> BTreeMap<(String, String), SourceHealth> {
+    window
+        .iter()
+        .filter(|((kind, _), _)| kind != REJECTED)
+        .map(|(key, c)| {
+            let h = SourceHealth {
+                events: c.events,
+                rate_per_sec_5m: recent.get(key).map_or(0, |r| r.events) as f64 / 300.0,
+                late_rate: ratio(c.late, c.events),
+                future_rate: ratio(c.future, c.events),
+                backfill_rate: ratio(c.backfill, c.events),
+                lag_p50_ms: c.lag.quantile(0.5),
+                lag_p99_ms: c.lag.quantile(0.99),
+                ..SourceHealth::default()
+            };
+            (key.clone(), h)
+        })
+        .collect()
+}
+
+/// Rejections by code from the receipts, most frequent first.
+fn rejections_of(window: &BTreeMap<(String, String), ReceiptCell>) -> Vec<CodeCount> {
+    let mut out: Vec<CodeCount> = window
+        .iter()
+        .filter(|((kind, _), _)| kind == REJECTED)
+        .map(|((_, code), c)| CodeCount {
+            code: code.clone(),
+            count: c.events,
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
+    out
+}
+
+/// Turn the per-minute receipts on and load what the store received in the hours they keep
+/// (counts per minute, and the lag of every live event). Until it is done, or if it fails,
+/// the health report counts by SQL.
+pub async fn load_receipts(
+    store: &sonde_store::Store,
+    timeout: std::time::Duration,
+) -> Result<(), sonde_store::StoreError> {
+    let now = crate::now_ms();
+    let from = (now - receipts::HOUR_RETENTION).div_euclid(60 * MINUTE) * 60 * MINUTE;
+    let snapshot = store.start_receipts(Receipts::new(from))?;
+    let since = ts_lit(from);
+    for (kind, table) in SOURCES {
+        let surface = if table == "decisions" {
+            "surface"
+        } else {
+            "''"
+        };
+        let counts_sql = format!(
+            "SELECT {surface}, CAST(date_trunc('minute', received_at) AS BIGINT), count(*), \
+               sum(CASE WHEN is_late THEN 1 ELSE 0 END), \
+               sum(CASE WHEN is_future THEN 1 ELSE 0 END), \
+               sum(CASE WHEN is_backfill THEN 1 ELSE 0 END) \
+             FROM {table} WHERE received_at >= {since} GROUP BY 1, 2"
+        );
+        sonde_store::Store::scan_snapshot(snapshot.clone(), &counts_sql, timeout, |b| {
+            let key = utf8(b, 0)?;
+            let cols: Vec<_> = (1..6).map(|i| i64s(b, i)).collect::<Result<_, _>>()?;
+            store.with_receipts(|r| {
+                for row in 0..b.num_rows() {
+                    let n = |i: usize| cols[i].value(row).max(0) as u64;
+                    r.add_counts(
+                        kind,
+                        key.value(row),
+                        cols[0].value(row),
+                        [n(1), n(2), n(3), n(4)],
+                    );
+                }
+            });
+            Ok(())
+        })
+        .await?;
+        let lag_sql = format!(
+            "SELECT {surface}, CAST(received_at AS BIGINT), \
+               CAST(received_at AS BIGINT) - CAST(event_time AS BIGINT) \
+             FROM {table} WHERE received_at >= {since} AND NOT is_backfill"
+        );
+        sonde_store::Store::scan_snapshot(snapshot.clone(), &lag_sql, timeout, |b| {
+            let (key, at, lag) = (utf8(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
+            store.with_receipts(|r| {
+                for row in 0..b.num_rows() {
+                    r.add_lag(kind, key.value(row), at.value(row), lag.value(row));
+                }
+            });
+            Ok(())
+        })
+        .await?;
+    }
+    let rejected_sql = format!(
+        "SELECT code, CAST(date_trunc('minute', received_at) AS BIGINT), count(*) \
+         FROM quarantine WHERE received_at >= {since} GROUP BY 1, 2"
+    );
+    sonde_store::Store::scan_snapshot(snapshot, &rejected_sql, timeout, |b| {
+        let (code, minute, n) = (utf8(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
+        store.with_receipts(|r| {
+            for row in 0..b.num_rows() {
+                let count = n.value(row).max(0) as u64;
+                r.add_counts(
+                    REJECTED,
+                    code.value(row),
+                    minute.value(row),
+                    [count, 0, 0, 0],
+                );
+            }
+        });
+        Ok(())
+    })
+    .await?;
+    store.with_receipts(Receipts::set_ready);
+    Ok(())
+}
+
 /// Decisions, users, sessions and items per hour of the last day.
 async fn cardinality(state: &AppState, now: i64) -> Result<Vec<HourCardinality>, ApiError> {
     let timeout = state.config.query_timeout;
@@ -470,14 +590,37 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
         from = ts_lit(from),
         until = ts_lit(now - grace * MINUTE)
     );
+    // Counts and lags from the per-minute receipts when they are loaded, else by SQL.
+    let receipts = state
+        .store
+        .with_receipts(|r| {
+            Some((
+                r.window(from, now + 1)?,
+                r.window(now - 5 * MINUTE, now + 1)?,
+            ))
+        })
+        .flatten();
     let (stored_last, per_source, rejections, orphan_counts, quarantine_counts, cardinality) = tokio::join!(
         stored_last(state),
-        futures::future::try_join_all(
-            SOURCES
-                .iter()
-                .map(|(kind, table)| source_health(state, kind, table, now, from))
-        ),
-        rejections(state, from),
+        async {
+            match &receipts {
+                Some((window, recent)) => Ok(vec![from_receipts(window, recent)]),
+                None => {
+                    futures::future::try_join_all(
+                        SOURCES
+                            .iter()
+                            .map(|(kind, table)| source_health(state, kind, table, now, from)),
+                    )
+                    .await
+                }
+            }
+        },
+        async {
+            match &receipts {
+                Some((window, _)) => Ok(rejections_of(window)),
+                None => rejections(state, from).await,
+            }
+        },
         two_counts(state, &orphans_sql),
         two_counts(
             state,

@@ -289,16 +289,26 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Turn on the store's live relevance join and load it from what is stored (the ranking
-/// queries use SQL until it is done, or if it fails). `serve` runs it in the background.
-pub async fn load_live_relevance(state: AppState) {
+/// Turn on the store's live sums — the relevance join and the per-minute receipts — and load
+/// them from what is stored (ranking and health queries use SQL until each is done, or if it
+/// fails). `serve` runs it in the background.
+pub async fn load_live_sums(state: AppState) {
     // Loading reads the kept history once: it may take longer than a query.
     let timeout = state
         .config
         .query_timeout
         .max(std::time::Duration::from_secs(600));
-    if let Err(e) = live_relevance::load(state.store.clone(), state.config.gains, timeout).await {
+    let started = std::time::Instant::now();
+    let (relevance, receipts) = tokio::join!(
+        live_relevance::load(state.store.clone(), state.config.gains, timeout),
+        health::load_receipts(&state.store, timeout),
+    );
+    if let Err(e) = relevance {
         tracing::warn!(error = %e, "live relevance not loaded; ranking queries use SQL");
+    }
+    match receipts {
+        Ok(()) => tracing::info!(secs = started.elapsed().as_secs_f64(), "receipts loaded"),
+        Err(e) => tracing::warn!(error = %e, "receipts not loaded; health counts use SQL"),
     }
 }
 
@@ -310,7 +320,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let store = state.store.clone();
     let evaluator = tokio::spawn(alerts::run(state.clone()));
-    let loader = tokio::spawn(load_live_relevance(state.clone()));
+    let loader = tokio::spawn(load_live_sums(state.clone()));
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

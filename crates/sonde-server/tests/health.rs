@@ -126,4 +126,40 @@ async fn health_report_counts_every_kind_of_trouble() {
 
     let (s, v) = get(&app, "/v1/health/data?window_minutes=0").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // The same figures from the per-minute receipts, loaded from the store, then fed live.
+    let figures = |h: &Value| -> Vec<Value> {
+        let mut out: Vec<Value> = h["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .map(|s| {
+                json!([
+                    s["type"],
+                    s["surface"],
+                    s["events"],
+                    s["late_rate"],
+                    s["future_rate"],
+                    s["backfill_rate"],
+                    s["lag_p50_ms"],
+                    s["lag_p99_ms"]
+                ])
+            })
+            .collect();
+        out.push(h["rejections"].clone());
+        out.push(h["rejection_rate"].clone());
+        out
+    };
+    let by_sql = figures(&h);
+    sonde_server::load_live_sums(app.state.clone()).await;
+    let (_, loaded) = get(&app, "/v1/health/data?grace_minutes=0").await;
+    assert_eq!(figures(&loaded), by_sql);
+    send(&app, &[decision("d9", t - 2_000, "u9")]).await;
+    let (_, fed) = get(&app, "/v1/health/data").await;
+    let decisions = fed["sources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["type"] == "decision"))
+        .expect("decisions")
+        .clone();
+    assert_eq!(decisions["events"], 6, "{fed}");
 }

@@ -490,7 +490,7 @@ async fn live_sums_answer_as_the_sql_join_does() {
     // then fed live: older decisions close as the event time seen passes their window, the
     // last half hour stays open.
     simulate_into(&app, sim(11, start), 1620).await;
-    sonde_server::load_live_relevance(app.state.clone()).await;
+    sonde_server::load_live_sums(app.state.clone()).await;
     simulate_into(&app, sim(12, start + 90 * MIN), 1620).await;
 
     let to = (now + 2 * MIN).div_euclid(MIN) * MIN;

@@ -8,6 +8,7 @@ mod files;
 mod live;
 pub mod manifest;
 pub mod query;
+pub mod receipts;
 mod rollups;
 mod store;
 pub mod tables;

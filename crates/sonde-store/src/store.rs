@@ -21,6 +21,7 @@ use crate::files;
 use crate::live::LiveJoin;
 use crate::manifest::{FileEntry, Manifest};
 use crate::query::{self, QueryLimits, QueryResult, Snapshot};
+use crate::receipts::{REJECTED, Receipt, Receipts};
 use crate::rollups;
 use crate::tables::{Table, TableBuilders};
 
@@ -171,8 +172,12 @@ impl Mem {
         entry: &WalEntry,
         rollups: &mut Rollups,
         live: Option<&mut LiveJoin>,
+        receipts: Option<&mut Receipts>,
         now: i64,
     ) {
+        if let (Some(r), Some(receipt)) = (receipts, receipt_of(entry)) {
+            r.add(&receipt, now);
+        }
         self.rows += match entry {
             WalEntry::Event(e, _) => {
                 if let Some(o) = rollups::observation(e) {
@@ -209,6 +214,35 @@ impl Mem {
     }
 }
 
+/// How the receipts count an entry.
+fn receipt_of(entry: &WalEntry) -> Option<Receipt<'_>> {
+    match entry {
+        WalEntry::Event(e, _) => Some(Receipt {
+            kind: e.data.body.event_type().as_str(),
+            key: match &e.data.body {
+                sonde_model::EventBody::Decision(d) => &d.surface,
+                _ => "",
+            },
+            received_at: e.meta.received_at,
+            lag_ms: e.meta.received_at - e.meta.event_time,
+            late: e.meta.is_late,
+            future: e.meta.is_future,
+            backfill: e.meta.is_backfill,
+        }),
+        WalEntry::Quarantine(q) => Some(Receipt {
+            kind: REJECTED,
+            key: &q.code,
+            received_at: q.received_at,
+            lag_ms: 0,
+            late: false,
+            future: false,
+            backfill: false,
+        }),
+        // Replay records and spans are not events of a source.
+        WalEntry::Replay(_) | WalEntry::Span(..) => None,
+    }
+}
+
 struct Inner {
     config: StoreConfig,
     wal: Option<Wal>,
@@ -219,6 +253,8 @@ struct Inner {
     rollups: Mutex<Rollups>,
     /// The live relevance join, once started; locked inside `mem` where both are held.
     live: Mutex<Option<LiveJoin>>,
+    /// Per-minute receipts, once started; locked inside `mem` where both are held.
+    receipts: Mutex<Option<Receipts>>,
     manifest: RwLock<Arc<Manifest>>,
     counters: Counters,
     wake: (Mutex<bool>, Condvar),
@@ -346,7 +382,7 @@ impl Store {
                 }
                 _ => {}
             }
-            mem.apply(r.lsn, &entry, &mut rollups, None, now);
+            mem.apply(r.lsn, &entry, &mut rollups, None, None, now);
         }
         mem.seal(false)?;
         tracing::info!(
@@ -398,7 +434,14 @@ impl Store {
         let mut mem = Mem::new();
         let now = now_ms();
         for r in sonde_wal::read_records(&dir.join("wal"), manifest.flushed_lsn)? {
-            mem.apply(r.lsn, &codec::decode(&r.payload)?, &mut rollups, None, now);
+            mem.apply(
+                r.lsn,
+                &codec::decode(&r.payload)?,
+                &mut rollups,
+                None,
+                None,
+                now,
+            );
         }
         mem.seal(true)?;
         Ok(Store {
@@ -500,6 +543,7 @@ impl Store {
                                 let mut mem = worker.mem.write();
                                 let mut rollups = worker.rollups.lock();
                                 let mut live = worker.live.lock();
+                                let mut receipts = worker.receipts.lock();
                                 let now = now_ms();
                                 for (i, entry) in entries.iter().enumerate() {
                                     mem.apply(
@@ -507,9 +551,11 @@ impl Store {
                                         entry,
                                         &mut rollups,
                                         live.as_mut(),
+                                        receipts.as_mut(),
                                         now,
                                     );
                                 }
+                                drop(receipts);
                                 drop(live);
                                 drop(rollups);
                                 if let Err(e) = mem.seal(false) {
@@ -622,6 +668,19 @@ impl Store {
         self.inner.live.lock().as_mut().map(f)
     }
 
+    /// Turn the per-minute receipts on and return a snapshot of everything stored before,
+    /// for the caller to load (as with [`Store::start_live_relevance`]).
+    pub fn start_receipts(&self, receipts: Receipts) -> Result<Snapshot, StoreError> {
+        let mut mem = self.inner.mem.write();
+        *self.inner.receipts.lock() = Some(receipts);
+        self.snapshot_of(&mut mem)
+    }
+
+    /// Work on the receipts (`None` until started).
+    pub fn with_receipts<R>(&self, f: impl FnOnce(&mut Receipts) -> R) -> Option<R> {
+        self.inner.receipts.lock().as_mut().map(f)
+    }
+
     /// Run read-only `sql` over a snapshot taken earlier, like [`Store::scan`].
     pub async fn scan_snapshot(
         snapshot: Snapshot,
@@ -721,6 +780,7 @@ impl Inner {
             mem: RwLock::new(mem),
             rollups: Mutex::new(rollups),
             live: Mutex::new(None),
+            receipts: Mutex::new(None),
             manifest: RwLock::new(Arc::new(manifest)),
             counters: Counters::default(),
             wake: (Mutex::new(false), Condvar::new()),
