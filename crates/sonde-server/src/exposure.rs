@@ -48,6 +48,20 @@ fn strings(list: &ArrayRef) -> Result<Vec<String>, StoreError> {
         .collect())
 }
 
+/// Item ids of `position item_id` strings, in position order: an unordered aggregation
+/// sorted here costs a fraction of one ordered by the database.
+fn by_position(tagged: Vec<String>) -> Vec<String> {
+    let mut items: Vec<(u64, String)> = tagged
+        .into_iter()
+        .map(|t| match t.split_once(' ') {
+            Some((p, id)) => (p.parse().unwrap_or(u64::MAX), id.to_string()),
+            None => (u64::MAX, t),
+        })
+        .collect();
+    items.sort_by_key(|(p, _)| *p);
+    items.into_iter().map(|(_, id)| id).collect()
+}
+
 /// Stability of one group: consecutive decisions for the same user and surface.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GroupStability {
@@ -75,7 +89,8 @@ pub async fn stability_report(
     let sql = format!(
         "SELECT coalesce(i.user_key, i.anonymous_key) AS who, i.surface AS surface, \
                 {group} AS grp, max(i.model_name || ':' || i.model_version) AS model, \
-                array_agg(i.item_id ORDER BY i.position) AS items, min(i.event_time) AS t \
+                array_agg(CAST(i.position AS VARCHAR) || ' ' || i.item_id) AS items, \
+                min(i.event_time) AS t \
          FROM decision_items i WHERE {filter} AND coalesce(i.user_key, i.anonymous_key) IS NOT NULL \
          GROUP BY i.request_id, who, surface, grp ORDER BY who, surface, t, i.request_id",
         group = p.group_expr()?,
@@ -95,7 +110,7 @@ pub async fn stability_report(
                     who.value(row).to_string(),
                     surface.value(row).to_string(),
                     model.value(row).to_string(),
-                    strings(&items.value(row))?,
+                    by_position(strings(&items.value(row))?),
                 );
                 if let Some(pr) = &prev
                     && pr.0 == cur.0

@@ -38,6 +38,8 @@ pub struct IngestTally {
     /// When each source's last stored event was received, read from the store once (at the
     /// first report); `by_source` carries it on from there.
     stored_last: tokio::sync::OnceCell<BTreeMap<(String, String), i64>>,
+    /// Cardinality of the settled hours, and when it was counted (epoch ms).
+    cardinality: Mutex<(i64, BTreeMap<i64, HourCardinality>)>,
 }
 
 /// Counts of one source.
@@ -196,7 +198,7 @@ pub struct QuarantineSize {
 }
 
 /// Distinct counts of one hour.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HourCardinality {
     /// Hour start (epoch ms).
     pub hour_ms: i64,
@@ -492,10 +494,38 @@ pub async fn load_receipts(
     Ok(())
 }
 
-/// Decisions, users, sessions and items per hour of the last day.
+/// Users, sessions and items per hour since the hour a day ago. Hours before the last two
+/// are kept for ten minutes between reports (late events reach them within that); the last
+/// two are counted afresh each time.
 async fn cardinality(state: &AppState, now: i64) -> Result<Vec<HourCardinality>, ApiError> {
+    const HOUR: i64 = 60 * MINUTE;
+    let first = (now - 24 * HOUR).div_euclid(HOUR) * HOUR;
+    let cached = {
+        let c = state.tally.cardinality.lock();
+        (c.0 > now - 10 * MINUTE).then(|| c.1.clone())
+    };
+    let since = match cached {
+        Some(_) => (now - HOUR).div_euclid(HOUR) * HOUR,
+        None => first,
+    };
+    let counted = count_cardinality(state, since).await?;
+    let refreshed = cached.is_none();
+    let mut hours = cached.unwrap_or_default();
+    hours.retain(|h, _| *h >= first && *h < since);
+    hours.extend(counted);
+    if refreshed {
+        *state.tally.cardinality.lock() = (now, hours.clone());
+    }
+    Ok(hours.into_values().collect())
+}
+
+/// Users, sessions and items per hour of event time from `since`.
+async fn count_cardinality(
+    state: &AppState,
+    since: i64,
+) -> Result<BTreeMap<i64, HourCardinality>, ApiError> {
     let timeout = state.config.query_timeout;
-    let day = ts_lit(now - 24 * 60 * MINUTE);
+    let day = ts_lit(since);
     let users_sql = format!(
         "SELECT CAST(date_trunc('hour', event_time) AS BIGINT), \
            approx_distinct(coalesce(user_key, anonymous_key)), approx_distinct(session_key) \
@@ -544,7 +574,7 @@ async fn cardinality(state: &AppState, now: i64) -> Result<Vec<HourCardinality>,
     for (h, n) in items {
         hours.entry(h).or_insert_with(|| empty(h)).items = n;
     }
-    Ok(hours.into_values().collect())
+    Ok(hours)
 }
 
 /// Rejections in the window by code, most frequent first.
@@ -581,14 +611,20 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
     // Interactions of the window (less the grace) without a decision. Only the decisions of
     // those interactions are looked up: a semi-join, not the distinct ids of every decision.
     let orphans_sql = format!(
+        // Event-time bounds let both scans skip old partitions: interactions timed more
+        // than a day before the window, and decisions a day before those, are not checked.
         "WITH i AS (SELECT request_id FROM interactions \
-                    WHERE received_at >= {from} AND received_at < {until}), \
+                    WHERE received_at >= {from} AND received_at < {until} \
+                      AND event_time >= {day_before}), \
               d AS (SELECT DISTINCT request_id FROM decisions \
-                    WHERE request_id IN (SELECT request_id FROM i)) \
+                    WHERE event_time >= {two_days_before} \
+                      AND request_id IN (SELECT request_id FROM i)) \
          SELECT count(*), sum(CASE WHEN d.request_id IS NULL THEN 1 ELSE 0 END) \
          FROM i LEFT JOIN d ON i.request_id = d.request_id",
         from = ts_lit(from),
-        until = ts_lit(now - grace * MINUTE)
+        until = ts_lit(now - grace * MINUTE),
+        day_before = ts_lit(from - 24 * 60 * MINUTE),
+        two_days_before = ts_lit(from - 48 * 60 * MINUTE),
     );
     // Counts and lags from the per-minute receipts when they are loaded, else by SQL.
     let receipts = state

@@ -212,42 +212,43 @@ pub async fn position_report(
     let mut models: BTreeMap<String, u32> = BTreeMap::new();
     let mut decisions: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut groups: BTreeMap<String, Vec<Shown>> = BTreeMap::new();
-    store
-        .scan(&sql, timeout, |batch: &RecordBatch| {
-            let grp = utf8(batch, 0)?;
-            let model = utf8(batch, 1)?;
-            let position = u32s(batch, 2)?;
-            let score = f64s(batch, 3)?;
-            let clicked = i64s(batch, 4)?;
-            let request = utf8(batch, 5)?;
-            let grade = i64s(batch, 6)?;
-            for row in 0..batch.num_rows() {
-                let next = models.len() as u32;
-                let m = *models.entry(model.value(row).to_string()).or_insert(next);
-                let next = decisions.len() as u32;
-                let d = *decisions
-                    .entry(request.value(row).to_string())
-                    .or_insert(next);
-                groups
-                    .entry(grp.value(row).to_string())
-                    .or_default()
-                    .push(Shown {
-                        decision: d,
-                        grade: grade.value(row) as f64,
-                        model: m,
-                        position: position.value(row),
-                        score: if score.is_null(row) {
-                            f64::NAN
-                        } else {
-                            score.value(row)
-                        },
-                        clicked: clicked.value(row) > 0,
-                    });
-            }
-            Ok(())
-        })
-        .await?;
-    let swaps = swap_counts(store, p, timeout).await?;
+    let shown = store.scan(&sql, timeout, |batch: &RecordBatch| {
+        let grp = utf8(batch, 0)?;
+        let model = utf8(batch, 1)?;
+        let position = u32s(batch, 2)?;
+        let score = f64s(batch, 3)?;
+        let clicked = i64s(batch, 4)?;
+        let request = utf8(batch, 5)?;
+        let grade = i64s(batch, 6)?;
+        for row in 0..batch.num_rows() {
+            let next = models.len() as u32;
+            let m = *models.entry(model.value(row).to_string()).or_insert(next);
+            let next = decisions.len() as u32;
+            let d = *decisions
+                .entry(request.value(row).to_string())
+                .or_insert(next);
+            groups
+                .entry(grp.value(row).to_string())
+                .or_default()
+                .push(Shown {
+                    decision: d,
+                    grade: grade.value(row) as f64,
+                    model: m,
+                    position: position.value(row),
+                    score: if score.is_null(row) {
+                        f64::NAN
+                    } else {
+                        score.value(row)
+                    },
+                    clicked: clicked.value(row) > 0,
+                });
+        }
+        Ok(())
+    });
+    // The swap interventions are a second scan: run both at once.
+    let (shown, swaps) = tokio::join!(shown, swap_counts(store, p, timeout));
+    shown?;
+    let swaps = swaps?;
     let mut out = Vec::new();
     for (group, mut items) in groups {
         let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
