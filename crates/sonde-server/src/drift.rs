@@ -145,10 +145,11 @@ pub async fn drift_report(
         to: p.reference_to.clone(),
         ..p.clone()
     };
-    let (r, c) = (
-        sample(store, &reference, timeout).await?,
-        sample(store, p, timeout).await?,
+    let (r, c) = tokio::join!(
+        sample(store, &reference, timeout),
+        sample(store, p, timeout)
     );
+    let (r, c) = (r?, c?);
     let mut out = Vec::new();
     let names: BTreeSet<&String> = r.numeric.keys().chain(c.numeric.keys()).collect();
     let empty = Vec::new();

@@ -319,9 +319,11 @@ pub async fn fairness_report(
                 "SELECT seg, count(*) AS n, avg(CASE WHEN best >= 1 THEN 1.0 ELSE 0.0 END) AS rate FROM \
                    (SELECT request_id, max(seg) AS seg, max(grade) AS best FROM \
                      (SELECT g.request_id, g.grade, coalesce(d.{segment}, 'unknown') AS seg \
-                      FROM ({graded}) g JOIN decisions d ON d.request_id = g.request_id) \
+                      FROM ({graded}) g JOIN decisions d ON d.request_id = g.request_id \
+                      WHERE {bounds}) \
                     GROUP BY request_id) \
-                 GROUP BY seg ORDER BY n DESC, seg"
+                 GROUP BY seg ORDER BY n DESC, seg",
+                bounds = p.time_bounds("d.event_time", 0)?,
             ),
             timeout,
             |batch: &RecordBatch| {

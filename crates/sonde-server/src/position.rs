@@ -80,8 +80,10 @@ async fn swap_counts(
 ) -> Result<BTreeMap<String, SwapCounts>, ApiError> {
     let sql = format!(
         "SELECT g.grp, d.flags, g.position, g.clicked FROM ({}) g \
-         JOIN decisions d ON d.request_id = g.request_id WHERE d.flags IS NOT NULL",
-        p.graded_items_sql()?
+         JOIN decisions d ON d.request_id = g.request_id WHERE d.flags IS NOT NULL AND {}",
+        p.graded_items_sql()?,
+        // The decisions of the window only: without it the join reads every stored decision.
+        p.time_bounds("d.event_time", 0)?
     );
     let mut out: BTreeMap<String, SwapCounts> = BTreeMap::new();
     store

@@ -153,7 +153,7 @@ impl RelevanceParams {
 
     /// `col` within the window, its end moved `after_minutes` later (outcomes follow their
     /// decision): lets the outcome and decision scans skip files outside the window.
-    fn time_bounds(&self, col: &str, after_minutes: u32) -> Result<String, ApiError> {
+    pub(crate) fn time_bounds(&self, col: &str, after_minutes: u32) -> Result<String, ApiError> {
         let mut conds = vec!["TRUE".to_string()];
         if let Some(v) = &self.from {
             conds.push(format!("{col} >= {}", time_lit("from", v)?));

@@ -225,6 +225,11 @@ pub struct QueryResult {
     pub truncated: bool,
 }
 
+/// Cores to spread one SQL query over.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// One runtime for every query, so Parquet footers read once stay in its metadata cache
 /// (files are immutable: a compaction writes new ones under new names).
 fn runtime() -> Arc<RuntimeEnv> {
@@ -234,8 +239,9 @@ fn runtime() -> Arc<RuntimeEnv> {
         .clone()
 }
 
-fn context(snapshot: Snapshot) -> Result<SessionContext, StoreError> {
+fn context(snapshot: Snapshot, partitions: usize) -> Result<SessionContext, StoreError> {
     let config = SessionConfig::new()
+        .with_target_partitions(partitions)
         .with_information_schema(true)
         .with_default_catalog_and_schema("sonde", "public");
     let ctx = SessionContext::new_with_config_rt(config, runtime());
@@ -263,8 +269,9 @@ fn context(snapshot: Snapshot) -> Result<SessionContext, StoreError> {
 async fn read_only(
     snapshot: Snapshot,
     sql: &str,
+    partitions: usize,
 ) -> Result<(SessionContext, SchemaRef, SendableRecordBatchStream), StoreError> {
-    let ctx = context(snapshot)?;
+    let ctx = context(snapshot, partitions)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -288,7 +295,9 @@ pub async fn scan(
     mut visit: impl FnMut(&RecordBatch) -> Result<(), StoreError> + Send,
 ) -> Result<(), StoreError> {
     let work = async {
-        let (_ctx, _, mut stream) = read_only(snapshot, sql).await?;
+        // Analyses run several at once (a dashboard page runs eight): splitting each over
+        // the cores only adds repartitioning.
+        let (_ctx, _, mut stream) = read_only(snapshot, sql, 1).await?;
         while let Some(batch) = stream.next().await {
             visit(&batch.map_err(StoreError::from_query)?)?;
         }
@@ -306,7 +315,7 @@ pub async fn run(
     limits: QueryLimits,
 ) -> Result<QueryResult, StoreError> {
     let work = async {
-        let (_ctx, schema, mut stream) = read_only(snapshot, sql).await?;
+        let (_ctx, schema, mut stream) = read_only(snapshot, sql, cores()).await?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
         let mut truncated = false;
