@@ -6,7 +6,7 @@
 //! when it has the decision's `request_id` and the item's id and its event time is within
 //! `[decision, decision + window]`; an item's grade is the best such outcome. A decision stays
 //! *open* (its items and grades in memory) until its window has passed by `grace` — in wall
-//! time and, for history loaded faster than real time, in the decision times seen so far — and
+//! time or, for history loaded faster than real time, in the decision times seen after it — and
 //! then *closes*: its list metrics at `k` go into the sums of its minute and key. Outcomes
 //! that arrive before their decision wait (up to the same bounds). An outcome of a closed
 //! decision is not counted here; [`LiveRelevance::late_outcomes`] says how many may have
@@ -140,6 +140,10 @@ pub struct Outcome<'a> {
 struct Open {
     time_ms: i64,
     arrived_ms: i64,
+    /// The watermark when it arrived: only a watermark that passes its window *after* it
+    /// arrived closes it (history imported while live traffic flows has the live watermark
+    /// far ahead of it, and its outcomes follow it).
+    watermark_at_arrival: i64,
     key: u32,
     items: Vec<LiveItem>,
 }
@@ -149,6 +153,7 @@ struct Early {
     item_id: Box<str>,
     time_ms: i64,
     arrived_ms: i64,
+    watermark_at_arrival: i64,
     grade: i64,
     click: bool,
     purchase: bool,
@@ -322,6 +327,7 @@ impl LiveRelevance {
         let mut d = Open {
             time_ms,
             arrived_ms: now_ms,
+            watermark_at_arrival: self.watermark,
             key,
             items,
         };
@@ -346,6 +352,7 @@ impl LiveRelevance {
         self.close(Open {
             time_ms,
             arrived_ms: time_ms,
+            watermark_at_arrival: i64::MIN,
             key,
             items,
         });
@@ -357,6 +364,7 @@ impl LiveRelevance {
             item_id: o.item_id.into(),
             time_ms: o.time_ms,
             arrived_ms: now_ms,
+            watermark_at_arrival: self.watermark,
             grade: o.grade,
             click: o.click,
             purchase: o.purchase,
@@ -377,11 +385,20 @@ impl LiveRelevance {
         self.maintain(now_ms);
     }
 
-    /// Whether something timed at `time_ms` that arrived at `arrived_ms` is past its window.
-    fn expired(&self, time_ms: i64, arrived_ms: i64, now_ms: i64) -> bool {
+    /// Whether something timed at `time_ms` that arrived at `arrived_ms`, when the watermark
+    /// stood at `watermark_at_arrival`, is past its window: by wall time, or by decisions of
+    /// its own stream that came after it.
+    fn expired(
+        &self,
+        time_ms: i64,
+        arrived_ms: i64,
+        watermark_at_arrival: i64,
+        now_ms: i64,
+    ) -> bool {
         let end = time_ms + self.config.window_ms + self.config.grace_ms;
         now_ms > end
-            && (now_ms.saturating_sub(arrived_ms) > self.config.grace_ms || self.watermark > end)
+            && (now_ms.saturating_sub(arrived_ms) > self.config.grace_ms
+                || (watermark_at_arrival <= end && self.watermark > end))
     }
 
     /// Close what is past its window, expire waiting outcomes, and move old minutes into
@@ -389,8 +406,10 @@ impl LiveRelevance {
     pub fn maintain(&mut self, now_ms: i64) {
         while let Some(((time_ms, _), id)) = self.queue.first_key_value() {
             let force = self.open.len() > self.config.max_open;
-            let arrived = self.open.get(id).map_or(i64::MIN, |d| d.arrived_ms);
-            if !force && !self.expired(*time_ms, arrived, now_ms) {
+            let (arrived, mark) = self.open.get(id).map_or((i64::MIN, i64::MIN), |d| {
+                (d.arrived_ms, d.watermark_at_arrival)
+            });
+            if !force && !self.expired(*time_ms, arrived, mark, now_ms) {
                 break;
             }
             if let Some((_, id)) = self.queue.pop_first()
@@ -401,12 +420,16 @@ impl LiveRelevance {
             }
         }
         while let Some(((time_ms, _), id)) = self.early_queue.first_key_value() {
-            let arrived = self
+            let (arrived, mark) = self
                 .early
                 .get(id)
-                .and_then(|v| v.iter().map(|e| e.arrived_ms).min())
-                .unwrap_or(i64::MIN);
-            if !self.expired(*time_ms, arrived, now_ms) {
+                .and_then(|v| {
+                    let arrived = v.iter().map(|e| e.arrived_ms).max()?;
+                    let mark = v.iter().map(|e| e.watermark_at_arrival).max()?;
+                    Some((arrived, mark))
+                })
+                .unwrap_or((i64::MIN, i64::MIN));
+            if !self.expired(*time_ms, arrived, mark, now_ms) {
                 break;
             }
             if let Some((_, id)) = self.early_queue.pop_first()
@@ -690,6 +713,25 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn history_imported_while_live_traffic_flows_waits_for_its_outcomes() {
+        let now = 1000 * HOUR;
+        let mut l = LiveRelevance::new(LiveConfig::default(), 0);
+        l.set_ready();
+        // Live traffic has the watermark at now.
+        l.decision("live", now, key("home", "a"), items(3), now);
+        // A day-old decision imported now, its click in the next batch.
+        let old = now - 24 * HOUR;
+        l.decision("old", old, key("home", "a"), items(3), now);
+        l.outcome(&click("old", "i1", old + MINUTE), now + 1_000);
+        assert_eq!(l.open_decisions(), 2);
+        // It closes by wall time, with its click.
+        l.maintain(now + 6 * MINUTE);
+        assert_eq!(l.open_decisions(), 1);
+        let s = all(&l, old, old + MINUTE).expect("answers")["home"];
+        assert!((s.summary.mrr - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -486,12 +486,19 @@ async fn live_sums_answer_as_the_sql_join_does() {
         decisions_per_sec: 0.3,
         ..Default::default()
     };
-    // Stored before the join starts (loaded from the store: closed windows into the sums),
-    // then fed live: older decisions close as the event time seen passes their window, the
-    // last half hour stays open.
-    simulate_into(&app, sim(11, start), 1620).await;
+    // Stored before the join starts, then loaded: decisions whose window has closed go into
+    // the sums, the last 35 minutes become open decisions. Then fed live: older history
+    // (imported while the loaded decisions hold the watermark at now) and the last minutes.
+    simulate_into(&app, sim(11, start + 110 * MIN), 1080).await;
     sonde_server::load_live_sums(app.state.clone()).await;
-    simulate_into(&app, sim(12, start + 90 * MIN), 1620).await;
+    let loaded_open = app
+        .state
+        .store()
+        .with_live_relevance(|j| j.relevance.open_decisions())
+        .unwrap_or(0);
+    assert!(loaded_open > 100, "{loaded_open} open decisions loaded");
+    simulate_into(&app, sim(12, start), 1980).await;
+    simulate_into(&app, sim(13, start + 170 * MIN), 180).await;
 
     let to = (now + 2 * MIN).div_euclid(MIN) * MIN;
     for group_by in [
