@@ -6,7 +6,8 @@
 //! when it has the decision's `request_id` and the item's id and its event time is within
 //! `[decision, decision + window]`; an item's grade is the best such outcome. A decision stays
 //! *open* (its items and grades in memory) until its window has passed by `grace` — in wall
-//! time or, for history loaded faster than real time, in the decision times seen after it — and
+//! time or, for history loaded faster than real time, in the decision times seen (after a
+//! 10 s settle for the outcomes sent after it) — and
 //! then *closes*: its list metrics at `k` go into the sums of its minute and key. Outcomes
 //! that arrive before their decision wait (up to the same bounds). An outcome of a closed
 //! decision is not counted here; [`LiveRelevance::late_outcomes`] says how many may have
@@ -35,6 +36,9 @@ pub struct LiveConfig {
     pub window_ms: i64,
     /// How long past its window a decision stays open for outcomes still on their way.
     pub grace_ms: i64,
+    /// History arriving faster than real time: how long a decision whose window the later
+    /// decisions have passed still waits for the outcomes sent after it.
+    pub settle_ms: i64,
     /// How long minutes keep minute resolution.
     pub minute_retention_ms: i64,
     /// How long hours are kept.
@@ -52,6 +56,7 @@ impl Default for LiveConfig {
             k: 10,
             window_ms: 30 * MINUTE,
             grace_ms: 5 * MINUTE,
+            settle_ms: 10_000,
             minute_retention_ms: 50 * HOUR,
             hour_retention_ms: 8 * 24 * HOUR,
             max_keys: 20_000,
@@ -140,10 +145,6 @@ pub struct Outcome<'a> {
 struct Open {
     time_ms: i64,
     arrived_ms: i64,
-    /// The watermark when it arrived: only a watermark that passes its window *after* it
-    /// arrived closes it (history imported while live traffic flows has the live watermark
-    /// far ahead of it, and its outcomes follow it).
-    watermark_at_arrival: i64,
     key: u32,
     items: Vec<LiveItem>,
 }
@@ -153,7 +154,6 @@ struct Early {
     item_id: Box<str>,
     time_ms: i64,
     arrived_ms: i64,
-    watermark_at_arrival: i64,
     grade: i64,
     click: bool,
     purchase: bool,
@@ -327,7 +327,6 @@ impl LiveRelevance {
         let mut d = Open {
             time_ms,
             arrived_ms: now_ms,
-            watermark_at_arrival: self.watermark,
             key,
             items,
         };
@@ -352,7 +351,6 @@ impl LiveRelevance {
         self.close(Open {
             time_ms,
             arrived_ms: time_ms,
-            watermark_at_arrival: i64::MIN,
             key,
             items,
         });
@@ -364,7 +362,6 @@ impl LiveRelevance {
             item_id: o.item_id.into(),
             time_ms: o.time_ms,
             arrived_ms: now_ms,
-            watermark_at_arrival: self.watermark,
             grade: o.grade,
             click: o.click,
             purchase: o.purchase,
@@ -385,20 +382,15 @@ impl LiveRelevance {
         self.maintain(now_ms);
     }
 
-    /// Whether something timed at `time_ms` that arrived at `arrived_ms`, when the watermark
-    /// stood at `watermark_at_arrival`, is past its window: by wall time, or by decisions of
-    /// its own stream that came after it.
-    fn expired(
-        &self,
-        time_ms: i64,
-        arrived_ms: i64,
-        watermark_at_arrival: i64,
-        now_ms: i64,
-    ) -> bool {
+    /// Whether something timed at `time_ms` that arrived at `arrived_ms` is past its window:
+    /// by wall time, or — history arriving faster than real time — once later decisions
+    /// passed its window and it had `settle_ms` for the outcomes sent after it.
+    fn expired(&self, time_ms: i64, arrived_ms: i64, now_ms: i64) -> bool {
         let end = time_ms + self.config.window_ms + self.config.grace_ms;
+        let waited = now_ms.saturating_sub(arrived_ms);
         now_ms > end
-            && (now_ms.saturating_sub(arrived_ms) > self.config.grace_ms
-                || (watermark_at_arrival <= end && self.watermark > end))
+            && (waited > self.config.grace_ms
+                || (self.watermark > end && waited > self.config.settle_ms))
     }
 
     /// Close what is past its window, expire waiting outcomes, and move old minutes into
@@ -406,10 +398,8 @@ impl LiveRelevance {
     pub fn maintain(&mut self, now_ms: i64) {
         while let Some(((time_ms, _), id)) = self.queue.first_key_value() {
             let force = self.open.len() > self.config.max_open;
-            let (arrived, mark) = self.open.get(id).map_or((i64::MIN, i64::MIN), |d| {
-                (d.arrived_ms, d.watermark_at_arrival)
-            });
-            if !force && !self.expired(*time_ms, arrived, mark, now_ms) {
+            let arrived = self.open.get(id).map_or(i64::MIN, |d| d.arrived_ms);
+            if !force && !self.expired(*time_ms, arrived, now_ms) {
                 break;
             }
             if let Some((_, id)) = self.queue.pop_first()
@@ -420,16 +410,12 @@ impl LiveRelevance {
             }
         }
         while let Some(((time_ms, _), id)) = self.early_queue.first_key_value() {
-            let (arrived, mark) = self
+            let arrived = self
                 .early
                 .get(id)
-                .and_then(|v| {
-                    let arrived = v.iter().map(|e| e.arrived_ms).max()?;
-                    let mark = v.iter().map(|e| e.watermark_at_arrival).max()?;
-                    Some((arrived, mark))
-                })
-                .unwrap_or((i64::MIN, i64::MIN));
-            if !self.expired(*time_ms, arrived, mark, now_ms) {
+                .and_then(|v| v.iter().map(|e| e.arrived_ms).max())
+                .unwrap_or(i64::MIN);
+            if !self.expired(*time_ms, arrived, now_ms) {
                 break;
             }
             if let Some((_, id)) = self.early_queue.pop_first()
@@ -687,8 +673,10 @@ mod tests {
         // Its outcome arrives after it, in the same second of wall time: still counted.
         l.outcome(&click("old", "i3", t0 + MINUTE), now);
         assert_eq!(l.open_decisions(), 1);
-        // History moves on past its window: it closes.
+        // History moves on past its window: it closes once it had 10 s for its outcomes.
         l.decision("next", t0 + 40 * MINUTE, key("home", "a"), items(3), now);
+        assert_eq!(l.open_decisions(), 2);
+        l.maintain(now + 11_000);
         assert_eq!(l.open_decisions(), 1);
         // 60 h ago is past minute retention once tiered: the hour answers at hour edges.
         l.maintain(now + 2 * MINUTE);
@@ -727,8 +715,8 @@ mod tests {
         l.decision("old", old, key("home", "a"), items(3), now);
         l.outcome(&click("old", "i1", old + MINUTE), now + 1_000);
         assert_eq!(l.open_decisions(), 2);
-        // It closes by wall time, with its click.
-        l.maintain(now + 6 * MINUTE);
+        // It closes once it had 10 s for its outcomes, with its click.
+        l.maintain(now + 11_000);
         assert_eq!(l.open_decisions(), 1);
         let s = all(&l, old, old + MINUTE).expect("answers")["home"];
         assert!((s.summary.mrr - 1.0).abs() < 1e-12);
