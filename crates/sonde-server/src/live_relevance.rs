@@ -240,6 +240,8 @@ pub fn ranking(store: &Store, p: &RelevanceParams) -> Option<Vec<GroupRanking>> 
         Resolution::Hour
     };
     let sums = store.with_live_relevance(|j| {
+        // Close what expired since the last event: with no traffic nothing else would.
+        j.relevance.maintain(crate::now_ms());
         let c = j.relevance.config();
         if p.k.unwrap_or(10).max(1) != c.k || i64::from(p.window()) * 60_000 != c.window_ms {
             return None;
