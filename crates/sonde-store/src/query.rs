@@ -225,11 +225,6 @@ pub struct QueryResult {
     pub truncated: bool,
 }
 
-/// Cores to spread one SQL query over.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// One runtime for every query, so Parquet footers read once stay in its metadata cache
 /// (files are immutable: a compaction writes new ones under new names).
 fn runtime() -> Arc<RuntimeEnv> {
@@ -239,11 +234,15 @@ fn runtime() -> Arc<RuntimeEnv> {
         .clone()
 }
 
-fn context(snapshot: Snapshot, partitions: usize) -> Result<SessionContext, StoreError> {
-    let config = SessionConfig::new()
-        .with_target_partitions(partitions)
+/// A context over `snapshot`; `one_partition` keeps each plan on one core (DataFusion's
+/// default spreads it over all of them).
+fn context(snapshot: Snapshot, one_partition: bool) -> Result<SessionContext, StoreError> {
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema("sonde", "public");
+    if one_partition {
+        config = config.with_target_partitions(1);
+    }
     let ctx = SessionContext::new_with_config_rt(config, runtime());
     let mut mem = snapshot.mem;
     for (table, paths) in snapshot.files {
@@ -269,9 +268,9 @@ fn context(snapshot: Snapshot, partitions: usize) -> Result<SessionContext, Stor
 async fn read_only(
     snapshot: Snapshot,
     sql: &str,
-    partitions: usize,
+    one_partition: bool,
 ) -> Result<(SessionContext, SchemaRef, SendableRecordBatchStream), StoreError> {
-    let ctx = context(snapshot, partitions)?;
+    let ctx = context(snapshot, one_partition)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -297,7 +296,7 @@ pub async fn scan(
     let work = async {
         // Analyses run several at once (a dashboard page runs eight): splitting each over
         // the cores only adds repartitioning.
-        let (_ctx, _, mut stream) = read_only(snapshot, sql, 1).await?;
+        let (_ctx, _, mut stream) = read_only(snapshot, sql, true).await?;
         while let Some(batch) = stream.next().await {
             visit(&batch.map_err(StoreError::from_query)?)?;
         }
@@ -315,7 +314,7 @@ pub async fn run(
     limits: QueryLimits,
 ) -> Result<QueryResult, StoreError> {
     let work = async {
-        let (_ctx, schema, mut stream) = read_only(snapshot, sql, cores()).await?;
+        let (_ctx, schema, mut stream) = read_only(snapshot, sql, false).await?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
         let mut truncated = false;
