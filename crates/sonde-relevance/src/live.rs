@@ -107,6 +107,23 @@ impl ListSums {
         self.summary.merge(&o.summary);
         self.converted += o.converted;
     }
+
+    /// Add one list's metrics at `k` (items in any order; ranked by position).
+    pub fn add_list(&mut self, items: &[LiveItem], k: usize) {
+        let mut ranked: Vec<&LiveItem> = items.iter().collect();
+        ranked.sort_unstable_by_key(|i| i.position);
+        let ranked: Vec<RankedItem<'_>> = ranked
+            .iter()
+            .map(|i| RankedItem {
+                item_id: "",
+                score: -f64::from(i.position),
+                grade: i.grade.clamp(0, 511) as f64,
+                clicked: i.clicked,
+            })
+            .collect();
+        self.summary.add(&list_metrics(&ranked, k));
+        self.converted += u64::from(items.iter().any(|i| i.purchased));
+    }
 }
 
 /// One item of a decision: id, position and what followed it so far.
@@ -261,6 +278,11 @@ impl LiveRelevance {
     /// Settings.
     pub fn config(&self) -> &LiveConfig {
         &self.config
+    }
+
+    /// Sums are complete from here on (epoch ms): what loading must cover.
+    pub fn complete_from(&self) -> i64 {
+        self.complete_from
     }
 
     /// Mark loading done: queries answer from now on.
@@ -437,11 +459,11 @@ impl LiveRelevance {
         } else {
             self.hours.entry(d.time_ms.div_euclid(HOUR) * HOUR)
         };
-        add_list(
-            bucket.or_default().entry(d.key).or_default(),
-            &d.items,
-            self.config.k,
-        );
+        bucket
+            .or_default()
+            .entry(d.key)
+            .or_default()
+            .add_list(&d.items, self.config.k);
     }
 
     fn tier(&mut self, now_ms: i64) {
@@ -524,11 +546,9 @@ impl LiveRelevance {
             }
             let key = &self.keys[d.key as usize];
             if filter.matches(key) {
-                add_list(
-                    out.entry(group(key, d.time_ms)).or_default(),
-                    &d.items,
-                    self.config.k,
-                );
+                out.entry(group(key, d.time_ms))
+                    .or_default()
+                    .add_list(&d.items, self.config.k);
             }
         }
         Some(out)
@@ -553,23 +573,6 @@ impl LiveRelevance {
             .sum();
         sums + open + self.keys.len() * 128
     }
-}
-
-/// Add one list's metrics at `k` (items in any order; ranked by position).
-fn add_list(sums: &mut ListSums, items: &[LiveItem], k: usize) {
-    let mut ranked: Vec<(u32, &LiveItem)> = items.iter().map(|i| (i.position, i)).collect();
-    ranked.sort_unstable_by_key(|(p, _)| *p);
-    let ranked: Vec<RankedItem<'_>> = ranked
-        .iter()
-        .map(|(p, i)| RankedItem {
-            item_id: "",
-            score: -f64::from(*p),
-            grade: i.grade.clamp(0, 511) as f64,
-            clicked: i.clicked,
-        })
-        .collect();
-    sums.summary.add(&list_metrics(&ranked, k));
-    sums.converted += u64::from(items.iter().any(|i| i.purchased));
 }
 
 #[cfg(test)]

@@ -20,6 +20,15 @@ use crate::{ApiError, AppState, Scope, authorize};
 
 const MINUTE: i64 = 60_000;
 
+/// The surface column of `table`'s rows (decisions only; `''` for the others).
+fn surface_of(table: &str) -> &'static str {
+    if table == "decisions" {
+        "surface"
+    } else {
+        "''"
+    }
+}
+
 /// Event tables and the type of their events.
 const SOURCES: [(&str, &str); 6] = [
     ("decision", "decisions"),
@@ -264,11 +273,7 @@ async fn stored_last(state: &AppState) -> Result<&BTreeMap<(String, String), i64
         .get_or_try_init(|| async {
             let per_table =
                 futures::future::try_join_all(SOURCES.iter().map(|(kind, table)| async move {
-                    let surface = if *table == "decisions" {
-                        "surface"
-                    } else {
-                        "''"
-                    };
+                    let surface = surface_of(table);
                     let sql = format!(
                         "SELECT {surface}, CAST(max(received_at) AS BIGINT) FROM {table} GROUP BY 1"
                     );
@@ -307,11 +312,7 @@ async fn source_health(
 ) -> Result<BTreeMap<(String, String), SourceHealth>, ApiError> {
     let timeout = state.config.query_timeout;
     let store = &state.store;
-    let surface = if table == "decisions" {
-        "surface"
-    } else {
-        "''"
-    };
+    let surface = surface_of(table);
     let window_sql = format!(
         "SELECT {surface}, count(*), \
            sum(CASE WHEN received_at >= {recent} THEN 1 ELSE 0 END), \
@@ -413,23 +414,25 @@ fn rejections_of(window: &BTreeMap<(String, String), ReceiptCell>) -> Vec<CodeCo
     out
 }
 
-/// Turn the per-minute receipts on and load what the store received in the hours they keep
-/// (counts per minute, and the lag of every live event). Until it is done, or if it fails,
-/// the health report counts by SQL.
+/// Empty receipts, complete (once loaded) from the first hour they keep.
+pub fn empty_receipts(now: i64) -> Receipts {
+    Receipts::new((now - receipts::HOUR_RETENTION).div_euclid(60 * MINUTE) * 60 * MINUTE)
+}
+
+/// Load what `snapshot` holds into the receipts [`crate::load_live_sums`] started: counts
+/// per minute, and the lag of every live event, over the hours they keep. Until it is done,
+/// or if it fails, the health report counts by SQL.
 pub async fn load_receipts(
     store: &sonde_store::Store,
+    snapshot: sonde_store::Snapshot,
     timeout: std::time::Duration,
 ) -> Result<(), sonde_store::StoreError> {
-    let now = crate::now_ms();
-    let from = (now - receipts::HOUR_RETENTION).div_euclid(60 * MINUTE) * 60 * MINUTE;
-    let snapshot = store.start_receipts(Receipts::new(from))?;
+    let Some(from) = store.with_live(|s| s.receipts.complete_from()) else {
+        return Ok(());
+    };
     let since = ts_lit(from);
     for (kind, table) in SOURCES {
-        let surface = if table == "decisions" {
-            "surface"
-        } else {
-            "''"
-        };
+        let surface = surface_of(table);
         let counts_sql = format!(
             "SELECT {surface}, CAST(date_trunc('minute', received_at) AS BIGINT), count(*), \
                sum(CASE WHEN is_late THEN 1 ELSE 0 END), \
@@ -440,7 +443,8 @@ pub async fn load_receipts(
         sonde_store::Store::scan_snapshot(snapshot.clone(), &counts_sql, timeout, |b| {
             let key = utf8(b, 0)?;
             let cols: Vec<_> = (1..6).map(|i| i64s(b, i)).collect::<Result<_, _>>()?;
-            store.with_receipts(|r| {
+            store.with_live(|s| {
+                let r = &mut s.receipts;
                 for row in 0..b.num_rows() {
                     let n = |i: usize| cols[i].value(row).max(0) as u64;
                     r.add_counts(
@@ -461,7 +465,8 @@ pub async fn load_receipts(
         );
         sonde_store::Store::scan_snapshot(snapshot.clone(), &lag_sql, timeout, |b| {
             let (key, at, lag) = (utf8(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
-            store.with_receipts(|r| {
+            store.with_live(|s| {
+                let r = &mut s.receipts;
                 for row in 0..b.num_rows() {
                     r.add_lag(kind, key.value(row), at.value(row), lag.value(row));
                 }
@@ -476,7 +481,8 @@ pub async fn load_receipts(
     );
     sonde_store::Store::scan_snapshot(snapshot, &rejected_sql, timeout, |b| {
         let (code, minute, n) = (utf8(b, 0)?, i64s(b, 1)?, i64s(b, 2)?);
-        store.with_receipts(|r| {
+        store.with_live(|s| {
+            let r = &mut s.receipts;
             for row in 0..b.num_rows() {
                 let count = n.value(row).max(0) as u64;
                 r.add_counts(
@@ -490,7 +496,7 @@ pub async fn load_receipts(
         Ok(())
     })
     .await?;
-    store.with_receipts(Receipts::set_ready);
+    store.with_live(|s| s.receipts.set_ready());
     Ok(())
 }
 
@@ -629,7 +635,8 @@ pub async fn report(state: &AppState, window: i64, grace: i64) -> Result<HealthR
     // Counts and lags from the per-minute receipts when they are loaded, else by SQL.
     let receipts = state
         .store
-        .with_receipts(|r| {
+        .with_live(|s| {
+            let r = &s.receipts;
             Some((
                 r.window(from, now + 1)?,
                 r.window(now - 5 * MINUTE, now + 1)?,

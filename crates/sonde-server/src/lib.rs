@@ -299,9 +299,22 @@ pub async fn load_live_sums(state: AppState) {
         .query_timeout
         .max(std::time::Duration::from_secs(600));
     let started = std::time::Instant::now();
+    let now = now_ms();
+    let snapshot = state.store.start_live(sonde_store::LiveSums {
+        relevance: live_relevance::empty(&state.config.gains, now),
+        gains: state.config.gains,
+        receipts: health::empty_receipts(now),
+    });
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "live sums not started; ranking and health use SQL");
+            return;
+        }
+    };
     let (relevance, receipts) = tokio::join!(
-        live_relevance::load(state.store.clone(), state.config.gains, timeout),
-        health::load_receipts(&state.store, timeout),
+        live_relevance::load(&state.store, snapshot.clone(), now, timeout),
+        health::load_receipts(&state.store, snapshot, timeout),
     );
     if let Err(e) = relevance {
         tracing::warn!(error = %e, "live relevance not loaded; ranking queries use SQL");

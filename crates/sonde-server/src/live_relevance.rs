@@ -4,25 +4,25 @@
 //! default cutoff and outcome window, a window from minute (or, past a day, hour) edges.
 //! Otherwise, or with `exact=true`, the SQL join runs.
 
-use std::collections::BTreeMap;
-
 use sonde_relevance::{
     Gains, ListFilter, ListKey, LiveConfig, LiveItem, LiveRelevance, Resolution,
 };
 use sonde_store::arrow::array::{Array, RecordBatch, StringArray};
-use sonde_store::{LiveJoin, Store, StoreError};
+use sonde_store::{Snapshot, Store, StoreError};
 
 use crate::columns::{i64_array, i64s, list, utf8, utf8_array};
-use crate::relevance::{GroupRanking, RelevanceParams, time_param, ts_lit};
+use crate::relevance::{GroupRanking, RelevanceParams, time_param, unpack};
 
 const HOUR: i64 = 3_600_000;
 
-/// The join's settings for the project's gains.
-fn config(gains: &Gains) -> LiveConfig {
-    LiveConfig {
+/// An empty join for the project's gains, complete (once loaded) from the first hour it keeps.
+pub fn empty(gains: &Gains, now: i64) -> LiveRelevance {
+    let config = LiveConfig {
         window_ms: i64::from(gains.window_minutes) * 60_000,
         ..LiveConfig::default()
-    }
+    };
+    let from = (now - config.hour_retention_ms).div_euclid(HOUR) * HOUR;
+    LiveRelevance::new(config, from)
 }
 
 fn opt(a: &StringArray, row: usize) -> Option<String> {
@@ -54,26 +54,37 @@ fn key_of(batch: &RecordBatch, first: usize, row: usize) -> Result<ListKey, Stor
     })
 }
 
-const KEY_COLUMNS: &str = "surface, model_name, model_version, device, region, \
-     map_keys(experiments), map_values(experiments)";
+/// The key columns over `decisions i` (or `decision_items i`), as [`key_of`] reads them.
+const KEY_COLUMNS: [&str; 7] = [
+    "i.surface",
+    "i.model_name",
+    "i.model_version",
+    "i.device",
+    "i.region",
+    "map_keys(i.experiments)",
+    "map_values(i.experiments)",
+];
 
-/// Turn the join on and load what is stored: decisions whose window has closed go straight
-/// into the sums, the others become open decisions with the outcomes stored so far. Runs in
-/// the background at start; until it is done, ranking queries use SQL.
+/// Load what `snapshot` holds into the join [`crate::load_live_sums`] started at `now`:
+/// decisions whose window has closed go straight into the sums, the others become open
+/// decisions with the outcomes stored so far. Until it is done, ranking queries use SQL.
 pub async fn load(
-    store: Store,
-    gains: Gains,
+    store: &Store,
+    snapshot: Snapshot,
+    now: i64,
     timeout: std::time::Duration,
 ) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    let config = config(&gains);
-    let now = crate::now_ms();
-    let from = (now - config.hour_retention_ms).div_euclid(HOUR) * HOUR;
+    let Some((config, from, gains)) = store.with_live(|s| {
+        (
+            s.relevance.config().clone(),
+            s.relevance.complete_from(),
+            s.gains,
+        )
+    }) else {
+        return Ok(());
+    };
     let boundary = now - config.window_ms - config.grace_ms;
-    let snapshot = store.start_live_relevance(LiveJoin {
-        relevance: LiveRelevance::new(config, from),
-        gains,
-    })?;
     let params = |from: i64, to: Option<i64>| RelevanceParams {
         from: Some(from.to_string()),
         to: to.map(|t| t.to_string()),
@@ -81,18 +92,11 @@ pub async fn load(
         ..RelevanceParams::default()
     };
     let sql_err = |e: crate::ApiError| StoreError::Corrupt(format!("relevance load: {e:?}"));
-    let closed = params(from, Some(boundary));
-    let closed_sql = format!(
-        "SELECT CAST(d.event_time AS BIGINT), {KEY_COLUMNS}, l.items FROM \
-           (SELECT request_id, array_agg(CAST(position AS BIGINT) * 2048 + purchased * 1024 \
-              + least(greatest(grade, 0), 511) * 2 + clicked) AS items \
-            FROM ({graded}) GROUP BY request_id) l \
-         JOIN decisions d ON l.request_id = d.request_id \
-         WHERE d.event_time >= {lo} AND d.event_time < {hi}",
-        graded = closed.graded_items_sql().map_err(sql_err)?,
-        lo = ts_lit(from),
-        hi = ts_lit(boundary),
-    );
+    let mut columns = vec!["CAST(i.event_time AS BIGINT)".to_string()];
+    columns.extend(KEY_COLUMNS.iter().map(|c| c.to_string()));
+    let closed_sql = params(from, Some(boundary))
+        .lists_sql(&columns)
+        .map_err(sql_err)?;
     let mut closed_count = 0u64;
     Store::scan_snapshot(snapshot.clone(), &closed_sql, timeout, |batch| {
         let t = i64s(batch, 0)?;
@@ -100,43 +104,32 @@ pub async fn load(
         let mut rows = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let packed = i64_array(&items.value(row))?;
-            let items = packed
-                .values()
-                .iter()
-                .map(|v| LiveItem {
-                    item_id: "".into(),
-                    position: (v >> 11) as u32,
-                    grade: (v >> 1) & 511,
-                    clicked: v & 1 == 1,
-                    purchased: v & 1024 != 0,
-                })
-                .collect();
+            let items = packed.values().iter().map(|v| unpack(*v)).collect();
             rows.push((t.value(row), key_of(batch, 1, row)?, items));
         }
         closed_count += rows.len() as u64;
-        store.with_live_relevance(|j| {
+        store.with_live(|s| {
             for (t, key, items) in rows {
-                j.relevance.add_closed(t, key, items);
+                s.relevance.add_closed(t, key, items);
             }
         });
         Ok(())
     })
     .await?;
     // Open decisions: one row per item, a decision's rows together.
-    let open = params(boundary, None);
     let open_sql = format!(
         "SELECT request_id, t, surface, model_name, model_version, device, region, exp_ids, \
            exp_variants, position, item_id, grade, clicked, purchased \
          FROM ({graded}) ORDER BY request_id",
-        graded = open.graded_items_sql().map_err(sql_err)?,
+        graded = params(boundary, None).graded_items_sql().map_err(sql_err)?,
     );
     let mut current: Option<(String, i64, ListKey, Vec<LiveItem>)> = None;
     let mut open_count = 0u64;
     let flush = |d: Option<(String, i64, ListKey, Vec<LiveItem>)>, count: &mut u64| {
         if let Some((id, t, key, items)) = d {
             *count += 1;
-            store.with_live_relevance(|j| {
-                j.relevance.decision(&id, t, key, items, crate::now_ms());
+            store.with_live(|s| {
+                s.relevance.decision(&id, t, key, items, crate::now_ms());
             });
         }
     };
@@ -169,7 +162,7 @@ pub async fn load(
     })
     .await?;
     flush(current.take(), &mut open_count);
-    store.with_live_relevance(|j| j.relevance.set_ready());
+    store.with_live(|s| s.relevance.set_ready());
     tracing::info!(
         closed = closed_count,
         open = open_count,
@@ -211,6 +204,10 @@ pub fn ranking(store: &Store, p: &RelevanceParams) -> Option<Vec<GroupRanking>> 
     }
     let from = time_param("from", p.from.as_deref()?).ok()?;
     let to = time_param("to", p.to.as_deref()?).ok()?;
+    // Parameters the SQL path would refuse (unknown grouping, a variant without its
+    // experiment, bad times) go there for their error.
+    p.group_expr().ok()?;
+    p.where_clause().ok()?;
     let dims: Vec<&str> = p
         .group_by
         .as_deref()
@@ -218,14 +215,6 @@ pub fn ranking(store: &Store, p: &RelevanceParams) -> Option<Vec<GroupRanking>> 
         .split(',')
         .map(str::trim)
         .collect();
-    let known = [
-        "none", "surface", "model", "variant", "device", "region", "minute", "hour", "day",
-    ];
-    if dims.iter().any(|d| !known.contains(d))
-        || (p.experiment.is_none() && (dims.contains(&"variant") || p.variant.is_some()))
-    {
-        return None;
-    }
     let experiment = p.experiment.as_deref();
     let filter = ListFilter {
         surface: p.surface.as_deref(),
@@ -239,33 +228,19 @@ pub fn ranking(store: &Store, p: &RelevanceParams) -> Option<Vec<GroupRanking>> 
     } else {
         Resolution::Hour
     };
-    let sums = store.with_live_relevance(|j| {
+    let sums = store.with_live(|s| {
         // Close what expired since the last event: with no traffic nothing else would.
-        j.relevance.maintain(crate::now_ms());
-        let c = j.relevance.config();
+        s.relevance.maintain(crate::now_ms());
+        let c = s.relevance.config();
         if p.k.unwrap_or(10).max(1) != c.k || i64::from(p.window()) * 60_000 != c.window_ms {
             return None;
         }
-        j.relevance.query(&filter, from, to, resolution, |key, t| {
+        s.relevance.query(&filter, from, to, resolution, |key, t| {
             dims.iter()
                 .map(|d| dimension(d, experiment, key, t))
                 .collect::<Vec<_>>()
                 .join(" | ")
         })
     })??;
-    Some(groups_of(sums))
-}
-
-/// Means and conversion rates of per-group sums.
-fn groups_of(sums: BTreeMap<String, sonde_relevance::ListSums>) -> Vec<GroupRanking> {
-    sums.into_iter()
-        .map(|(group, s)| {
-            let summary = s.summary.finish();
-            GroupRanking {
-                group,
-                conversion_rate: s.converted as f64 / summary.lists.max(1) as f64,
-                summary,
-            }
-        })
-        .collect()
+    Some(crate::relevance::groups_of(sums))
 }

@@ -267,8 +267,8 @@ fn decision_metrics(state: &AppState, x: &mut Exposition) {
             r.memory_bytes() as f64,
         );
     });
-    state.store.with_live_relevance(|j| {
-        let l = &j.relevance;
+    state.store.with_live(|s| {
+        let l = &s.relevance;
         for (name, kind, help, v) in [
             (
                 "sonde_live_relevance_ready",

@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sonde_relevance::{Binning, RankedItem, RankingSummary, calibration, list_metrics};
+use sonde_relevance::{Binning, ListSums, LiveItem, RankingSummary, calibration};
 use sonde_store::Store;
 use sonde_store::arrow::array::RecordBatch;
 
@@ -302,79 +302,106 @@ pub struct GroupRanking {
     pub conversion_rate: f64,
 }
 
-/// Compute ranking metrics per group over the store.
-pub async fn relevance_report(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<Vec<GroupRanking>, ApiError> {
-    match crate::live_relevance::ranking(store, p) {
-        Some(groups) => Ok(groups),
-        None => sql_relevance_report(store, p, timeout).await,
+/// A shown item as one integer: position·2048 + purchased·1024 + grade·2 + clicked. An
+/// unordered `array_agg` of these is several times cheaper than one of rows ordered by
+/// position, and ten items sort in no time after.
+const PACKED_ITEM: &str = "CAST(position AS BIGINT) * 2048 + purchased * 1024 \
+     + least(greatest(grade, 0), 511) * 2 + clicked";
+
+/// An item packed by [`PACKED_ITEM`] (its id is not needed for its list's metrics).
+pub(crate) fn unpack(v: i64) -> LiveItem {
+    LiveItem {
+        item_id: "".into(),
+        position: u32::try_from(v >> 11).unwrap_or(u32::MAX),
+        grade: (v >> 1) & 511,
+        clicked: v & 1 == 1,
+        purchased: v & 1024 != 0,
     }
 }
 
-/// Ranking metrics per group by the SQL join over the stored rows.
-pub async fn sql_relevance_report(
+impl RelevanceParams {
+    /// One row per decision of the window: `columns` (expressions over `decisions i`), then
+    /// its items packed by [`PACKED_ITEM`]. The columns are evaluated once per decision, not
+    /// per item: on 10 M items that halves the time.
+    pub(crate) fn lists_sql(&self, columns: &[String]) -> Result<String, ApiError> {
+        let inner: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(n, c)| format!("{c} AS c{n}"))
+            .collect();
+        let outer: Vec<String> = (0..columns.len()).map(|n| format!("d.c{n}")).collect();
+        Ok(format!(
+            "SELECT {outer}, l.items FROM \
+               (SELECT request_id, array_agg({PACKED_ITEM}) AS items \
+                FROM ({graded}) GROUP BY request_id) l \
+             JOIN (SELECT request_id, {inner} FROM decisions i WHERE {filter}) d \
+               ON l.request_id = d.request_id",
+            outer = outer.join(", "),
+            inner = inner.join(", "),
+            graded = self.graded_items_sql()?,
+            filter = self.where_clause()?,
+        ))
+    }
+}
+
+/// Means and conversion rates of per-group sums.
+pub(crate) fn groups_of(sums: BTreeMap<String, ListSums>) -> Vec<GroupRanking> {
+    sums.into_iter()
+        .map(|(group, s)| {
+            let summary = s.summary.finish();
+            GroupRanking {
+                group,
+                conversion_rate: s.converted as f64 / summary.lists.max(1) as f64,
+                summary,
+            }
+        })
+        .collect()
+}
+
+/// Ranking metrics per group, and where they came from: the live sums when they can answer
+/// exactly, else the SQL join over the stored rows.
+pub async fn ranking(
     store: &Store,
     p: &RelevanceParams,
     timeout: std::time::Duration,
-) -> Result<Vec<GroupRanking>, ApiError> {
+) -> Result<(Vec<GroupRanking>, &'static str), ApiError> {
+    if let Some(groups) = crate::live_relevance::ranking(store, p) {
+        return Ok((groups, "live"));
+    }
     let k = p.k.unwrap_or(10).max(1);
-    // One row per decision with its items packed as position·2048 + purchased·1024 + grade·2
-    // + clicked: an
-    // unordered array_agg is several times cheaper than one ordered by position, and ten
-    // items sort in no time here.
-    // The group is evaluated once per decision on `decisions`, not per item: on 10 M items
-    // that halves the time (a map lookup and a string per row add up).
-    let sql = format!(
-        "SELECT d.grp, l.items FROM \
-           (SELECT request_id, \
-              array_agg(CAST(position AS BIGINT) * 2048 + purchased * 1024 + least(greatest(grade, 0), 511) * 2 + clicked) AS items \
-            FROM ({graded}) GROUP BY request_id) l \
-         JOIN (SELECT request_id, {group} AS grp FROM decisions i WHERE {filter}) d \
-           ON l.request_id = d.request_id",
-        graded = p.graded_items_sql()?,
-        group = p.group_expr()?,
-        filter = p.where_clause()?,
-    );
-    let mut groups: BTreeMap<String, (RankingSummary, u64)> = BTreeMap::new();
-    let mut items: Vec<RankedItem<'static>> = Vec::new();
-    let mut packed: Vec<i64> = Vec::new();
+    let sql = p.lists_sql(&[p.group_expr()?])?;
+    let mut groups: BTreeMap<String, ListSums> = BTreeMap::new();
+    let mut items: Vec<LiveItem> = Vec::new();
     store
         .scan(&sql, timeout, |batch: &RecordBatch| {
             let grp = utf8(batch, 0)?;
             let lists = list(batch, 1)?;
             for row in 0..batch.num_rows() {
-                packed.clear();
-                packed.extend(i64_array(&lists.value(row))?.values().iter().copied());
-                packed.sort_unstable();
                 items.clear();
-                items.extend(packed.iter().map(|v| RankedItem {
-                    item_id: "",
-                    score: -((v >> 11) as f64),
-                    grade: ((v >> 1) & 511) as f64,
-                    clicked: v & 1 == 1,
-                }));
-                let m = list_metrics(&items, k);
-                let g = groups.entry(grp.value(row).to_string()).or_default();
-                g.0.add(&m);
-                g.1 += u64::from(packed.iter().any(|v| v & 1024 != 0));
+                items.extend(
+                    i64_array(&lists.value(row))?
+                        .values()
+                        .iter()
+                        .map(|v| unpack(*v)),
+                );
+                groups
+                    .entry(grp.value(row).to_string())
+                    .or_default()
+                    .add_list(&items, k);
             }
             Ok(())
         })
         .await?;
-    Ok(groups
-        .into_iter()
-        .map(|(group, (s, converted))| {
-            let summary = s.finish();
-            GroupRanking {
-                group,
-                conversion_rate: converted as f64 / summary.lists.max(1) as f64,
-                summary,
-            }
-        })
-        .collect())
+    Ok((groups_of(groups), "sql"))
+}
+
+/// Ranking metrics per group (see [`ranking`]).
+pub async fn relevance_report(
+    store: &Store,
+    p: &RelevanceParams,
+    timeout: std::time::Duration,
+) -> Result<Vec<GroupRanking>, ApiError> {
+    Ok(ranking(store, p, timeout).await?.0)
 }
 
 /// `GET /v1/relevance`.
@@ -384,13 +411,7 @@ pub async fn get_relevance(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let (groups, source) = match crate::live_relevance::ranking(&state.store, &p) {
-            Some(groups) => (groups, "live"),
-            None => (
-                sql_relevance_report(&state.store, &p, state.config.query_timeout).await?,
-                "sql",
-            ),
-        };
+        let (groups, source) = ranking(&state.store, &p, state.config.query_timeout).await?;
         Ok(json!({
             "source": source,
             "k": p.k.unwrap_or(10).max(1),

@@ -494,7 +494,7 @@ async fn live_sums_answer_as_the_sql_join_does() {
     let loaded_open = app
         .state
         .store()
-        .with_live_relevance(|j| j.relevance.open_decisions())
+        .with_live(|s| s.relevance.open_decisions())
         .unwrap_or(0);
     assert!(loaded_open > 100, "{loaded_open} open decisions loaded");
     simulate_into(&app, sim(12, start), 1980).await;

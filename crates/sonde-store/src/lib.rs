@@ -20,7 +20,7 @@ pub use codec::{QuarantineEntry, ReplayEntry, SpanRecord};
 /// The Arrow version the store uses, for consumers of query results.
 pub use datafusion::arrow;
 pub use dedup::Seen;
-pub use live::LiveJoin;
+pub use live::LiveSums;
 pub use query::Snapshot;
 pub use query::{QueryLimits, QueryResult};
 pub use store::{Counters, Store, StoreConfig, WriteBatch, WriteOutcome};

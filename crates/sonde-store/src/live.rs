@@ -1,24 +1,38 @@
-//! The store's side of the live relevance join: accepted decisions, interactions and
-//! purchases go into [`LiveRelevance`] as they are applied after the WAL ack. It is off until
-//! [`crate::Store::start_live_relevance`] turns it on together with a snapshot of what was
-//! stored before, which the caller loads: every event is then counted once, by the snapshot
-//! or by the feed.
+//! The store's live sums: the relevance join (accepted decisions, interactions and purchases
+//! go into [`LiveRelevance`]) and the per-minute [`Receipts`], fed as entries are applied
+//! after the WAL ack. They are off until [`crate::Store::start_live`] turns them on together
+//! with a snapshot of what was stored before, which the caller loads: every event is then
+//! counted once, by the snapshot or by the feed.
 
 use sonde_model::{Event, EventBody};
 use sonde_relevance::{Gains, ListKey, LiveItem, LiveRelevance, Outcome};
 
-/// The join and how outcomes are graded.
+use crate::codec::WalEntry;
+use crate::receipts::{Receipt, Receipts};
+
+/// The live sums and how outcomes are graded.
 #[derive(Debug)]
-pub struct LiveJoin {
-    /// The join and its sums.
+pub struct LiveSums {
+    /// The relevance join and its sums.
     pub relevance: LiveRelevance,
     /// The project's gains.
     pub gains: Gains,
+    /// What was received, per minute.
+    pub receipts: Receipts,
 }
 
-impl LiveJoin {
-    /// Feed one accepted event.
-    pub(crate) fn feed(&mut self, e: &Event, now_ms: i64) {
+impl LiveSums {
+    /// Feed one applied WAL entry.
+    pub(crate) fn feed(&mut self, entry: &WalEntry, now_ms: i64) {
+        if let Some(r) = Receipt::of(entry) {
+            self.receipts.add(&r, now_ms);
+        }
+        if let WalEntry::Event(e, _) = entry {
+            self.feed_relevance(e, now_ms);
+        }
+    }
+
+    fn feed_relevance(&mut self, e: &Event, now_ms: i64) {
         let time_ms = e.meta.event_time;
         match &e.data.body {
             EventBody::Decision(d) => {

@@ -4,7 +4,7 @@
 //! instead of scanning every row received in its window (`received_at` is not the partition
 //! key, and after a bulk import the last hour holds the whole history).
 //!
-//! Fed as entries are applied after the WAL ack, once [`crate::Store::start_receipts`] has
+//! Fed as entries are applied after the WAL ack, once [`crate::Store::start_live`] has
 //! turned it on with a snapshot of what came before, which the caller loads. Minutes are kept
 //! for `MINUTE_RETENTION`, then merged into hours, kept for `HOUR_RETENTION`; a window reaching
 //! into the hours counts whole hours at its start.
@@ -12,6 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sonde_latency::Sketch;
+use sonde_model::EventBody;
+
+use crate::codec::WalEntry;
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -51,22 +54,55 @@ impl ReceiptCell {
 #[derive(Debug, Clone, Copy)]
 pub struct Receipt<'a> {
     /// Event type (or [`REJECTED`]).
-    pub kind: &'a str,
+    pub kind: &'static str,
     /// Surface of a decision, error code of a rejection, else empty.
     pub key: &'a str,
     /// When it was received (epoch ms).
     pub received_at: i64,
     /// `received_at − event_time` (ms).
     pub lag_ms: i64,
-    /// Flags.
+    /// Flagged late.
     pub late: bool,
-    /// Flags.
+    /// Flagged as from the future.
     pub future: bool,
-    /// Flags.
+    /// Imported as backfill.
     pub backfill: bool,
 }
 
-type Cells = HashMap<(String, String), ReceiptCell>;
+impl Receipt<'_> {
+    /// How the receipts count a WAL entry: events and rejections; replay records and spans
+    /// are not events of a source.
+    pub(crate) fn of(entry: &WalEntry) -> Option<Receipt<'_>> {
+        match entry {
+            WalEntry::Event(e, _) => Some(Receipt {
+                kind: e.data.body.event_type().as_str(),
+                key: match &e.data.body {
+                    EventBody::Decision(d) => &d.surface,
+                    _ => "",
+                },
+                received_at: e.meta.received_at,
+                lag_ms: e.meta.received_at - e.meta.event_time,
+                late: e.meta.is_late,
+                future: e.meta.is_future,
+                backfill: e.meta.is_backfill,
+            }),
+            WalEntry::Quarantine(q) => Some(Receipt {
+                kind: REJECTED,
+                key: &q.code,
+                received_at: q.received_at,
+                lag_ms: 0,
+                late: false,
+                future: false,
+                backfill: false,
+            }),
+            WalEntry::Replay(_) | WalEntry::Span(..) => None,
+        }
+    }
+}
+
+/// Cells of one bucket by kind, then key: looked up with borrowed strings, so counting an
+/// event allocates nothing once its source has been seen in the bucket.
+type Cells = HashMap<&'static str, HashMap<String, ReceiptCell>>;
 
 /// The per-minute receipts.
 #[derive(Debug, Default)]
@@ -94,14 +130,15 @@ impl Receipts {
 
     /// Count one event.
     pub fn add(&mut self, r: &Receipt<'_>, now_ms: i64) {
-        let cell = self.cell(r.kind, r.key, r.received_at);
-        cell.events += 1;
-        cell.late += u64::from(r.late);
-        cell.future += u64::from(r.future);
-        cell.backfill += u64::from(r.backfill);
-        if !r.backfill && r.kind != REJECTED {
-            cell.lag.add(r.lag_ms.max(0) as f64);
-        }
+        self.update(r.kind, r.key, r.received_at, |cell| {
+            cell.events += 1;
+            cell.late += u64::from(r.late);
+            cell.future += u64::from(r.future);
+            cell.backfill += u64::from(r.backfill);
+            if !r.backfill && r.kind != REJECTED {
+                cell.lag.add(r.lag_ms.max(0) as f64);
+            }
+        });
         if now_ms >= self.next_tiering {
             self.next_tiering = now_ms + MINUTE;
             self.tier(now_ms);
@@ -109,31 +146,39 @@ impl Receipts {
     }
 
     /// Add counts read back from the store (loading): `n` events of one minute.
-    pub fn add_counts(&mut self, kind: &str, key: &str, minute: i64, counts: [u64; 4]) {
-        let cell = self.cell(kind, key, minute);
-        cell.events += counts[0];
-        cell.late += counts[1];
-        cell.future += counts[2];
-        cell.backfill += counts[3];
+    pub fn add_counts(&mut self, kind: &'static str, key: &str, minute: i64, counts: [u64; 4]) {
+        self.update(kind, key, minute, |cell| {
+            cell.events += counts[0];
+            cell.late += counts[1];
+            cell.future += counts[2];
+            cell.backfill += counts[3];
+        });
     }
 
     /// Add one lag read back from the store (loading).
-    pub fn add_lag(&mut self, kind: &str, key: &str, received_at: i64, lag_ms: i64) {
-        self.cell(kind, key, received_at)
-            .lag
-            .add(lag_ms.max(0) as f64);
+    pub fn add_lag(&mut self, kind: &'static str, key: &str, received_at: i64, lag_ms: i64) {
+        self.update(kind, key, received_at, |cell| {
+            cell.lag.add(lag_ms.max(0) as f64)
+        });
     }
 
-    fn cell(&mut self, kind: &str, key: &str, at: i64) -> &mut ReceiptCell {
+    /// Update the cell of `kind` and `key` in the bucket of `at`.
+    fn update(&mut self, kind: &'static str, key: &str, at: i64, f: impl FnOnce(&mut ReceiptCell)) {
         let minute = at.div_euclid(MINUTE) * MINUTE;
         let bucket = if minute >= self.minute_floor {
             self.minutes.entry(minute).or_default()
         } else {
             self.hours.entry(at.div_euclid(HOUR) * HOUR).or_default()
         };
-        bucket
-            .entry((kind.to_string(), key.to_string()))
-            .or_default()
+        let keys = bucket.entry(kind).or_default();
+        match keys.get_mut(key) {
+            Some(c) => f(c),
+            None => {
+                let mut c = ReceiptCell::default();
+                f(&mut c);
+                keys.insert(key.to_string(), c);
+            }
+        }
     }
 
     fn tier(&mut self, now_ms: i64) {
@@ -148,8 +193,11 @@ impl Receipts {
                 break;
             };
             let hour = self.hours.entry(m.div_euclid(HOUR) * HOUR).or_default();
-            for (k, c) in cells {
-                hour.entry(k).or_default().merge(&c);
+            for (kind, keys) in cells {
+                let into = hour.entry(kind).or_default();
+                for (key, c) in keys {
+                    into.entry(key).or_default().merge(&c);
+                }
             }
         }
         let hour_floor = (now_ms - HOUR_RETENTION).div_euclid(HOUR) * HOUR;
@@ -160,6 +208,11 @@ impl Receipts {
             self.hours.pop_first();
             self.complete_from = self.complete_from.max(h + HOUR);
         }
+    }
+
+    /// Sums are complete from here on (epoch ms): what loading must cover.
+    pub fn complete_from(&self) -> i64 {
+        self.complete_from
     }
 
     /// Mark loading done.
@@ -183,8 +236,12 @@ impl Receipts {
             .filter(|_| from < split);
         let minutes = self.minutes.range(split.div_euclid(MINUTE) * MINUTE..to);
         for (_, cells) in hours.chain(minutes) {
-            for (k, c) in cells {
-                out.entry(k.clone()).or_default().merge(c);
+            for (kind, keys) in cells {
+                for (key, c) in keys {
+                    out.entry((kind.to_string(), key.clone()))
+                        .or_default()
+                        .merge(c);
+                }
             }
         }
         Some(out)

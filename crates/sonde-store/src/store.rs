@@ -18,10 +18,9 @@ use crate::StoreError;
 use crate::codec::{self, QuarantineEntry, ReplayEntry, SpanRecord, WalEntry};
 use crate::dedup::{DedupIndex, Seen};
 use crate::files;
-use crate::live::LiveJoin;
+use crate::live::LiveSums;
 use crate::manifest::{FileEntry, Manifest};
 use crate::query::{self, QueryLimits, QueryResult, Snapshot};
-use crate::receipts::{REJECTED, Receipt, Receipts};
 use crate::rollups;
 use crate::tables::{Table, TableBuilders};
 
@@ -165,26 +164,22 @@ impl Mem {
     }
 
     /// Buffer an entry's rows; a decision also goes into the latency rollups, and events go
-    /// into the live relevance join when it is on.
+    /// into the live sums when they are on.
     fn apply(
         &mut self,
         lsn: u64,
         entry: &WalEntry,
         rollups: &mut Rollups,
-        live: Option<&mut LiveJoin>,
-        receipts: Option<&mut Receipts>,
+        live: Option<&mut LiveSums>,
         now: i64,
     ) {
-        if let (Some(r), Some(receipt)) = (receipts, receipt_of(entry)) {
-            r.add(&receipt, now);
+        if let Some(live) = live {
+            live.feed(entry, now);
         }
         self.rows += match entry {
             WalEntry::Event(e, _) => {
                 if let Some(o) = rollups::observation(e) {
                     rollups.observe(&o, now);
-                }
-                if let Some(live) = live {
-                    live.feed(e, now);
                 }
                 self.builders.push_event(e)
             }
@@ -214,35 +209,6 @@ impl Mem {
     }
 }
 
-/// How the receipts count an entry.
-fn receipt_of(entry: &WalEntry) -> Option<Receipt<'_>> {
-    match entry {
-        WalEntry::Event(e, _) => Some(Receipt {
-            kind: e.data.body.event_type().as_str(),
-            key: match &e.data.body {
-                sonde_model::EventBody::Decision(d) => &d.surface,
-                _ => "",
-            },
-            received_at: e.meta.received_at,
-            lag_ms: e.meta.received_at - e.meta.event_time,
-            late: e.meta.is_late,
-            future: e.meta.is_future,
-            backfill: e.meta.is_backfill,
-        }),
-        WalEntry::Quarantine(q) => Some(Receipt {
-            kind: REJECTED,
-            key: &q.code,
-            received_at: q.received_at,
-            lag_ms: 0,
-            late: false,
-            future: false,
-            backfill: false,
-        }),
-        // Replay records and spans are not events of a source.
-        WalEntry::Replay(_) | WalEntry::Span(..) => None,
-    }
-}
-
 struct Inner {
     config: StoreConfig,
     wal: Option<Wal>,
@@ -251,10 +217,8 @@ struct Inner {
     mem: RwLock<Mem>,
     /// Locked inside `mem` where both are held.
     rollups: Mutex<Rollups>,
-    /// The live relevance join, once started; locked inside `mem` where both are held.
-    live: Mutex<Option<LiveJoin>>,
-    /// Per-minute receipts, once started; locked inside `mem` where both are held.
-    receipts: Mutex<Option<Receipts>>,
+    /// The live sums, once started; locked inside `mem` where both are held.
+    live: Mutex<Option<LiveSums>>,
     manifest: RwLock<Arc<Manifest>>,
     counters: Counters,
     wake: (Mutex<bool>, Condvar),
@@ -382,7 +346,7 @@ impl Store {
                 }
                 _ => {}
             }
-            mem.apply(r.lsn, &entry, &mut rollups, None, None, now);
+            mem.apply(r.lsn, &entry, &mut rollups, None, now);
         }
         mem.seal(false)?;
         tracing::info!(
@@ -434,14 +398,7 @@ impl Store {
         let mut mem = Mem::new();
         let now = now_ms();
         for r in sonde_wal::read_records(&dir.join("wal"), manifest.flushed_lsn)? {
-            mem.apply(
-                r.lsn,
-                &codec::decode(&r.payload)?,
-                &mut rollups,
-                None,
-                None,
-                now,
-            );
+            mem.apply(r.lsn, &codec::decode(&r.payload)?, &mut rollups, None, now);
         }
         mem.seal(true)?;
         Ok(Store {
@@ -543,7 +500,6 @@ impl Store {
                                 let mut mem = worker.mem.write();
                                 let mut rollups = worker.rollups.lock();
                                 let mut live = worker.live.lock();
-                                let mut receipts = worker.receipts.lock();
                                 let now = now_ms();
                                 for (i, entry) in entries.iter().enumerate() {
                                     mem.apply(
@@ -551,11 +507,9 @@ impl Store {
                                         entry,
                                         &mut rollups,
                                         live.as_mut(),
-                                        receipts.as_mut(),
                                         now,
                                     );
                                 }
-                                drop(receipts);
                                 drop(live);
                                 drop(rollups);
                                 if let Err(e) = mem.seal(false) {
@@ -654,31 +608,18 @@ impl Store {
         self.inner.wal.as_ref().map(|w| w.fsync_histogram())
     }
 
-    /// Turn the live relevance join on and return a snapshot of everything stored before
-    /// it: events applied from now on are fed to the join, the snapshot holds the rest, so
-    /// loading the snapshot into the join counts every event once.
-    pub fn start_live_relevance(&self, join: LiveJoin) -> Result<Snapshot, StoreError> {
+    /// Turn the live sums on and return a snapshot of everything stored before: entries
+    /// applied from now on are fed to them, the snapshot holds the rest, so loading the
+    /// snapshot into them counts every event once.
+    pub fn start_live(&self, sums: LiveSums) -> Result<Snapshot, StoreError> {
         let mut mem = self.inner.mem.write();
-        *self.inner.live.lock() = Some(join);
+        *self.inner.live.lock() = Some(sums);
         self.snapshot_of(&mut mem)
     }
 
-    /// Work on the live relevance join (`None` until started).
-    pub fn with_live_relevance<R>(&self, f: impl FnOnce(&mut LiveJoin) -> R) -> Option<R> {
+    /// Work on the live sums (`None` until started).
+    pub fn with_live<R>(&self, f: impl FnOnce(&mut LiveSums) -> R) -> Option<R> {
         self.inner.live.lock().as_mut().map(f)
-    }
-
-    /// Turn the per-minute receipts on and return a snapshot of everything stored before,
-    /// for the caller to load (as with [`Store::start_live_relevance`]).
-    pub fn start_receipts(&self, receipts: Receipts) -> Result<Snapshot, StoreError> {
-        let mut mem = self.inner.mem.write();
-        *self.inner.receipts.lock() = Some(receipts);
-        self.snapshot_of(&mut mem)
-    }
-
-    /// Work on the receipts (`None` until started).
-    pub fn with_receipts<R>(&self, f: impl FnOnce(&mut Receipts) -> R) -> Option<R> {
-        self.inner.receipts.lock().as_mut().map(f)
     }
 
     /// Run read-only `sql` over a snapshot taken earlier, like [`Store::scan`].
@@ -780,7 +721,6 @@ impl Inner {
             mem: RwLock::new(mem),
             rollups: Mutex::new(rollups),
             live: Mutex::new(None),
-            receipts: Mutex::new(None),
             manifest: RwLock::new(Arc::new(manifest)),
             counters: Counters::default(),
             wake: (Mutex::new(false), Condvar::new()),
