@@ -35,7 +35,7 @@ pub enum ServerError {
 
 /// An error answering a whole request. Its body is
 /// `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,

@@ -3,7 +3,7 @@
 //! catalog they show, and whether provider groups and user segments are treated in line with
 //! the outcomes they earn. Formulas in `docs/relevance.md`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -13,11 +13,8 @@ use serde_json::json;
 use sonde_relevance::{
     GroupExposure, exposure_fairness, gini, intra_list_diversity, jaccard_at_k, novelty, rbo_ext,
 };
-use sonde_store::Store;
-use sonde_store::StoreError;
-use sonde_store::arrow::array::{Array, ArrayRef, RecordBatch};
 
-use crate::columns::{f64s, i64s, list, utf8, utf8_array};
+use crate::frame::ItemFrame;
 use crate::relevance::{RelevanceParams, analysis};
 use crate::{ApiError, AppState};
 
@@ -33,34 +30,6 @@ fn attribute(p: &RelevanceParams, default: &'static str) -> Result<&'static str,
             format!("attribute={other:?}: use category or provider"),
         )),
     }
-}
-
-fn strings(list: &ArrayRef) -> Result<Vec<String>, StoreError> {
-    let a = utf8_array(list)?;
-    Ok((0..a.len())
-        .map(|i| {
-            if a.is_null(i) {
-                String::new()
-            } else {
-                a.value(i).to_string()
-            }
-        })
-        .collect())
-}
-
-/// Item ids of a list of `position item_id` strings, in position order: an unordered
-/// aggregation sorted here costs a fraction of one ordered by the database.
-fn by_position(list: &ArrayRef) -> Result<Vec<String>, StoreError> {
-    let a = utf8_array(list)?;
-    let mut items: Vec<(u64, &str)> = (0..a.len())
-        .filter(|&i| a.is_valid(i))
-        .map(|i| match a.value(i).split_once(' ') {
-            Some((p, id)) => (p.parse().unwrap_or(u64::MAX), id),
-            None => (u64::MAX, a.value(i)),
-        })
-        .collect();
-    items.sort_by_key(|(p, _)| *p);
-    Ok(items.into_iter().map(|(_, id)| id.to_string()).collect())
 }
 
 /// Stability of one group: consecutive decisions for the same user and surface.
@@ -80,69 +49,60 @@ pub struct GroupStability {
     pub model_change_churn: f64,
 }
 
-/// Stability per group over the store.
-pub async fn stability_report(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<Vec<GroupStability>, ApiError> {
-    let k = p.k.unwrap_or(10).max(1);
-    let sql = format!(
-        "SELECT coalesce(i.user_key, i.anonymous_key) AS who, i.surface AS surface, \
-                {group} AS grp, max(i.model_name || ':' || i.model_version) AS model, \
-                array_agg(CAST(i.position AS VARCHAR) || ' ' || i.item_id) AS items, \
-                min(i.event_time) AS t \
-         FROM decision_items i WHERE {filter} AND coalesce(i.user_key, i.anonymous_key) IS NOT NULL \
-         GROUP BY i.request_id, who, surface, grp ORDER BY who, surface, t, i.request_id",
-        group = p.group_expr()?,
-        filter = p.where_clause()?,
-    );
-    let mut groups: BTreeMap<String, GroupStability> = BTreeMap::new();
-    let mut prev: Option<(String, String, String, Vec<String>)> = None;
-    store
-        .scan(&sql, timeout, |batch: &RecordBatch| {
-            let who = utf8(batch, 0)?;
-            let surface = utf8(batch, 1)?;
-            let grp = utf8(batch, 2)?;
-            let model = utf8(batch, 3)?;
-            let items = list(batch, 4)?;
-            for row in 0..batch.num_rows() {
-                let cur = (
-                    who.value(row).to_string(),
-                    surface.value(row).to_string(),
-                    model.value(row).to_string(),
-                    by_position(&items.value(row))?,
-                );
-                if let Some(pr) = &prev
-                    && pr.0 == cur.0
-                    && pr.1 == cur.1
-                {
-                    let g = groups.entry(grp.value(row).to_string()).or_default();
-                    g.pairs += 1;
-                    g.rbo += rbo_ext(&pr.3, &cur.3, RBO_P);
-                    let j = jaccard_at_k(&pr.3, &cur.3, k);
-                    g.jaccard += j;
-                    if pr.2 != cur.2 {
-                        g.model_change_pairs += 1;
-                        g.model_change_churn += 1.0 - j;
-                    }
-                }
-                prev = Some(cur);
-            }
-            Ok(())
-        })
-        .await?;
-    Ok(groups
+/// Stability per group of the frame: pairs of consecutive decisions (by time, then request
+/// id) of the same user and surface.
+pub(crate) fn stability_of(frame: &ItemFrame, k: usize) -> Vec<GroupStability> {
+    let name = |id| frame.strings.name(id);
+    // Item ids of each decision in position order.
+    let mut lists: Vec<Vec<u32>> = vec![Vec::new(); frame.decisions.len()];
+    for (d, items) in frame.lists() {
+        lists[d] = items.iter().map(|i| i.item).collect();
+    }
+    let mut order: Vec<usize> = (0..frame.decisions.len())
+        .filter(|d| frame.decisions[*d].who.is_some())
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        let (da, db) = (&frame.decisions[*a], &frame.decisions[*b]);
+        let who = |d: &crate::frame::FrameDecision| d.who.map_or("", name);
+        who(da)
+            .cmp(who(db))
+            .then_with(|| name(da.surface).cmp(name(db.surface)))
+            .then(da.t.cmp(&db.t))
+            .then_with(|| {
+                frame
+                    .requests
+                    .name(*a as u32)
+                    .cmp(frame.requests.name(*b as u32))
+            })
+    });
+    let mut groups: BTreeMap<&str, GroupStability> = BTreeMap::new();
+    for pair in order.windows(2) {
+        let (pr, cur) = (&frame.decisions[pair[0]], &frame.decisions[pair[1]]);
+        if pr.who != cur.who || pr.surface != cur.surface {
+            continue;
+        }
+        let (a, b) = (&lists[pair[0]], &lists[pair[1]]);
+        let g = groups.entry(name(cur.group)).or_default();
+        g.pairs += 1;
+        g.rbo += rbo_ext(a, b, RBO_P);
+        let j = jaccard_at_k(a, b, k);
+        g.jaccard += j;
+        if pr.model != cur.model {
+            g.model_change_pairs += 1;
+            g.model_change_churn += 1.0 - j;
+        }
+    }
+    groups
         .into_iter()
         .map(|(group, mut g)| {
             let n = g.pairs.max(1) as f64;
             g.rbo /= n;
             g.jaccard /= n;
             g.model_change_churn /= g.model_change_pairs.max(1) as f64;
-            g.group = group;
+            g.group = group.to_string();
             g
         })
-        .collect())
+        .collect()
 }
 
 /// Diversity and coverage of one group.
@@ -164,60 +124,45 @@ pub struct GroupDiversity {
     pub novelty: f64,
 }
 
-/// Diversity per group over the store.
-pub async fn diversity_report(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<Vec<GroupDiversity>, ApiError> {
-    let attr = attribute(p, "category")?;
-    let (group, filter) = (p.group_expr()?, p.where_clause()?);
-    let mut ild: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    let mut impressions: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    // Distinct items over all groups, for coverage: the union of the groups' items.
-    let mut all_items: HashSet<String> = HashSet::new();
-    // Unordered: the diversity of a slate does not depend on the order.
-    let ild_sql = format!(
-        "SELECT {group} AS grp, array_agg(coalesce(i.{attr}, '')) AS a \
-         FROM decision_items i WHERE {filter} GROUP BY i.request_id, grp"
-    );
-    let items_sql = format!(
-        "SELECT {group} AS grp, i.item_id, CAST(count(*) AS DOUBLE) AS n \
-         FROM decision_items i WHERE {filter} GROUP BY grp, i.item_id"
-    );
-    let ild_scan = store.scan(&ild_sql, timeout, |batch: &RecordBatch| {
-        let grp = utf8(batch, 0)?;
-        let a = list(batch, 1)?;
-        for row in 0..batch.num_rows() {
-            let e = ild.entry(grp.value(row).to_string()).or_default();
-            e.0 += 1;
-            e.1 += intra_list_diversity(&strings(&a.value(row))?);
-        }
-        Ok(())
-    });
-    let items_scan = store.scan(&items_sql, timeout, |batch: &RecordBatch| {
-        let grp = utf8(batch, 0)?;
-        let item = utf8(batch, 1)?;
-        let n = f64s(batch, 2)?;
-        for row in 0..batch.num_rows() {
-            impressions
-                .entry(grp.value(row).to_string())
-                .or_default()
-                .push(n.value(row));
-            if !all_items.contains(item.value(row)) {
-                all_items.insert(item.value(row).to_string());
+/// Diversity per group of the frame, of attribute `attr` (`category` or `provider`).
+pub(crate) fn diversity_of(frame: &ItemFrame, attr: &str) -> Vec<GroupDiversity> {
+    // A missing attribute counts as the empty string.
+    let missing = frame.strings.get("").unwrap_or(u32::MAX);
+    let mut ild: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+    let mut attrs: Vec<u32> = Vec::new();
+    for (d, items) in frame.lists() {
+        attrs.clear();
+        attrs.extend(items.iter().map(|i| {
+            match attr {
+                "provider" => i.provider,
+                _ => i.category,
             }
-        }
-        Ok(())
-    });
-    let (a, b) = tokio::join!(ild_scan, items_scan);
-    a?;
-    b?;
+            .unwrap_or(missing)
+        }));
+        let e = ild.entry(frame.group_of(d)).or_default();
+        e.0 += 1;
+        e.1 += intra_list_diversity(&attrs);
+    }
+    // Impressions per item of each group; coverage against the items of all groups.
+    let mut impressions: HashMap<(u32, u32), f64> = HashMap::new();
+    let mut all_items: HashSet<u32> = HashSet::new();
+    for i in &frame.items {
+        *impressions
+            .entry((frame.decisions[i.decision as usize].group, i.item))
+            .or_default() += 1.0;
+        all_items.insert(i.item);
+    }
+    let mut by_group: HashMap<&str, Vec<f64>> = HashMap::new();
+    for ((group, _), n) in impressions {
+        by_group
+            .entry(frame.strings.name(group))
+            .or_default()
+            .push(n);
+    }
     let all_items = all_items.len() as u64;
-    Ok(ild
-        .into_iter()
+    ild.into_iter()
         .map(|(group, (decisions, ild_sum))| {
-            let imp = impressions.remove(&group).unwrap_or_default();
+            let imp = by_group.remove(group).unwrap_or_default();
             GroupDiversity {
                 decisions,
                 intra_list_diversity: ild_sum / decisions.max(1) as f64,
@@ -225,10 +170,10 @@ pub async fn diversity_report(
                 catalog_coverage: imp.len() as f64 / all_items.max(1) as f64,
                 exposure_gini: gini(&imp),
                 novelty: novelty(&imp),
-                group,
+                group: group.to_string(),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Outcome rate of one user segment against the reference segment.
@@ -257,89 +202,102 @@ pub struct GroupFairness {
     pub share_within_band: f64,
 }
 
-/// Exposure fairness per group, and outcome rates per user segment.
-pub async fn fairness_report(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<(Vec<GroupFairness>, Option<(String, Vec<SegmentRate>)>), ApiError> {
-    let attr = attribute(p, "provider")?;
-    let graded = p.graded_items_sql()?;
-    let mut groups: BTreeMap<String, Vec<(String, f64, f64)>> = BTreeMap::new();
-    store
-        .scan(
-            &format!(
-                "SELECT grp, coalesce({attr}, '(none)') AS a, \
-                        sum(1.0 / log2(1.0 + CAST(position AS DOUBLE))) AS exposure, \
-                        CAST(sum(CASE WHEN grade >= 1 THEN 1 ELSE 0 END) AS DOUBLE) AS outcomes \
-                 FROM ({graded}) GROUP BY grp, a ORDER BY grp, a"
-            ),
-            timeout,
-            |batch: &RecordBatch| {
-                let grp = utf8(batch, 0)?;
-                let a = utf8(batch, 1)?;
-                let e = f64s(batch, 2)?;
-                let o = f64s(batch, 3)?;
-                for row in 0..batch.num_rows() {
-                    groups.entry(grp.value(row).to_string()).or_default().push((
-                        a.value(row).to_string(),
-                        e.value(row),
-                        o.value(row),
-                    ));
-                }
-                Ok(())
-            },
-        )
-        .await?;
+/// Exposure fairness per group, and (reference segment, outcome rates per segment) when a
+/// segment was asked for.
+pub(crate) type Fairness = (Vec<GroupFairness>, Option<(String, Vec<SegmentRate>)>);
+
+/// What fairness is asked for: the item attribute and, optionally, the user segment.
+#[derive(Debug, Clone)]
+pub(crate) struct FairnessOptions {
+    attr: &'static str,
+    segment: Option<&'static str>,
+    reference: Option<String>,
+}
+
+impl FairnessOptions {
+    /// The options of `p`, checked.
+    pub(crate) fn of(p: &RelevanceParams) -> Result<Self, ApiError> {
+        let segment = match p.segment.as_deref() {
+            None => None,
+            Some("device") => Some("device"),
+            Some("region") => Some("region"),
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("segment={other:?}: use device or region"),
+                ));
+            }
+        };
+        Ok(Self {
+            attr: attribute(p, "provider")?,
+            segment,
+            reference: p.reference_segment.clone(),
+        })
+    }
+}
+
+/// Exposure fairness per group of the frame, and outcome rates per user segment when asked.
+pub(crate) fn fairness_of(frame: &ItemFrame, o: &FairnessOptions) -> Result<Fairness, ApiError> {
+    // Per group and attribute value: position-discounted exposure, items with an outcome.
+    let mut cells: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    for i in &frame.items {
+        let a = match o.attr {
+            "category" => i.category,
+            _ => i.provider,
+        }
+        .map_or("(none)", |a| frame.strings.name(a));
+        let c = cells
+            .entry((frame.group_of(i.decision as usize), a))
+            .or_default();
+        c.0 += 1.0 / (1.0 + f64::from(i.position)).log2();
+        c.1 += f64::from(u8::from(i.grade >= 1));
+    }
+    let mut groups: BTreeMap<&str, Vec<(String, f64, f64)>> = BTreeMap::new();
+    for ((group, a), (e, n)) in cells {
+        groups.entry(group).or_default().push((a.to_string(), e, n));
+    }
     let fairness = groups
         .into_iter()
         .map(|(group, rows)| {
             let exposure = exposure_fairness(&rows);
             let judged: Vec<bool> = exposure.iter().filter_map(|g| g.within_band).collect();
             GroupFairness {
-                group,
+                group: group.to_string(),
                 share_within_band: judged.iter().filter(|b| **b).count() as f64
                     / judged.len().max(1) as f64,
                 exposure,
             }
         })
         .collect();
-    let Some(segment) = p.segment.as_deref() else {
+    let Some(segment) = o.segment else {
         return Ok((fairness, None));
     };
-    if !matches!(segment, "device" | "region") {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("segment={segment:?}: use device or region"),
-        ));
+    // Per segment: decisions, and those with any outcome.
+    let mut per: HashMap<u32, (u64, u64)> = HashMap::new();
+    for (d, items) in frame.lists() {
+        let dec = &frame.decisions[d];
+        let seg = if segment == "device" {
+            dec.device
+        } else {
+            dec.region
+        };
+        let e = per.entry(seg).or_default();
+        e.0 += 1;
+        e.1 += u64::from(items.iter().any(|i| i.grade >= 1));
     }
-    let mut rates: Vec<(String, u64, f64)> = Vec::new();
-    store
-        .scan(
-            &format!(
-                "SELECT seg, count(*) AS n, avg(CASE WHEN best >= 1 THEN 1.0 ELSE 0.0 END) AS rate FROM \
-                   (SELECT request_id, max(seg) AS seg, max(grade) AS best FROM \
-                     (SELECT g.request_id, g.grade, coalesce(d.{segment}, 'unknown') AS seg \
-                      FROM ({graded}) g JOIN decisions d ON d.request_id = g.request_id \
-                      WHERE {bounds}) \
-                    GROUP BY request_id) \
-                 GROUP BY seg ORDER BY n DESC, seg",
-                bounds = p.time_bounds("d.event_time", 0)?,
-            ),
-            timeout,
-            |batch: &RecordBatch| {
-                let s = utf8(batch, 0)?;
-                let n = i64s(batch, 1)?;
-                let r = f64s(batch, 2)?;
-                for row in 0..batch.num_rows() {
-                    rates.push((s.value(row).to_string(), n.value(row) as u64, r.value(row)));
-                }
-                Ok(())
-            },
-        )
-        .await?;
+    let mut rates: Vec<(String, u64, f64)> = per
+        .into_iter()
+        .map(|(seg, (n, hit))| {
+            (
+                frame.strings.name(seg).to_string(),
+                n,
+                hit as f64 / n as f64,
+            )
+        })
+        .collect();
+    rates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     // The reference is the one asked for, else the largest segment.
-    let reference = match &p.reference_segment {
+    let reference = match &o.reference {
         Some(name) => Some(
             rates
                 .iter()
@@ -380,7 +338,8 @@ pub async fn get_stability(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let groups = stability_report(&state.store, &p, state.config.query_timeout).await?;
+        let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
+        let groups = stability_of(&frame, p.k.unwrap_or(10).max(1));
         Ok(json!({
             "k": p.k.unwrap_or(10).max(1),
             "rbo_p": RBO_P,
@@ -397,9 +356,11 @@ pub async fn get_diversity(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let groups = diversity_report(&state.store, &p, state.config.query_timeout).await?;
+        let attr = attribute(&p, "category")?;
+        let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
+        let groups = diversity_of(&frame, attr);
         Ok(json!({
-            "attribute": attribute(&p, "category")?,
+            "attribute": attr,
             "groups": groups,
         }))
     })
@@ -413,10 +374,11 @@ pub async fn get_fairness(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let (groups, segments) =
-            fairness_report(&state.store, &p, state.config.query_timeout).await?;
+        let o = FairnessOptions::of(&p)?;
+        let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
+        let (groups, segments) = fairness_of(&frame, &o)?;
         Ok(json!({
-            "attribute": attribute(&p, "provider")?,
+            "attribute": o.attr,
             "band": [0.8, 1.25],
             "groups": groups,
             "segments": segments.as_ref().map(|(reference, s)| json!({

@@ -9,6 +9,7 @@ mod columns;
 mod drift;
 mod error;
 mod exposure;
+mod frame;
 pub mod health;
 mod ingest;
 pub(crate) mod latency;

@@ -11,15 +11,10 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{ClickCell, RankedItem, list_metrics, position_bias_em};
-use sonde_store::Store;
-use sonde_store::arrow::array::{Array, RecordBatch};
 
-use crate::columns::{f64s, i64s, u32s, utf8};
+use crate::frame::{ItemFrame, MAX_POSITION};
 use crate::relevance::{RelevanceParams, analysis};
 use crate::{ApiError, AppState};
-
-/// Positions beyond this are ignored (slates are rarely longer).
-const MAX_POSITION: usize = 50;
 
 /// One position of one group.
 #[derive(Debug, Clone, Serialize)]
@@ -60,56 +55,6 @@ impl SwapCounts {
         let (nk, ck) = *self.at.get(k - 1)?;
         (n1 > 0 && c1 > 0 && nk > 0).then(|| (ck as f64 / nk as f64) / (c1 as f64 / n1 as f64))
     }
-}
-
-/// The swap position of a decision's flags text, if it has one.
-fn swap_of(flags: &str) -> Option<usize> {
-    let v: serde_json::Value = serde_json::from_str(flags).ok()?;
-    let k = match &v["swap"] {
-        serde_json::Value::Number(n) => n.as_u64()?,
-        serde_json::Value::String(s) => s.parse().ok()?,
-        _ => return None,
-    };
-    (1..=MAX_POSITION as u64).contains(&k).then_some(k as usize)
-}
-
-async fn swap_counts(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<BTreeMap<String, SwapCounts>, ApiError> {
-    let sql = format!(
-        "SELECT g.grp, d.flags, g.position, g.clicked FROM ({}) g \
-         JOIN decisions d ON d.request_id = g.request_id WHERE d.flags IS NOT NULL AND {}",
-        p.graded_items_sql()?,
-        // The decisions of the window only: without it the join reads every stored decision.
-        p.time_bounds("d.event_time", 0)?
-    );
-    let mut out: BTreeMap<String, SwapCounts> = BTreeMap::new();
-    store
-        .scan(&sql, timeout, |batch: &RecordBatch| {
-            let grp = utf8(batch, 0)?;
-            let flags = utf8(batch, 1)?;
-            let position = u32s(batch, 2)?;
-            let clicked = i64s(batch, 3)?;
-            for row in 0..batch.num_rows() {
-                let Some(k) = swap_of(flags.value(row)) else {
-                    continue;
-                };
-                if position.value(row) as usize != k {
-                    continue;
-                }
-                let s = out.entry(grp.value(row).to_string()).or_default();
-                if s.at.len() < k {
-                    s.at.resize(k, (0, 0));
-                }
-                s.at[k - 1].0 += 1;
-                s.at[k - 1].1 += u64::from(clicked.value(row) > 0);
-            }
-            Ok(())
-        })
-        .await?;
-    Ok(out)
 }
 
 /// Position bias of one group.
@@ -193,67 +138,80 @@ fn bin_of(sorted: &[f64], bins: usize, score: f64) -> usize {
     (rank * bins / sorted.len().max(1)).min(bins - 1)
 }
 
-/// Position bias per group over the store.
-pub async fn position_report(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<Vec<GroupPositionBias>, ApiError> {
-    let bins = p.score_bins.unwrap_or(20);
-    let k = p.k.unwrap_or(10).max(1);
-    if !(1..=1000).contains(&bins) {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            "score_bins must be between 1 and 1000",
-        ));
-    }
-    let sql = format!(
-        "SELECT grp, model, position, score, clicked, request_id, grade FROM ({})",
-        p.graded_items_sql()?
-    );
-    let mut models: BTreeMap<String, u32> = BTreeMap::new();
-    let mut decisions: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-    let mut groups: BTreeMap<String, Vec<Shown>> = BTreeMap::new();
-    let shown = store.scan(&sql, timeout, |batch: &RecordBatch| {
-        let grp = utf8(batch, 0)?;
-        let model = utf8(batch, 1)?;
-        let position = u32s(batch, 2)?;
-        let score = f64s(batch, 3)?;
-        let clicked = i64s(batch, 4)?;
-        let request = utf8(batch, 5)?;
-        let grade = i64s(batch, 6)?;
-        for row in 0..batch.num_rows() {
-            let next = models.len() as u32;
-            let m = *models.entry(model.value(row).to_string()).or_insert(next);
-            let next = decisions.len() as u32;
-            let d = *decisions
-                .entry(request.value(row).to_string())
-                .or_insert(next);
-            groups
-                .entry(grp.value(row).to_string())
-                .or_default()
-                .push(Shown {
-                    decision: d,
-                    grade: grade.value(row) as f64,
-                    model: m,
-                    position: position.value(row),
-                    score: if score.is_null(row) {
-                        f64::NAN
-                    } else {
-                        score.value(row)
-                    },
-                    clicked: clicked.value(row) > 0,
-                });
+/// What a position-bias fit is asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PositionOptions {
+    /// Score bins per model keying relevance.
+    bins: usize,
+    /// Cutoff of the propensity-weighted NDCG.
+    k: usize,
+}
+
+impl PositionOptions {
+    /// The options of `p`, checked.
+    pub(crate) fn of(p: &RelevanceParams) -> Result<Self, ApiError> {
+        let bins = p.score_bins.unwrap_or(20);
+        if !(1..=1000).contains(&bins) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "score_bins must be between 1 and 1000",
+            ));
         }
-        Ok(())
-    });
-    // The swap interventions are a second scan: run both at once.
-    let (shown, swaps) = tokio::join!(shown, swap_counts(store, p, timeout));
-    shown?;
-    let swaps = swaps?;
+        Ok(Self {
+            bins,
+            k: p.k.unwrap_or(10).max(1),
+        })
+    }
+}
+
+/// Swap-intervention counts per group of the frame.
+fn swap_counts(frame: &ItemFrame) -> BTreeMap<&str, SwapCounts> {
+    let mut out: BTreeMap<&str, SwapCounts> = BTreeMap::new();
+    for i in &frame.items {
+        let d = i.decision as usize;
+        let Some(k) = frame.decisions[d].swap else {
+            continue;
+        };
+        if i.position as usize != k {
+            continue;
+        }
+        let s = out.entry(frame.group_of(d)).or_default();
+        if s.at.len() < k {
+            s.at.resize(k, (0, 0));
+        }
+        s.at[k - 1].0 += 1;
+        s.at[k - 1].1 += u64::from(i.clicked);
+    }
+    out
+}
+
+/// Position bias per group of the frame.
+pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<GroupPositionBias> {
+    let PositionOptions { bins, k } = o;
+    let mut groups: BTreeMap<&str, Vec<Shown>> = BTreeMap::new();
+    // Dense model indices: they index the per-model score lists.
+    let mut models: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    for i in &frame.items {
+        let d = &frame.decisions[i.decision as usize];
+        let next = models.len() as u32;
+        let model = *models.entry(d.model).or_insert(next);
+        groups
+            .entry(frame.strings.name(d.group))
+            .or_default()
+            .push(Shown {
+                decision: i.decision,
+                grade: i.grade as f64,
+                model,
+                position: i.position,
+                score: i.score,
+                clicked: i.clicked,
+            });
+    }
+    let swaps = swap_counts(frame);
+    let models = models.len();
     let mut out = Vec::new();
     for (group, mut items) in groups {
-        let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+        let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models];
         for s in items.iter().filter(|s| !s.score.is_nan()) {
             sorted[s.model as usize].push(s.score);
         }
@@ -298,7 +256,7 @@ pub async fn position_report(
             })
             .collect();
         let fit = position_bias_em(&cells, positions.max(1), dense.len().max(1), 5000).ok();
-        let swaps = swaps.get(&group);
+        let swaps = swaps.get(group);
         let rows: Vec<PositionRow> = by_position
             .iter()
             .enumerate()
@@ -329,10 +287,10 @@ pub async fn position_report(
             positions: rows,
             em_iterations: fit.as_ref().map(|f| f.iterations),
             relevance_keys: dense.len(),
-            group,
+            group: group.to_string(),
         });
     }
-    Ok(out)
+    out
 }
 
 /// `GET /v1/position-bias`.
@@ -342,7 +300,9 @@ pub async fn get_position_bias(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let groups = position_report(&state.store, &p, state.config.query_timeout).await?;
+        let o = PositionOptions::of(&p)?;
+        let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
+        let groups = position_bias_of(&frame, o);
         Ok(json!({
             "outcome": "click",
             "method": "swap interventions where decisions flag them (flags.swap = k), else EM of the position-based model with relevance keyed by (model version, score bin)",

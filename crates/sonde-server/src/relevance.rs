@@ -18,7 +18,8 @@ use sonde_relevance::{Binning, ListSums, LiveItem, RankingSummary, calibration};
 use sonde_store::Store;
 use sonde_store::arrow::array::RecordBatch;
 
-use crate::columns::{f64s, i64_array, i64s, list, utf8};
+use crate::columns::{i64_array, list, utf8};
+use crate::frame::ItemFrame;
 use crate::{ApiError, AppState, Scope, authorize};
 
 /// Filters, grouping and options of the relevance endpoints.
@@ -246,6 +247,7 @@ impl RelevanceParams {
                map_values(i.experiments) AS exp_variants, \
                i.score AS score, i.model_name || ':' || i.model_version AS model, \
                i.category AS category, i.provider AS provider, \
+               coalesce(i.user_key, i.anonymous_key) AS who, \
                CAST(coalesce(g.gain, 0) AS BIGINT) AS grade, \
                CAST(coalesce(g.click, 0) AS BIGINT) AS clicked, \
                CAST(coalesce(g.purchase, 0) AS BIGINT) AS purchased \
@@ -434,64 +436,76 @@ pub struct GroupCalibration {
     pub report: sonde_relevance::CalibrationReport,
 }
 
-/// Calibration of item scores against clicks, per group.
-pub async fn calibration_report(
-    store: &Store,
-    p: &RelevanceParams,
-    timeout: std::time::Duration,
-) -> Result<Vec<GroupCalibration>, ApiError> {
-    let binning = match p.binning.as_deref().unwrap_or("equal_mass") {
-        "equal_mass" => Binning::EqualMass,
-        "equal_width" => Binning::EqualWidth,
-        other => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("binning={other:?}: use equal_mass or equal_width"),
-            ));
-        }
-    };
-    let bins = p.bins.unwrap_or(10);
-    if !(1..=1000).contains(&bins) {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            "bins must be between 1 and 1000",
-        ));
-    }
-    let label = match p.outcome.as_deref().unwrap_or("click") {
-        "click" => "clicked".to_string(),
-        "conversion" => "purchased".to_string(),
-        other => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("outcome={other:?}: use click or conversion"),
-            ));
-        }
-    };
-    let sql = format!(
-        "SELECT grp, score, CAST({label} AS BIGINT) FROM ({}) WHERE score IS NOT NULL",
-        p.graded_items_sql()?
-    );
-    let mut groups: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
-    store
-        .scan(&sql, timeout, |batch: &RecordBatch| {
-            let grp = utf8(batch, 0)?;
-            let score = f64s(batch, 1)?;
-            let clicked = i64s(batch, 2)?;
-            for row in 0..batch.num_rows() {
-                let (s, c) = groups.entry(grp.value(row).to_string()).or_default();
-                s.push(score.value(row));
-                c.push(clicked.value(row) > 0);
+/// What a calibration is asked for: bins, binning and the outcome.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CalibrationOptions {
+    bins: usize,
+    binning: Binning,
+    /// Purchases instead of clicks.
+    conversion: bool,
+}
+
+impl CalibrationOptions {
+    /// The options of `p`, checked.
+    pub(crate) fn of(p: &RelevanceParams) -> Result<Self, ApiError> {
+        let binning = match p.binning.as_deref().unwrap_or("equal_mass") {
+            "equal_mass" => Binning::EqualMass,
+            "equal_width" => Binning::EqualWidth,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("binning={other:?}: use equal_mass or equal_width"),
+                ));
             }
-            Ok(())
+        };
+        let bins = p.bins.unwrap_or(10);
+        if !(1..=1000).contains(&bins) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "bins must be between 1 and 1000",
+            ));
+        }
+        let conversion = match p.outcome.as_deref().unwrap_or("click") {
+            "click" => false,
+            "conversion" => true,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("outcome={other:?}: use click or conversion"),
+                ));
+            }
+        };
+        Ok(Self {
+            bins,
+            binning,
+            conversion,
         })
-        .await?;
+    }
+}
+
+/// Calibration of item scores against clicks (or purchases), per group of the frame.
+pub(crate) fn calibration_of(
+    frame: &ItemFrame,
+    o: CalibrationOptions,
+) -> Result<Vec<GroupCalibration>, ApiError> {
+    let mut groups: BTreeMap<&str, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+    for i in frame.items.iter().filter(|i| !i.score.is_nan()) {
+        let (s, c) = groups
+            .entry(frame.group_of(i.decision as usize))
+            .or_default();
+        s.push(i.score);
+        c.push(if o.conversion { i.purchased } else { i.clicked });
+    }
     groups
         .into_iter()
         .map(|(group, (s, c))| {
-            let report = calibration(&s, &c, bins, binning).map_err(|e| {
+            let report = calibration(&s, &c, o.bins, o.binning).map_err(|e| {
                 ApiError::bad_request("invalid_data", format!("group {group}: {e}"))
             })?;
-            Ok(GroupCalibration { group, report })
+            Ok(GroupCalibration {
+                group: group.to_string(),
+                report,
+            })
         })
         .collect()
 }
@@ -503,7 +517,9 @@ pub async fn get_calibration(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let groups = calibration_report(&state.store, &p, state.config.query_timeout).await?;
+        let o = CalibrationOptions::of(&p)?;
+        let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
+        let groups = calibration_of(&frame, o)?;
         Ok(json!({
             "outcome": p.outcome.as_deref().unwrap_or("click"),
             "window_minutes": p.window(),

@@ -14,6 +14,10 @@ use sonde_ui::{ChartSeries, LineChart, XAxis, number};
 use super::overview::experiment_of;
 use super::{PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct};
 use crate::AppState;
+use crate::exposure::{FairnessOptions, diversity_of, fairness_of, stability_of};
+use crate::frame::ItemFrame;
+use crate::position::{PositionOptions, position_bias_of};
+use crate::relevance::{CalibrationOptions, calibration_of};
 
 /// `YYYY-MM-DD HH:MM:SS` or `YYYY-MM-DDTHH:MM:SS` (how a truncated timestamp prints) as
 /// epoch ms.
@@ -98,16 +102,29 @@ async fn render_relevance(state: &AppState, f: &PageFilters) -> Rendered {
         p.reference_to = Some(from.to_string());
         p
     });
-    let (ranking, timeline, calibration, position, stability, diversity, fairness, drift) = tokio::join!(
+    // The ranking comes from the live sums; the other analyses share one read of the window.
+    let (ranking, timeline, frame, drift) = tokio::join!(
         crate::relevance::relevance_report(store, &p_rank, timeout),
         crate::relevance::relevance_report(store, &p_time, timeout),
-        crate::relevance::calibration_report(store, &p_rank, timeout),
-        crate::position::position_report(store, &p_rank, timeout),
-        crate::exposure::stability_report(store, &p_rank, timeout),
-        crate::exposure::diversity_report(store, &p_rank, timeout),
-        crate::exposure::fairness_report(store, &p_rank, timeout),
+        ItemFrame::fetch(store, &p_rank, timeout),
         crate::drift::drift_report(store, &p_drift, timeout),
     );
+    let (calibration, position, stability, diversity, fairness) = match &frame {
+        Ok(frame) => (
+            CalibrationOptions::of(&p_rank).and_then(|o| calibration_of(frame, o)),
+            PositionOptions::of(&p_rank).map(|o| position_bias_of(frame, o)),
+            Ok(stability_of(frame, 10)),
+            Ok(diversity_of(frame, "category")),
+            FairnessOptions::of(&p_rank).and_then(|o| fairness_of(frame, &o)),
+        ),
+        Err(e) => (
+            Err(e.clone()),
+            Err(e.clone()),
+            Err(e.clone()),
+            Err(e.clone()),
+            Err(e.clone()),
+        ),
+    };
     let timeline = timeline.unwrap_or_default();
     let ndcg_chart = LineChart {
         title: format!("NDCG@10 by {by} and {bucket}"),
