@@ -247,7 +247,6 @@ impl RelevanceParams {
                map_values(i.experiments) AS exp_variants, \
                i.score AS score, i.model_name || ':' || i.model_version AS model, \
                i.category AS category, i.provider AS provider, \
-               coalesce(i.user_key, i.anonymous_key) AS who, \
                CAST(coalesce(g.gain, 0) AS BIGINT) AS grade, \
                CAST(coalesce(g.click, 0) AS BIGINT) AS clicked, \
                CAST(coalesce(g.purchase, 0) AS BIGINT) AS purchased \
