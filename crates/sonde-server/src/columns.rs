@@ -5,7 +5,7 @@
 use sonde_store::StoreError;
 use sonde_store::arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
-    UInt32Array,
+    StringViewArray, UInt32Array,
 };
 use sonde_store::arrow::compute::cast;
 use sonde_store::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
@@ -36,6 +36,48 @@ pub(crate) fn i64_array(col: &ArrayRef) -> Result<Int64Array, StoreError> {
 /// Column `i` as text.
 pub(crate) fn utf8(batch: &RecordBatch, i: usize) -> Result<StringArray, StoreError> {
     utf8_array(batch.column(i))
+}
+
+/// A text column read in place (a cast of `Utf8View`, which DataFusion often returns, to
+/// `Utf8` copies every string).
+pub(crate) enum Text {
+    /// `Utf8`, or another type cast to it.
+    Utf8(StringArray),
+    /// `Utf8View`.
+    View(StringViewArray),
+}
+
+impl Text {
+    /// Whether row `i` holds a value.
+    pub(crate) fn is_valid(&self, i: usize) -> bool {
+        match self {
+            Text::Utf8(a) => a.is_valid(i),
+            Text::View(a) => a.is_valid(i),
+        }
+    }
+
+    /// The text of row `i`, empty when null.
+    pub(crate) fn value(&self, i: usize) -> &str {
+        if !self.is_valid(i) {
+            return "";
+        }
+        match self {
+            Text::Utf8(a) => a.value(i),
+            Text::View(a) => a.value(i),
+        }
+    }
+}
+
+/// Column `i` as text, read in place where it can be.
+pub(crate) fn text(batch: &RecordBatch, i: usize) -> Result<Text, StoreError> {
+    let c = batch.column(i);
+    if let Some(a) = c.as_string_view_opt() {
+        return Ok(Text::View(a.clone()));
+    }
+    if let Some(a) = c.as_string_opt::<i32>() {
+        return Ok(Text::Utf8(a.clone()));
+    }
+    utf8_array(c).map(Text::Utf8)
 }
 
 /// Column `i` as 64-bit integers.

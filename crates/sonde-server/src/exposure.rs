@@ -3,7 +3,9 @@
 //! catalog they show, and whether provider groups and user segments are treated in line with
 //! the outcomes they earn. Formulas in `docs/relevance.md`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -239,23 +241,37 @@ impl FairnessOptions {
 /// Exposure fairness per group of the frame, and outcome rates per user segment when asked.
 pub(crate) fn fairness_of(frame: &ItemFrame, o: &FairnessOptions) -> Result<Fairness, ApiError> {
     // Per group and attribute value: position-discounted exposure, items with an outcome.
-    let mut cells: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    let mut cells: HashMap<(u32, Option<u32>), (f64, f64)> = HashMap::new();
     for i in &frame.items {
         let a = match o.attr {
             "category" => i.category,
             _ => i.provider,
-        }
-        .map_or("(none)", |a| frame.strings.name(a));
+        };
         let c = cells
-            .entry((frame.group_of(i.decision as usize), a))
+            .entry((frame.decisions[i.decision as usize].group, a))
             .or_default();
         c.0 += 1.0 / (1.0 + f64::from(i.position)).log2();
         c.1 += f64::from(u8::from(i.grade >= 1));
     }
-    let mut groups: BTreeMap<&str, Vec<(String, f64, f64)>> = BTreeMap::new();
+    // By name: a missing attribute and one named `(none)` are one value, as in SQL.
+    let mut by_name: BTreeMap<&str, BTreeMap<&str, (f64, f64)>> = BTreeMap::new();
     for ((group, a), (e, n)) in cells {
-        groups.entry(group).or_default().push((a.to_string(), e, n));
+        let a = a.map_or("(none)", |a| frame.strings.name(a));
+        let c = by_name
+            .entry(frame.strings.name(group))
+            .or_default()
+            .entry(a)
+            .or_default();
+        c.0 += e;
+        c.1 += n;
     }
+    let groups = by_name.into_iter().map(|(group, values)| {
+        let rows: Vec<(String, f64, f64)> = values
+            .into_iter()
+            .map(|(a, (e, n))| (a.to_string(), e, n))
+            .collect();
+        (group, rows)
+    });
     let fairness = groups
         .into_iter()
         .map(|(group, rows)| {

@@ -4,51 +4,90 @@
 //! reads the window once and the analyses are pure computations over the frame. The API
 //! endpoints go through the same frame, so page and API answer alike.
 
-use std::collections::HashMap;
-
 use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
 use crate::ApiError;
-use crate::columns::{f64s, i64s, u32s, utf8};
+use crate::columns::{f64s, i64s, text, u32s};
 use crate::relevance::RelevanceParams;
 
 /// Positions beyond this are ignored by position bias, swap interventions included (slates
 /// are rarely longer).
 pub(crate) const MAX_POSITION: usize = 50;
 
-/// Strings as dense ids: a frame holds each distinct string once.
-#[derive(Debug, Default)]
+/// Strings as dense ids: a frame holds each distinct string once, in one text arena, so
+/// interning allocates nothing per string.
+#[derive(Default)]
 pub(crate) struct Interner {
-    ids: HashMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
+    /// Ids, found by the hash of their string.
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+    /// All strings, one after another.
+    text: String,
+    /// Where string `id` ends in `text` (it starts where `id − 1` ends).
+    ends: Vec<usize>,
+}
+
+impl std::fmt::Debug for Interner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interner")
+            .field("strings", &self.ends.len())
+            .finish()
+    }
 }
 
 impl Interner {
+    fn hash(&self, s: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, s)
+    }
+
     /// The id of `s`, adding it when new.
     pub(crate) fn id(&mut self, s: &str) -> u32 {
-        if let Some(id) = self.ids.get(s) {
+        let hash = self.hash(s);
+        let Self {
+            table,
+            hasher,
+            text,
+            ends,
+        } = self;
+        let name = |id: u32| slice(text, ends, id);
+        if let Some(id) = table.find(hash, |id| name(*id) == s) {
             return *id;
         }
-        let id = self.names.len() as u32;
-        self.ids.insert(s.into(), id);
-        self.names.push(s.into());
+        let id = ends.len() as u32;
+        text.push_str(s);
+        ends.push(text.len());
+        table.insert_unique(hash, id, |id| {
+            std::hash::BuildHasher::hash_one(&*hasher, slice(text, ends, *id))
+        });
         id
     }
 
     /// The id of `s`, if seen.
     pub(crate) fn get(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
+        self.table
+            .find(self.hash(s), |id| self.name(*id) == s)
+            .copied()
     }
 
     /// The string of `id`.
     pub(crate) fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("", |s| s)
+        slice(&self.text, &self.ends, id)
     }
 
     /// Distinct strings.
     pub(crate) fn len(&self) -> usize {
-        self.names.len()
+        self.ends.len()
+    }
+}
+
+/// String `id` of an arena.
+fn slice<'a>(text: &'a str, ends: &[usize], id: u32) -> &'a str {
+    let id = id as usize;
+    let start = id.checked_sub(1).and_then(|i| ends.get(i)).copied();
+    match ends.get(id) {
+        Some(end) => text.get(start.unwrap_or(0)..*end).unwrap_or(""),
+        None => "",
     }
 }
 
@@ -161,8 +200,8 @@ impl ItemFrame {
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut purchases: Vec<Outcome> = Vec::new();
         let interactions = store.scan(&interactions_sql, timeout, |batch: &RecordBatch| {
-            let (request, item, t) = (utf8(batch, 0)?, utf8(batch, 1)?, i64s(batch, 2)?);
-            let (action, value) = (utf8(batch, 3)?, f64s(batch, 4)?);
+            let (request, item, t) = (text(batch, 0)?, text(batch, 1)?, i64s(batch, 2)?);
+            let (action, value) = (text(batch, 3)?, f64s(batch, 4)?);
             for row in 0..batch.num_rows() {
                 let value = value.is_valid(row).then(|| value.value(row));
                 let (grade, click) = gains.of_interaction(action.value(row), value);
@@ -178,7 +217,7 @@ impl ItemFrame {
             Ok(())
         });
         let bought = store.scan(&purchases_sql, timeout, |batch: &RecordBatch| {
-            let (request, item, t) = (utf8(batch, 0)?, utf8(batch, 1)?, i64s(batch, 2)?);
+            let (request, item, t) = (text(batch, 0)?, text(batch, 1)?, i64s(batch, 2)?);
             for row in (0..batch.num_rows()).filter(|r| item.is_valid(*r)) {
                 purchases.push(Outcome {
                     request: request.value(row).into(),
@@ -193,8 +232,8 @@ impl ItemFrame {
         });
         let mut swaps: Vec<(String, usize)> = Vec::new();
         let flags = store.scan(&flags_sql, timeout, |batch: &RecordBatch| {
-            let request = utf8(batch, 0)?;
-            let flags = utf8(batch, 1)?;
+            let request = text(batch, 0)?;
+            let flags = text(batch, 1)?;
             for row in 0..batch.num_rows() {
                 if let Some(k) = swap_of(flags.value(row)) {
                     swaps.push((request.value(row).to_string(), k));
@@ -251,19 +290,19 @@ impl ItemFrame {
     }
 
     fn add(&mut self, batch: &RecordBatch) -> Result<(), sonde_store::StoreError> {
-        let request = utf8(batch, 0)?;
-        let grp = utf8(batch, 1)?;
+        let request = text(batch, 0)?;
+        let grp = text(batch, 1)?;
         let position = u32s(batch, 2)?;
-        let item = utf8(batch, 3)?;
+        let item = text(batch, 3)?;
         let t = i64s(batch, 4)?;
         let score = f64s(batch, 5)?;
-        let model = utf8(batch, 6)?;
-        let category = utf8(batch, 7)?;
-        let provider = utf8(batch, 8)?;
-        let who = utf8(batch, 9)?;
-        let surface = utf8(batch, 10)?;
-        let device = utf8(batch, 11)?;
-        let region = utf8(batch, 12)?;
+        let model = text(batch, 6)?;
+        let category = text(batch, 7)?;
+        let provider = text(batch, 8)?;
+        let who = text(batch, 9)?;
+        let surface = text(batch, 10)?;
+        let device = text(batch, 11)?;
+        let region = text(batch, 12)?;
         for row in 0..batch.num_rows() {
             let known = self.requests.len();
             let decision = self.requests.id(request.value(row));
@@ -339,6 +378,11 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
+    /// Request, item, position.
+    type Key = (String, String, u32);
+    /// Group, grade, clicked, purchased.
+    type Graded = (String, i64, bool, bool);
+
     /// The frame grades items in memory as `graded_items_sql` does in SQL: same items, same
     /// grade, click and purchase, whatever the window's edges cut.
     #[tokio::test]
@@ -391,8 +435,7 @@ mod tests {
             let frame = ItemFrame::fetch(state.store(), &p, timeout)
                 .await
                 .expect("frame");
-            let mut sql: BTreeMap<(String, String, u32), (String, i64, bool, bool)> =
-                BTreeMap::new();
+            let mut sql: BTreeMap<Key, Graded> = BTreeMap::new();
             let q = format!(
                 "SELECT request_id, item_id, position, grp, grade, clicked, purchased FROM ({})",
                 p.graded_items_sql().expect("sql")
@@ -400,7 +443,7 @@ mod tests {
             state
                 .store()
                 .scan(&q, timeout, |b: &RecordBatch| {
-                    let (r, i, pos, g) = (utf8(b, 0)?, utf8(b, 1)?, u32s(b, 2)?, utf8(b, 3)?);
+                    let (r, i, pos, g) = (text(b, 0)?, text(b, 1)?, u32s(b, 2)?, text(b, 3)?);
                     let (grade, c, pu) = (i64s(b, 4)?, i64s(b, 5)?, i64s(b, 6)?);
                     for row in 0..b.num_rows() {
                         sql.insert(
