@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use hashbrown::{HashMap, HashSet};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;

@@ -21,7 +21,7 @@ pub(crate) const MAX_POSITION: usize = 50;
 pub(crate) struct Interner {
     /// Ids, found by the hash of their string.
     table: hashbrown::HashTable<u32>,
-    hasher: foldhash::fast::FixedState,
+    hasher: hashbrown::DefaultHashBuilder,
     /// All strings, one after another.
     text: String,
     /// Where string `id` ends in `text` (it starts where `id − 1` ends).

@@ -190,7 +190,7 @@ pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<Gro
     let PositionOptions { bins, k } = o;
     let mut groups: BTreeMap<&str, Vec<Shown>> = BTreeMap::new();
     // Dense model indices: they index the per-model score lists.
-    let mut models: foldhash::HashMap<u32, u32> = foldhash::HashMapExt::new();
+    let mut models: hashbrown::HashMap<u32, u32> = hashbrown::HashMap::new();
     for i in &frame.items {
         let d = &frame.decisions[i.decision as usize];
         let next = models.len() as u32;
