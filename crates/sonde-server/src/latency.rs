@@ -1,8 +1,6 @@
 //! `GET /v1/latency` (quantile time series from the live rollups) and
 //! `GET /v1/latency/tail` (which component makes the tail). See `docs/latency.md`.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -219,40 +217,81 @@ pub struct TailResponse {
     pub components: Vec<ComponentShare>,
 }
 
+/// Decisions on one side of the tail's threshold, with their time per component (indexed
+/// like [`Decisions::names`]).
 #[derive(Default)]
 struct Side {
     n: u64,
     total_ms: f64,
-    by_component: BTreeMap<String, f64>,
+    by_component: Vec<f64>,
 }
 
 impl Side {
-    fn add(&mut self, total: f64, comps: &[(String, f64)]) {
-        self.n += 1;
-        self.total_ms += total;
-        let mut attributed = 0.0;
-        for (c, ms) in comps {
-            *self.by_component.entry(c.clone()).or_default() += ms;
-            attributed += ms;
-        }
-        // Time no component accounts for (network, queueing): keep it visible.
-        *self.by_component.entry("unattributed".into()).or_default() +=
-            (total - attributed).max(0.0);
-    }
-
-    fn mean(&self, c: &str) -> f64 {
+    fn mean(&self, c: usize) -> f64 {
         match self.n {
             0 => 0.0,
             n => self.by_component.get(c).copied().unwrap_or(0.0) / n as f64,
         }
     }
 
-    fn share(&self, c: &str) -> f64 {
+    fn share(&self, c: usize) -> f64 {
         if self.total_ms > 0.0 {
             self.by_component.get(c).copied().unwrap_or(0.0) / self.total_ms
         } else {
             0.0
         }
+    }
+}
+
+/// The end-to-end latency and component times of the decisions in a range, read once.
+#[derive(Default)]
+struct Decisions {
+    /// Component names; `unattributed` (time no component accounts for: network, queueing)
+    /// is one of them as soon as a decision is read.
+    names: Vec<String>,
+    /// Per decision: total, and its range in `components`.
+    totals: Vec<(f64, std::ops::Range<usize>)>,
+    /// (component index, ms) of every decision, one after another.
+    components: Vec<(usize, f64)>,
+}
+
+impl Decisions {
+    fn index(&mut self, name: &str) -> usize {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                self.names.push(name.to_string());
+                self.names.len() - 1
+            }
+        }
+    }
+
+    /// Splits the decisions at `threshold` (above it: the tail), components summed per side.
+    fn sides(&self, threshold: f64) -> (Side, Side) {
+        let side = || Side {
+            by_component: vec![0.0; self.names.len()],
+            ..Side::default()
+        };
+        let (mut tail, mut body) = (side(), side());
+        let unattributed = self.names.iter().position(|n| n == "unattributed");
+        for (total, range) in &self.totals {
+            let s = if *total > threshold {
+                &mut tail
+            } else {
+                &mut body
+            };
+            s.n += 1;
+            s.total_ms += total;
+            let mut attributed = 0.0;
+            for (c, ms) in &self.components[range.clone()] {
+                s.by_component[*c] += ms;
+                attributed += ms;
+            }
+            if let Some(u) = unattributed {
+                s.by_component[u] += (total - attributed).max(0.0);
+            }
+        }
+        (tail, body)
     }
 }
 
@@ -283,22 +322,18 @@ pub(crate) async fn tail(
         }
     };
     let where_clause = decision_filter(params, from, to)?;
-    let threshold = exact_quantile(state, &where_clause, q).await?;
+    let decisions = read_decisions(state, &where_clause).await?;
+    let threshold = exact_quantile(&decisions, q);
     let (tail, body) = match threshold {
         None => (Side::default(), Side::default()),
-        Some(threshold) => scan_sides(state, &where_clause, threshold).await?,
+        Some(threshold) => decisions.sides(threshold),
     };
-    let mut names: Vec<&String> = tail
-        .by_component
-        .keys()
-        .chain(body.by_component.keys())
-        .collect();
-    names.sort();
-    names.dedup();
-    let mut components: Vec<ComponentShare> = names
-        .into_iter()
-        .map(|c| ComponentShare {
-            component: c.clone(),
+    let mut components: Vec<ComponentShare> = decisions
+        .names
+        .iter()
+        .enumerate()
+        .map(|(c, name)| ComponentShare {
+            component: name.clone(),
             tail_mean_ms: tail.mean(c),
             tail_share: tail.share(c),
             body_mean_ms: body.mean(c),
@@ -306,6 +341,8 @@ pub(crate) async fn tail(
             excess_ms: tail.mean(c) - body.mean(c),
         })
         .collect();
+    // By name first, so components with equal tail shares keep a stable order.
+    components.sort_by(|a, b| a.component.cmp(&b.component));
     components.sort_by(|a, b| b.tail_share.total_cmp(&a.tail_share));
     Ok(TailResponse {
         from,
@@ -342,66 +379,48 @@ fn decision_filter(params: &LatencyParams, from: i64, to: i64) -> Result<String,
 
 /// The exact q-quantile of end-to-end latency (the sample of rank ⌊q·(n−1)⌋): the tail's
 /// boundary must not move with the sketch's 1% where many decisions share a value.
-async fn exact_quantile(
-    state: &AppState,
-    where_clause: &str,
-    q: f64,
-) -> Result<Option<f64>, ApiError> {
-    let mut totals: Vec<f64> = Vec::new();
-    state
-        .store
-        .scan(
-            &format!("SELECT i.latency_total_ms FROM decisions i WHERE {where_clause}"),
-            state.config.query_timeout,
-            |batch: &RecordBatch| {
-                totals.extend(f64s(batch, 0)?.values().iter().copied());
-                Ok(())
-            },
-        )
-        .await?;
-    if totals.is_empty() {
-        return Ok(None);
+fn exact_quantile(d: &Decisions, q: f64) -> Option<f64> {
+    if d.totals.is_empty() {
+        return None;
     }
+    let mut totals: Vec<f64> = d.totals.iter().map(|(t, _)| *t).collect();
     let rank = (q * (totals.len() - 1) as f64).floor() as usize;
     let (_, v, _) = totals.select_nth_unstable_by(rank, f64::total_cmp);
-    Ok(Some(*v))
+    Some(*v)
 }
 
-/// Decisions split at `threshold`, components summed on each side.
-async fn scan_sides(
-    state: &AppState,
-    where_clause: &str,
-    threshold: f64,
-) -> Result<(Side, Side), ApiError> {
+/// The decisions of `where_clause`: totals and component times, in one scan.
+async fn read_decisions(state: &AppState, where_clause: &str) -> Result<Decisions, ApiError> {
     let sql = format!(
         "SELECT i.latency_total_ms, map_keys(i.latency_components), \
          map_values(i.latency_components) FROM decisions i WHERE {where_clause}"
     );
-    let (mut tail, mut body) = (Side::default(), Side::default());
-    let mut comps: Vec<(String, f64)> = Vec::new();
+    let mut d = Decisions::default();
     state
         .store
         .scan(&sql, state.config.query_timeout, |batch: &RecordBatch| {
             let totals = f64s(batch, 0)?;
-            let keys = list(batch, 1)?;
-            let values = list(batch, 2)?;
+            let (keys, values) = (list(batch, 1)?, list(batch, 2)?);
+            // The lists' flat children, read once per batch (not one cast per row).
+            let (names, ms) = (utf8_array(keys.values())?, f64_array(values.values())?);
+            let (ko, vo) = (keys.value_offsets(), values.value_offsets());
+            if batch.num_rows() > 0 {
+                d.index("unattributed");
+            }
             for row in 0..batch.num_rows() {
-                let total = totals.value(row);
-                comps.clear();
-                if !keys.is_null(row) {
-                    let k = utf8_array(&keys.value(row))?;
-                    let v = f64_array(&values.value(row))?;
-                    comps.extend((0..k.len()).map(|j| (k.value(j).to_string(), v.value(j))));
+                let start = d.components.len();
+                if keys.is_valid(row) && values.is_valid(row) {
+                    let (k, v) = (ko[row] as usize..ko[row + 1] as usize, vo[row] as usize);
+                    for (j, at) in k.enumerate() {
+                        let c = d.index(names.value(at));
+                        d.components.push((c, ms.value(v + j)));
+                    }
                 }
-                let side = if total > threshold {
-                    &mut tail
-                } else {
-                    &mut body
-                };
-                side.add(total, &comps);
+                d.totals
+                    .push((totals.value(row), start..d.components.len()));
             }
             Ok(())
         })
         .await?;
-    Ok((tail, body))
+    Ok(d)
 }
