@@ -54,7 +54,6 @@ pub struct GroupStability {
 /// Stability per group of the frame: pairs of consecutive decisions (by time, then request
 /// id) of the same user and surface.
 pub(crate) fn stability_of(frame: &ItemFrame, k: usize) -> Vec<GroupStability> {
-    let name = |id| frame.strings.name(id);
     // Item ids of each decision in position order.
     let mut lists: Vec<Vec<u32>> = vec![Vec::new(); frame.decisions.len()];
     for (d, items) in frame.lists() {
@@ -63,13 +62,12 @@ pub(crate) fn stability_of(frame: &ItemFrame, k: usize) -> Vec<GroupStability> {
     let mut order: Vec<usize> = (0..frame.decisions.len())
         .filter(|d| frame.decisions[*d].who.is_some())
         .collect();
+    // Consecutive decisions of a user on a surface: ordered by ids (any order of users
+    // gives the same pairs), then time, then request id.
     order.sort_unstable_by(|a, b| {
         let (da, db) = (&frame.decisions[*a], &frame.decisions[*b]);
-        let who = |d: &crate::frame::FrameDecision| d.who.map_or("", name);
-        who(da)
-            .cmp(who(db))
-            .then_with(|| name(da.surface).cmp(name(db.surface)))
-            .then(da.t.cmp(&db.t))
+        (da.who, da.surface, da.t)
+            .cmp(&(db.who, db.surface, db.t))
             .then_with(|| {
                 frame
                     .requests
@@ -77,14 +75,14 @@ pub(crate) fn stability_of(frame: &ItemFrame, k: usize) -> Vec<GroupStability> {
                     .cmp(frame.requests.name(*b as u32))
             })
     });
-    let mut groups: BTreeMap<&str, GroupStability> = BTreeMap::new();
+    let mut groups = vec![GroupStability::default(); frame.groups.len()];
     for pair in order.windows(2) {
         let (pr, cur) = (&frame.decisions[pair[0]], &frame.decisions[pair[1]]);
         if pr.who != cur.who || pr.surface != cur.surface {
             continue;
         }
         let (a, b) = (&lists[pair[0]], &lists[pair[1]]);
-        let g = groups.entry(name(cur.group)).or_default();
+        let g = &mut groups[cur.group as usize];
         g.pairs += 1;
         g.rbo += rbo_ext(a, b, RBO_P);
         let j = jaccard_at_k(a, b, k);
@@ -96,12 +94,14 @@ pub(crate) fn stability_of(frame: &ItemFrame, k: usize) -> Vec<GroupStability> {
     }
     groups
         .into_iter()
+        .enumerate()
+        .filter(|(_, g)| g.pairs > 0)
         .map(|(group, mut g)| {
-            let n = g.pairs.max(1) as f64;
+            let n = g.pairs as f64;
             g.rbo /= n;
             g.jaccard /= n;
             g.model_change_churn /= g.model_change_pairs.max(1) as f64;
-            g.group = group.to_string();
+            g.group = frame.group_name(group).to_string();
             g
         })
         .collect()
@@ -130,7 +130,7 @@ pub struct GroupDiversity {
 pub(crate) fn diversity_of(frame: &ItemFrame, attr: &str) -> Vec<GroupDiversity> {
     // A missing attribute counts as the empty string.
     let missing = frame.strings.get("").unwrap_or(u32::MAX);
-    let mut ild: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+    let mut ild: Vec<(u64, f64)> = vec![(0, 0.0); frame.groups.len()];
     let mut attrs: Vec<u32> = Vec::new();
     for (d, items) in frame.lists() {
         attrs.clear();
@@ -141,7 +141,7 @@ pub(crate) fn diversity_of(frame: &ItemFrame, attr: &str) -> Vec<GroupDiversity>
             }
             .unwrap_or(missing)
         }));
-        let e = ild.entry(frame.group_of(d)).or_default();
+        let e = &mut ild[frame.decisions[d].group as usize];
         e.0 += 1;
         e.1 += intra_list_diversity(&attrs);
     }
@@ -154,26 +154,23 @@ pub(crate) fn diversity_of(frame: &ItemFrame, attr: &str) -> Vec<GroupDiversity>
             .or_default() += 1.0;
         all_items.insert(i.item);
     }
-    let mut by_group: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut by_group: Vec<Vec<f64>> = vec![Vec::new(); frame.groups.len()];
     for ((group, _), n) in impressions {
-        by_group
-            .entry(frame.strings.name(group))
-            .or_default()
-            .push(n);
+        by_group[group as usize].push(n);
     }
     let all_items = all_items.len() as u64;
     ild.into_iter()
-        .map(|(group, (decisions, ild_sum))| {
-            let imp = by_group.remove(group).unwrap_or_default();
-            GroupDiversity {
-                decisions,
-                intra_list_diversity: ild_sum / decisions.max(1) as f64,
-                distinct_items: imp.len() as u64,
-                catalog_coverage: imp.len() as f64 / all_items.max(1) as f64,
-                exposure_gini: gini(&imp),
-                novelty: novelty(&imp),
-                group: group.to_string(),
-            }
+        .zip(by_group)
+        .enumerate()
+        .filter(|(_, ((decisions, _), _))| *decisions > 0)
+        .map(|(group, ((decisions, ild_sum), imp))| GroupDiversity {
+            decisions,
+            intra_list_diversity: ild_sum / decisions.max(1) as f64,
+            distinct_items: imp.len() as u64,
+            catalog_coverage: imp.len() as f64 / all_items.max(1) as f64,
+            exposure_gini: gini(&imp),
+            novelty: novelty(&imp),
+            group: frame.group_name(group).to_string(),
         })
         .collect()
 }
@@ -258,7 +255,7 @@ pub(crate) fn fairness_of(frame: &ItemFrame, o: &FairnessOptions) -> Result<Fair
     for ((group, a), (e, n)) in cells {
         let a = a.map_or("(none)", |a| frame.strings.name(a));
         let c = by_name
-            .entry(frame.strings.name(group))
+            .entry(frame.group_name(group as usize))
             .or_default()
             .entry(a)
             .or_default();

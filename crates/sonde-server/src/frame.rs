@@ -94,7 +94,7 @@ fn slice<'a>(text: &'a str, ends: &[usize], id: u32) -> &'a str {
 /// One decision of the window. String fields are ids in [`ItemFrame::strings`].
 #[derive(Debug, Clone)]
 pub(crate) struct FrameDecision {
-    /// The group expression's value.
+    /// The group expression's value: an index into [`ItemFrame::groups`].
     pub group: u32,
     /// `coalesce(user_key, anonymous_key)`.
     pub who: Option<u32>,
@@ -144,6 +144,8 @@ pub(crate) struct ItemFrame {
     pub requests: Interner,
     /// Items, sorted by (decision, position).
     pub items: Vec<FrameItem>,
+    /// Group names (ids in `strings`) in name order: analyses index their sums by group.
+    pub groups: Vec<u32>,
     /// Every other string.
     pub strings: Interner,
 }
@@ -254,7 +256,24 @@ impl ItemFrame {
         f.items
             .sort_unstable_by_key(|i| (i.decision, i.position, i.item));
         f.grade(outcomes.iter().chain(&purchases), p.window());
+        f.index_groups();
         Ok(f)
+    }
+
+    /// Turns each decision's group (a string id) into its rank among the group names.
+    fn index_groups(&mut self) {
+        let mut names: Vec<u32> = self.decisions.iter().map(|d| d.group).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.sort_by(|a, b| self.strings.name(*a).cmp(self.strings.name(*b)));
+        let mut rank = hashbrown::HashMap::with_capacity(names.len());
+        for (i, id) in names.iter().enumerate() {
+            rank.insert(*id, i as u32);
+        }
+        for d in &mut self.decisions {
+            d.group = rank.get(&d.group).copied().unwrap_or(0);
+        }
+        self.groups = names;
     }
 
     /// Grades the items from `outcomes`: an outcome counts for the items of its request with
@@ -347,11 +366,16 @@ impl ItemFrame {
             .map(|l| (l[0].decision as usize, l))
     }
 
-    /// The group name of a decision.
-    pub(crate) fn group_of(&self, decision: usize) -> &str {
+    /// The name of group `g`.
+    pub(crate) fn group_name(&self, g: usize) -> &str {
+        self.groups.get(g).map_or("", |id| self.strings.name(*id))
+    }
+
+    /// The group index of an item's decision.
+    pub(crate) fn group_of(&self, item: &FrameItem) -> usize {
         self.decisions
-            .get(decision)
-            .map_or("", |d| self.strings.name(d.group))
+            .get(item.decision as usize)
+            .map_or(0, |d| d.group as usize)
     }
 }
 
@@ -470,7 +494,9 @@ mod tests {
                         i.position,
                     ),
                     (
-                        frame.group_of(d).to_string(),
+                        frame
+                            .group_name(frame.decisions[d].group as usize)
+                            .to_string(),
                         i.grade,
                         i.clicked,
                         i.purchased,

@@ -3,8 +3,6 @@
 //! otherwise by EM of the position-based model with relevance keyed by (model version,
 //! score bin); see `sonde_relevance::position_bias_em` and `docs/relevance.md`.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -165,8 +163,8 @@ impl PositionOptions {
 }
 
 /// Swap-intervention counts per group of the frame.
-fn swap_counts(frame: &ItemFrame) -> BTreeMap<&str, SwapCounts> {
-    let mut out: BTreeMap<&str, SwapCounts> = BTreeMap::new();
+fn swap_counts(frame: &ItemFrame) -> Vec<SwapCounts> {
+    let mut out = vec![SwapCounts::default(); frame.groups.len()];
     for i in &frame.items {
         let d = i.decision as usize;
         let Some(k) = frame.decisions[d].swap else {
@@ -175,7 +173,7 @@ fn swap_counts(frame: &ItemFrame) -> BTreeMap<&str, SwapCounts> {
         if i.position as usize != k {
             continue;
         }
-        let s = out.entry(frame.group_of(d)).or_default();
+        let s = &mut out[frame.group_of(i)];
         if s.at.len() < k {
             s.at.resize(k, (0, 0));
         }
@@ -188,29 +186,29 @@ fn swap_counts(frame: &ItemFrame) -> BTreeMap<&str, SwapCounts> {
 /// Position bias per group of the frame.
 pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<GroupPositionBias> {
     let PositionOptions { bins, k } = o;
-    let mut groups: BTreeMap<&str, Vec<Shown>> = BTreeMap::new();
+    let mut groups: Vec<Vec<Shown>> = (0..frame.groups.len()).map(|_| Vec::new()).collect();
     // Dense model indices: they index the per-model score lists.
     let mut models: hashbrown::HashMap<u32, u32> = hashbrown::HashMap::new();
     for i in &frame.items {
         let d = &frame.decisions[i.decision as usize];
         let next = models.len() as u32;
         let model = *models.entry(d.model).or_insert(next);
-        groups
-            .entry(frame.strings.name(d.group))
-            .or_default()
-            .push(Shown {
-                decision: i.decision,
-                grade: i.grade as f64,
-                model,
-                position: i.position,
-                score: i.score,
-                clicked: i.clicked,
-            });
+        groups[d.group as usize].push(Shown {
+            decision: i.decision,
+            grade: i.grade as f64,
+            model,
+            position: i.position,
+            score: i.score,
+            clicked: i.clicked,
+        });
     }
     let swaps = swap_counts(frame);
     let models = models.len();
     let mut out = Vec::new();
-    for (group, mut items) in groups {
+    for (g, mut items) in groups.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
         let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models];
         for s in items.iter().filter(|s| !s.score.is_nan()) {
             sorted[s.model as usize].push(s.score);
@@ -225,7 +223,9 @@ pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<Gro
             .max()
             .unwrap_or(0)
             .min(MAX_POSITION);
-        let mut cells: BTreeMap<(usize, usize), (f64, f64)> = BTreeMap::new();
+        // Per (position, key): impressions, clicks.
+        let keys = models * keys_per_model;
+        let mut cells = vec![(0.0f64, 0.0f64); positions * keys];
         let mut by_position = vec![(0u64, 0u64); positions];
         for s in &items {
             let pos = s.position as usize;
@@ -234,29 +234,35 @@ pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<Gro
             }
             let key = s.model as usize * keys_per_model
                 + bin_of(&sorted[s.model as usize], bins, s.score);
-            let c = cells.entry((pos, key)).or_default();
+            let c = &mut cells[(pos - 1) * keys + key];
             c.0 += 1.0;
             c.1 += f64::from(u8::from(s.clicked));
             by_position[pos - 1].0 += 1;
             by_position[pos - 1].1 += u64::from(s.clicked);
         }
-        // Dense key indices for the fit.
-        let mut dense: BTreeMap<usize, usize> = BTreeMap::new();
-        for (_, key) in cells.keys() {
-            let next = dense.len();
-            dense.entry(*key).or_insert(next);
-        }
-        let cells: Vec<ClickCell> = cells
-            .into_iter()
-            .map(|((position, key), (impressions, clicks))| ClickCell {
+        // The cells shown, in (position, key) order, with dense key indices for the fit in
+        // order of first appearance.
+        let mut dense: Vec<Option<usize>> = vec![None; keys];
+        let mut used = 0;
+        let mut shown: Vec<ClickCell> = Vec::new();
+        for (at, (impressions, clicks)) in cells.into_iter().enumerate() {
+            if impressions == 0.0 {
+                continue;
+            }
+            let (position, key) = (at / keys + 1, at % keys);
+            let key = *dense[key].get_or_insert_with(|| {
+                used += 1;
+                used - 1
+            });
+            shown.push(ClickCell {
                 position,
-                key: dense[&key],
+                key,
                 impressions,
                 clicks,
-            })
-            .collect();
-        let fit = position_bias_em(&cells, positions.max(1), dense.len().max(1), 5000).ok();
-        let swaps = swaps.get(group);
+            });
+        }
+        let fit = position_bias_em(&shown, positions.max(1), used.max(1), 5000).ok();
+        let swaps = swaps.get(g).filter(|s| !s.at.is_empty());
         let rows: Vec<PositionRow> = by_position
             .iter()
             .enumerate()
@@ -286,8 +292,8 @@ pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<Gro
             ipw_ndcg,
             positions: rows,
             em_iterations: fit.as_ref().map(|f| f.iterations),
-            relevance_keys: dense.len(),
-            group: group.to_string(),
+            relevance_keys: used,
+            group: frame.group_name(g).to_string(),
         });
     }
     out

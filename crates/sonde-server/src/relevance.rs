@@ -487,17 +487,18 @@ pub(crate) fn calibration_of(
     frame: &ItemFrame,
     o: CalibrationOptions,
 ) -> Result<Vec<GroupCalibration>, ApiError> {
-    let mut groups: BTreeMap<&str, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+    let mut groups: Vec<(Vec<f64>, Vec<bool>)> = vec![Default::default(); frame.groups.len()];
     for i in frame.items.iter().filter(|i| !i.score.is_nan()) {
-        let (s, c) = groups
-            .entry(frame.group_of(i.decision as usize))
-            .or_default();
+        let (s, c) = &mut groups[frame.group_of(i)];
         s.push(i.score);
         c.push(if o.conversion { i.purchased } else { i.clicked });
     }
     groups
         .into_iter()
-        .map(|(group, (s, c))| {
+        .enumerate()
+        .filter(|(_, (s, _))| !s.is_empty())
+        .map(|(g, (s, c))| {
+            let group = frame.group_name(g);
             let report = calibration(&s, &c, o.bins, o.binning).map_err(|e| {
                 ApiError::bad_request("invalid_data", format!("group {group}: {e}"))
             })?;

@@ -13,11 +13,14 @@ use sonde_ui::{ChartSeries, LineChart, XAxis, number};
 
 use super::overview::experiment_of;
 use super::{PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct};
-use crate::AppState;
-use crate::exposure::{FairnessOptions, diversity_of, fairness_of, stability_of};
+use crate::exposure::{
+    Fairness, FairnessOptions, GroupDiversity, GroupStability, diversity_of, fairness_of,
+    stability_of,
+};
 use crate::frame::ItemFrame;
-use crate::position::{PositionOptions, position_bias_of};
-use crate::relevance::{CalibrationOptions, calibration_of};
+use crate::position::{GroupPositionBias, PositionOptions, position_bias_of};
+use crate::relevance::{CalibrationOptions, GroupCalibration, RelevanceParams, calibration_of};
+use crate::{ApiError, AppState};
 
 /// `YYYY-MM-DD HH:MM:SS` or `YYYY-MM-DDTHH:MM:SS` (how a truncated timestamp prints) as
 /// epoch ms.
@@ -54,6 +57,55 @@ fn over_time(
             ChartSeries { label, points }
         })
         .collect()
+}
+
+/// The analyses of the relevance page computed from its item frame.
+struct FrameAnalyses {
+    calibration: Result<Vec<GroupCalibration>, ApiError>,
+    position: Result<Vec<GroupPositionBias>, ApiError>,
+    stability: Result<Vec<GroupStability>, ApiError>,
+    diversity: Result<Vec<GroupDiversity>, ApiError>,
+    fairness: Result<Fairness, ApiError>,
+}
+
+impl FrameAnalyses {
+    /// All five, in two threads: position bias and calibration (the heavier) in one, the
+    /// rest in the other.
+    fn of(frame: &ItemFrame, p: &RelevanceParams) -> Self {
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                (
+                    PositionOptions::of(p).map(|o| position_bias_of(frame, o)),
+                    CalibrationOptions::of(p).and_then(|o| calibration_of(frame, o)),
+                )
+            });
+            let stability = Ok(stability_of(frame, 10));
+            let diversity = Ok(diversity_of(frame, "category"));
+            let fairness = FairnessOptions::of(p).and_then(|o| fairness_of(frame, &o));
+            let (position, calibration) = first.join().unwrap_or_else(|_| {
+                let e = ApiError::internal("an analysis panicked");
+                (Err(e.clone()), Err(e))
+            });
+            FrameAnalyses {
+                calibration,
+                position,
+                stability,
+                diversity,
+                fairness,
+            }
+        })
+    }
+
+    /// The same error for each.
+    fn failed(e: &ApiError) -> Self {
+        FrameAnalyses {
+            calibration: Err(e.clone()),
+            position: Err(e.clone()),
+            stability: Err(e.clone()),
+            diversity: Err(e.clone()),
+            fairness: Err(e.clone()),
+        }
+    }
 }
 
 /// `GET /relevance`.
@@ -109,21 +161,21 @@ async fn render_relevance(state: &AppState, f: &PageFilters) -> Rendered {
         ItemFrame::fetch(store, &p_rank, timeout),
         crate::drift::drift_report(store, &p_drift, timeout),
     );
-    let (calibration, position, stability, diversity, fairness) = match &frame {
-        Ok(frame) => (
-            CalibrationOptions::of(&p_rank).and_then(|o| calibration_of(frame, o)),
-            PositionOptions::of(&p_rank).map(|o| position_bias_of(frame, o)),
-            Ok(stability_of(frame, 10)),
-            Ok(diversity_of(frame, "category")),
-            FairnessOptions::of(&p_rank).and_then(|o| fairness_of(frame, &o)),
-        ),
-        Err(e) => (
-            Err(e.clone()),
-            Err(e.clone()),
-            Err(e.clone()),
-            Err(e.clone()),
-            Err(e.clone()),
-        ),
+    let FrameAnalyses {
+        calibration,
+        position,
+        stability,
+        diversity,
+        fairness,
+    } = match frame {
+        Ok(frame) => {
+            let p = p_rank.clone();
+            // Pure computation, seconds over long windows: off the async workers, on both cores.
+            tokio::task::spawn_blocking(move || FrameAnalyses::of(&frame, &p))
+                .await
+                .unwrap_or_else(|e| FrameAnalyses::failed(&ApiError::internal(e.to_string())))
+        }
+        Err(e) => FrameAnalyses::failed(&e),
     };
     let timeline = timeline.unwrap_or_default();
     let ndcg_chart = LineChart {
