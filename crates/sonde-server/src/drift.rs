@@ -16,9 +16,9 @@ use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{NumericDrift, jensen_shannon_of_shares, numeric_drift, psi_of_shares};
 use sonde_store::Store;
-use sonde_store::arrow::array::{Array, RecordBatch};
+use sonde_store::arrow::array::RecordBatch;
 
-use crate::columns::{f64s, utf8};
+use crate::columns::{f64s, text};
 use crate::relevance::{RelevanceParams, analysis};
 use crate::{ApiError, AppState};
 
@@ -71,36 +71,11 @@ async fn sample(
             &format!("SELECT features FROM decisions i WHERE {filter} AND features IS NOT NULL"),
             timeout,
             |batch: &RecordBatch| {
-                let col = utf8(batch, 0)?;
-                for row in 0..batch.num_rows() {
-                    if col.is_null(row) {
-                        continue;
-                    }
-                    let Ok(serde_json::Value::Object(m)) = serde_json::from_str(col.value(row))
-                    else {
-                        continue;
-                    };
-                    for (k, v) in m {
-                        let name = format!("features.{k}");
-                        match v {
-                            serde_json::Value::Number(n) => {
-                                if let Some(x) = n.as_f64() {
-                                    s.numeric.entry(name).or_default().push(x);
-                                }
-                            }
-                            serde_json::Value::String(c) => {
-                                *s.categorical.entry(name).or_default().entry(c).or_default() += 1;
-                            }
-                            serde_json::Value::Bool(b) => {
-                                *s.categorical
-                                    .entry(name)
-                                    .or_default()
-                                    .entry(b.to_string())
-                                    .or_default() += 1;
-                            }
-                            _ => {}
-                        }
-                    }
+                let col = text(batch, 0)?;
+                for row in (0..batch.num_rows()).filter(|r| col.is_valid(*r)) {
+                    // Not an object (or not JSON): no features from this decision.
+                    let mut de = serde_json::Deserializer::from_str(col.value(row));
+                    let _ = serde::de::DeserializeSeed::deserialize(Features(&mut s), &mut de);
                 }
                 Ok(())
             },
@@ -119,6 +94,115 @@ async fn sample(
         )
         .await?;
     Ok(s)
+}
+
+/// Reads a `features` object into a sample without building a JSON tree: numbers go to the
+/// numeric columns, strings and booleans to the categorical ones, anything else is skipped.
+struct Features<'s>(&'s mut Sample);
+
+/// One feature value.
+enum Feature<'de> {
+    Number(f64),
+    Category(std::borrow::Cow<'de, str>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Feature<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Feature<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a feature value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Feature<'de>, E> {
+                Ok(Feature::Number(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Feature<'de>, E> {
+                Ok(Feature::Number(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Feature<'de>, E> {
+                Ok(Feature::Number(v as f64))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Feature<'de>, E> {
+                Ok(Feature::Category(if v { "true" } else { "false" }.into()))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Feature<'de>, E> {
+                Ok(Feature::Category(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Feature<'de>, E> {
+                Ok(Feature::Category(v.to_string().into()))
+            }
+            fn visit_unit<E>(self) -> Result<Feature<'de>, E> {
+                Ok(Feature::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Feature<'de>, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Feature::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Feature<'de>, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Feature::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Features<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Features<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a features object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+        let s = self.0;
+        // The column name, built in one buffer: allocated only for a column seen first.
+        let mut name = String::from("features.");
+        while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+            name.truncate("features.".len());
+            name.push_str(&k);
+            match m.next_value::<Feature<'de>>()? {
+                Feature::Number(x) => match s.numeric.get_mut(&name) {
+                    Some(v) => v.push(x),
+                    None => {
+                        s.numeric.insert(name.clone(), vec![x]);
+                    }
+                },
+                Feature::Category(c) => {
+                    if !s.categorical.contains_key(&name) {
+                        s.categorical.insert(name.clone(), BTreeMap::new());
+                    }
+                    let Some(counts) = s.categorical.get_mut(&name) else {
+                        continue;
+                    };
+                    match counts.get_mut(c.as_ref()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            counts.insert(c.into_owned(), 1);
+                        }
+                    }
+                }
+                Feature::Other => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 fn shares(counts: &BTreeMap<String, u64>, keys: &BTreeSet<&String>) -> Vec<f64> {

@@ -322,23 +322,34 @@ impl ItemFrame {
         let surface = text(batch, 10)?;
         let device = text(batch, 11)?;
         let region = text(batch, 12)?;
+        // A decision's items are usually stored next to each other: the previous row's
+        // request is checked before the table.
+        let mut last: Option<(&str, u32)> = None;
         for row in 0..batch.num_rows() {
-            let known = self.requests.len();
-            let decision = self.requests.id(request.value(row));
-            if decision as usize == known {
-                // A decision's fields are the same on each of its items: read them once.
-                let s = &mut self.strings;
-                self.decisions.push(FrameDecision {
-                    group: s.id(grp.value(row)),
-                    who: who.is_valid(row).then(|| s.id(who.value(row))),
-                    surface: s.id(surface.value(row)),
-                    model: s.id(model.value(row)),
-                    device: s.id(device.value(row)),
-                    region: s.id(region.value(row)),
-                    t: t.value(row),
-                    swap: None,
-                });
-            }
+            let r = request.value(row);
+            let decision = match last {
+                Some((name, decision)) if name == r => decision,
+                _ => {
+                    let known = self.requests.len();
+                    let decision = self.requests.id(r);
+                    last = Some((r, decision));
+                    if decision as usize == known {
+                        // A decision's fields are the same on each of its items: read once.
+                        let s = &mut self.strings;
+                        self.decisions.push(FrameDecision {
+                            group: s.id(grp.value(row)),
+                            who: who.is_valid(row).then(|| s.id(who.value(row))),
+                            surface: s.id(surface.value(row)),
+                            model: s.id(model.value(row)),
+                            device: s.id(device.value(row)),
+                            region: s.id(region.value(row)),
+                            t: t.value(row),
+                            swap: None,
+                        });
+                    }
+                    decision
+                }
+            };
             let s = &mut self.strings;
             self.items.push(FrameItem {
                 decision,

@@ -126,14 +126,27 @@ struct Shown {
     grade: f64,
 }
 
-/// Equal-mass bin of `score` among the sorted `scores` of its model.
-fn bin_of(sorted: &[f64], bins: usize, score: f64) -> usize {
-    if score.is_nan() {
-        // Items without a score share their own key.
-        return bins;
+/// Equal-mass bin of each item's score among the scores of its model (the rank of the
+/// first equal score, times `bins`, over the model's scored items); items without a score
+/// get their own key, `bins`. One sort per model instead of a binary search per item.
+fn score_bins(items: &[Shown], models: usize, bins: usize) -> Vec<usize> {
+    let mut bin = vec![bins; items.len()];
+    let mut by_model: Vec<Vec<(f64, usize)>> = vec![Vec::new(); models];
+    for (at, s) in items.iter().enumerate().filter(|(_, s)| !s.score.is_nan()) {
+        by_model[s.model as usize].push((s.score, at));
     }
-    let rank = sorted.partition_point(|s| *s < score);
-    (rank * bins / sorted.len().max(1)).min(bins - 1)
+    for v in &mut by_model {
+        v.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        let n = v.len();
+        let mut rank = 0;
+        for j in 0..n {
+            if j > 0 && v[j - 1].0 < v[j].0 {
+                rank = j;
+            }
+            bin[v[j].1] = (rank * bins / n).min(bins - 1);
+        }
+    }
+    bin
 }
 
 /// What a position-bias fit is asked for.
@@ -209,13 +222,7 @@ pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<Gro
         if items.is_empty() {
             continue;
         }
-        let mut sorted: Vec<Vec<f64>> = vec![Vec::new(); models];
-        for s in items.iter().filter(|s| !s.score.is_nan()) {
-            sorted[s.model as usize].push(s.score);
-        }
-        for v in &mut sorted {
-            v.sort_by(f64::total_cmp);
-        }
+        let bin = score_bins(&items, models, bins);
         let keys_per_model = bins + 1;
         let positions = items
             .iter()
@@ -227,13 +234,12 @@ pub(crate) fn position_bias_of(frame: &ItemFrame, o: PositionOptions) -> Vec<Gro
         let keys = models * keys_per_model;
         let mut cells = vec![(0.0f64, 0.0f64); positions * keys];
         let mut by_position = vec![(0u64, 0u64); positions];
-        for s in &items {
+        for (s, bin) in items.iter().zip(&bin) {
             let pos = s.position as usize;
             if pos == 0 || pos > positions {
                 continue;
             }
-            let key = s.model as usize * keys_per_model
-                + bin_of(&sorted[s.model as usize], bins, s.score);
+            let key = s.model as usize * keys_per_model + bin;
             let c = &mut cells[(pos - 1) * keys + key];
             c.0 += 1.0;
             c.1 += f64::from(u8::from(s.clicked));
@@ -318,4 +324,52 @@ pub async fn get_position_bias(
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each item's bin is the rank of the first equal score of its model (the count of
+    /// smaller scores) times bins over the model's scored items; no score, key `bins`.
+    #[test]
+    fn score_bins_rank_ties_together_per_model() {
+        let scores = [0.5, 0.1, 0.5, f64::NAN, 0.9, 0.3, 0.5, 0.7, 0.2, 0.3];
+        let items: Vec<Shown> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Shown {
+                decision: 0,
+                model: (i % 2) as u32,
+                position: 1,
+                score: *s,
+                clicked: false,
+                grade: 0.0,
+            })
+            .collect();
+        let bins = 4;
+        let got = score_bins(&items, 2, bins);
+        for (s, b) in items.iter().zip(&got) {
+            if s.score.is_nan() {
+                assert_eq!(*b, bins);
+                continue;
+            }
+            let same: Vec<f64> = items
+                .iter()
+                .filter(|o| o.model == s.model && !o.score.is_nan())
+                .map(|o| o.score)
+                .collect();
+            let smaller = same.iter().filter(|o| **o < s.score).count();
+            assert_eq!(
+                *b,
+                (smaller * bins / same.len()).min(bins - 1),
+                "{}",
+                s.score
+            );
+        }
+        // Model 0 holds 0.5, 0.5, 0.9, 0.5, 0.2: the three 0.5s share rank 1 → bin 0.
+        assert_eq!(got[0], 0);
+        assert_eq!(got[2], 0);
+        assert_eq!(got[4], 3);
+    }
 }
