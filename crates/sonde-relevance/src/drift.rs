@@ -38,16 +38,15 @@ fn sorted(xs: &[f64]) -> Vec<f64> {
     v
 }
 
-/// Elements of sorted `xs` that are ≤ `v` (numpy `searchsorted(..., side="right")`).
-fn count_le(xs: &[f64], v: f64) -> usize {
-    xs.partition_point(|x| *x <= v)
-}
-
 /// Two-sample KS statistic and its asymptotic p-value.
 pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Result<(f64, f64), MetricError> {
     finite("reference sample", reference)?;
     finite("current sample", current)?;
-    let (a, b) = (sorted(reference), sorted(current));
+    Ok(ks_of_sorted(&sorted(reference), &sorted(current)))
+}
+
+/// KS statistic and p-value of two sorted samples.
+fn ks_of_sorted(a: &[f64], b: &[f64]) -> (f64, f64) {
     let (n1, n2) = (a.len() as f64, b.len() as f64);
     let mut d = 0.0f64;
     // The empirical CDFs only change at sample values: walk both samples in order.
@@ -69,7 +68,7 @@ pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Result<(f64, f64), Metric
     }
     let (m, n) = if n1 >= n2 { (n1, n2) } else { (n2, n1) };
     let en = m * n / (m + n);
-    Ok((d, kolmogorov_sf(en.sqrt() * d)))
+    (d, kolmogorov_sf(en.sqrt() * d))
 }
 
 /// Survival function of the Kolmogorov distribution, P(K > x).
@@ -109,22 +108,51 @@ pub fn kolmogorov_sf(x: f64) -> f64 {
 pub fn wasserstein(reference: &[f64], current: &[f64]) -> Result<f64, MetricError> {
     finite("reference sample", reference)?;
     finite("current sample", current)?;
-    let (u, v) = (sorted(reference), sorted(current));
-    let mut all: Vec<f64> = u.iter().chain(&v).copied().collect();
-    all.sort_by(f64::total_cmp);
+    Ok(wasserstein_of_sorted(&sorted(reference), &sorted(current)))
+}
+
+/// Wasserstein-1 of two sorted samples: Σ |U(x) − V(x)|·Δx over the merged sample values,
+/// U and V the empirical CDFs (scipy's `_cdf_distance` with p = 1). Both CDFs only grow
+/// along the merged values, so one walk counts them (no search per value).
+fn wasserstein_of_sorted(u: &[f64], v: &[f64]) -> f64 {
+    let mut all: Vec<f64> = Vec::with_capacity(u.len() + v.len());
+    let (mut i, mut j) = (0, 0);
+    while i < u.len() || j < v.len() {
+        let take_u = match (u.get(i), v.get(j)) {
+            (Some(x), Some(y)) => x.total_cmp(y).is_le(),
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if take_u {
+            all.push(u[i]);
+            i += 1;
+        } else {
+            all.push(v[j]);
+            j += 1;
+        }
+    }
     let (nu, nv) = (u.len() as f64, v.len() as f64);
+    let (mut cu, mut cv) = (0, 0);
     let mut total = 0.0;
     for w in all.windows(2) {
-        let cu = count_le(&u, w[0]) as f64 / nu;
-        let cv = count_le(&v, w[0]) as f64 / nv;
-        total += (cu - cv).abs() * (w[1] - w[0]);
+        while cu < u.len() && u[cu] <= w[0] {
+            cu += 1;
+        }
+        while cv < v.len() && v[cv] <= w[0] {
+            cv += 1;
+        }
+        total += (cu as f64 / nu - cv as f64 / nv).abs() * (w[1] - w[0]);
     }
-    Ok(total)
+    total
 }
 
 /// Wasserstein-1 over the reference's population standard deviation (at least 0.001).
 pub fn wasserstein_normed(reference: &[f64], current: &[f64]) -> Result<f64, MetricError> {
-    let w = wasserstein(reference, current)?;
+    Ok(normed(reference, wasserstein(reference, current)?))
+}
+
+/// `w` over the reference's population standard deviation (at least 0.001).
+fn normed(reference: &[f64], w: f64) -> f64 {
     let n = reference.len() as f64;
     let mean = reference.iter().sum::<f64>() / n;
     let var = reference
@@ -132,7 +160,7 @@ pub fn wasserstein_normed(reference: &[f64], current: &[f64]) -> Result<f64, Met
         .map(|x| (x - mean) * (x - mean))
         .sum::<f64>()
         / n;
-    Ok(w / var.sqrt().max(0.001))
+    w / var.sqrt().max(0.001)
 }
 
 /// numpy's `histogram_bin_edges(data, bins)` for equal-width bins over [min, max].
@@ -271,9 +299,13 @@ pub struct NumericDrift {
 
 /// Drift statistics of a numeric column with the default test (see the module docs).
 pub fn numeric_drift(reference: &[f64], current: &[f64]) -> Result<NumericDrift, MetricError> {
-    let (ks, ks_p_value) = ks_2samp(reference, current)?;
-    let wasserstein_d = wasserstein(reference, current)?;
-    let normed = wasserstein_normed(reference, current)?;
+    finite("reference sample", reference)?;
+    finite("current sample", current)?;
+    // Both statistics walk the sorted samples: sort once.
+    let (a, b) = (sorted(reference), sorted(current));
+    let (ks, ks_p_value) = ks_of_sorted(&a, &b);
+    let wasserstein_d = wasserstein_of_sorted(&a, &b);
+    let normed = normed(reference, wasserstein_d);
     let small = reference.len() <= 1000 || current.len() <= 1000;
     let (test, drifted) = if small {
         (DriftTest::Ks, ks_p_value < 0.05)
