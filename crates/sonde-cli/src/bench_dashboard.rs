@@ -35,12 +35,13 @@ pub struct DashboardBenchArgs {
 
 /// The pages and windows measured: each page's default view (the last hour), and the
 /// longer windows a person picks.
-const VIEWS: [&str; 11] = [
+const VIEWS: [&str; 12] = [
     "/overview",
     "/latency",
     "/relevance",
     "/health",
     "/summary",
+    "/quarantine",
     "/overview?minutes=1440",
     "/latency?minutes=1440",
     "/relevance?minutes=1440",
