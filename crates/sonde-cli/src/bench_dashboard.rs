@@ -41,7 +41,7 @@ const VIEWS: [&str; 12] = [
     "/relevance",
     "/health",
     "/summary",
-    "/quarantine",
+    "/health/quarantine",
     "/overview?minutes=1440",
     "/latency?minutes=1440",
     "/relevance?minutes=1440",
