@@ -99,6 +99,7 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
     let url = format!("http://{}", listener.local_addr()?);
     let link = state.sign_in_link();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let probe = state.clone();
     let server = tokio::spawn(sonde_server::serve(state, listener, async move {
         let _ = stop_rx.await;
     }));
@@ -158,6 +159,24 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
     } else {
         println!("measuring the project already in {}", dir.display());
     }
+    // Pages are measured as a server that has been up a while serves them: with the live
+    // sums loaded (a data directory opened afresh loads them in the background first).
+    let loading = Instant::now();
+    while !probe
+        .store()
+        .with_live(|s| s.relevance.is_ready())
+        .unwrap_or(false)
+    {
+        anyhow::ensure!(
+            loading.elapsed() < Duration::from_secs(600),
+            "the live sums did not load within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "live sums ready after {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
 
     // Sign in through the one-time link: the cookie it sets opens the pages.
     let reply = client
