@@ -1,5 +1,7 @@
 //! Rendered pages, kept a few seconds: a page that several people watch live, or that
 //! refreshes itself, is computed once per interval rather than once per viewer and update.
+//! Requests for a page being rendered wait for that render (single flight): ten people
+//! opening a week-long view at once cost one render, not ten.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +19,7 @@ use crate::AppState;
 const MAX_ENTRIES: usize = 256;
 
 struct Entry {
+    /// When its render began (its data is as of then).
     at: Instant,
     version: u64,
     page: Arc<Rendered>,
@@ -26,6 +29,28 @@ struct Entry {
 #[derive(Default)]
 pub struct PageCache {
     entries: Mutex<HashMap<String, Entry>>,
+    /// One gate per page being rendered: who holds it renders, the others wait.
+    rendering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl PageCache {
+    /// The gate of `key`, shared by the requests for it while any holds it.
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.rendering
+            .lock()
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops `key`'s gate once no other request holds a handle to it.
+    fn release(&self, key: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut rendering = self.rendering.lock();
+        // Held by the map and by `gate`: nobody else is waiting.
+        if Arc::strong_count(&gate) <= 2 {
+            rendering.remove(key);
+        }
+    }
 }
 
 /// Answer a page request: the sign-in redirect without a session, else the page of `path`
@@ -47,7 +72,8 @@ pub(super) async fn serve(
 
 /// The page of `path` for `f`: the kept one if it was rendered over the same window end and
 /// either no data arrived since or it is younger than `ttl_secs`; else `render`'s, kept. A
-/// request with `Cache-Control: no-cache` (a browser's hard reload) is always rendered.
+/// request with `Cache-Control: no-cache` (a browser's hard reload) gets a page whose render
+/// began after it arrived. Concurrent requests for one page share one render.
 async fn cached(
     state: &AppState,
     headers: &HeaderMap,
@@ -65,13 +91,55 @@ async fn cached(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("no-cache"));
-    if !revalidate
-        && let Some(e) = state.pages.entries.lock().get(&key)
-        && (e.version == version || e.at.elapsed() < ttl)
-    {
-        return e.page.clone();
+    let arrived = Instant::now();
+    // A kept page serves unless the viewer asked for a fresh one; then only a render that
+    // began after the request arrived will do.
+    let usable = |e: &Entry| {
+        if revalidate {
+            e.at >= arrived
+        } else {
+            e.version == version || e.at.elapsed() < ttl
+        }
+    };
+    let kept = |state: &AppState| {
+        state
+            .pages
+            .entries
+            .lock()
+            .get(&key)
+            .filter(|e| usable(e))
+            .map(|e| e.page.clone())
+    };
+    if !revalidate && let Some(page) = kept(state) {
+        return page;
     }
-    let page = Arc::new(render.await);
+    let gate = state.pages.gate(&key);
+    let page = {
+        let _turn = gate.lock().await;
+        // Rendered by the request this one waited for?
+        match kept(state) {
+            Some(page) => page,
+            None => {
+                let started = Instant::now();
+                let page = Arc::new(render.await);
+                keep(state, key.clone(), started, version, page.clone(), ttl);
+                page
+            }
+        }
+    };
+    state.pages.release(&key, gate);
+    page
+}
+
+/// Keeps a page whose render began at `started`, making room past [`MAX_ENTRIES`].
+fn keep(
+    state: &AppState,
+    key: String,
+    started: Instant,
+    version: u64,
+    page: Arc<Rendered>,
+    ttl: Duration,
+) {
     let mut entries = state.pages.entries.lock();
     if entries.len() >= MAX_ENTRIES {
         entries.retain(|_, e| e.at.elapsed() < ttl);
@@ -87,10 +155,55 @@ async fn cached(
     entries.insert(
         key,
         Entry {
-            at: Instant::now(),
+            at: started,
             version,
-            page: page.clone(),
+            page,
         },
     );
-    page
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn page() -> Rendered {
+        Rendered {
+            title: "t",
+            path: "/t",
+            filters: maud::html! {},
+            body: maud::html! {},
+            charts: Vec::new(),
+            live_every_secs: 60,
+        }
+    }
+
+    /// Viewers opening a page being rendered wait for that render instead of starting their
+    /// own; a hard reload afterwards renders again.
+    #[tokio::test]
+    async fn concurrent_requests_for_a_page_share_one_render() {
+        let dir = tempfile::tempdir().expect("tmp");
+        crate::ensure_project(dir.path()).expect("init");
+        let state = crate::open(crate::ServerConfig::new(dir.path())).expect("open");
+        let renders = AtomicUsize::new(0);
+        let render = || async {
+            renders.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            page()
+        };
+        let (f, plain) = (PageFilters::default(), HeaderMap::new());
+        let pages = futures::future::join_all(
+            (0..5).map(|_| cached(&state, &plain, "/t", &f, 60, render())),
+        )
+        .await;
+        assert_eq!(renders.load(Ordering::SeqCst), 1);
+        assert!(pages.iter().all(|p| Arc::ptr_eq(p, &pages[0])));
+        assert!(state.pages.rendering.lock().is_empty(), "gates released");
+        let mut reload = HeaderMap::new();
+        reload.insert(header::CACHE_CONTROL, "no-cache".parse().expect("header"));
+        let again = cached(&state, &reload, "/t", &f, 60, render()).await;
+        assert_eq!(renders.load(Ordering::SeqCst), 2);
+        assert!(!Arc::ptr_eq(&again, &pages[0]));
+    }
 }
