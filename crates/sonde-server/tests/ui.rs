@@ -88,6 +88,15 @@ async fn sign_in_then_the_overview_matches_the_api() {
     let (s, _, body) = fetch(&app, page("/login?next=/overview", None)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.contains("name=\"key\""), "{body}");
+    // A view's filters come back after signing in.
+    let (s, h, _) = fetch(&app, page("/relevance?minutes=1440&surface=home", None)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let next = "/relevance%3Fminutes%3D1440%26surface%3Dhome";
+    assert_eq!(h["location"], format!("/login?next={next}"));
+    // The form sends `next` back form-encoded, as a browser does.
+    let (s, h, _) = fetch(&app, login(&app.keys.read_key, next)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/relevance?minutes=1440&surface=home");
 
     // Wrong key, and a write key: refused.
     for key in ["nope", app.keys.write_key.as_str()] {

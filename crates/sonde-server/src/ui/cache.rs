@@ -63,7 +63,14 @@ pub(super) async fn serve(
     ttl_secs: u64,
     render: impl Future<Output = Rendered>,
 ) -> Response {
-    if let Err(r) = super::signed_in(state, headers, path) {
+    // After signing in, back to this view with its filters.
+    let query = f.query();
+    let here = if query == PageFilters::default().query() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    if let Err(r) = super::signed_in(state, headers, &here) {
         return r.into_response();
     }
     let page = cached(state, headers, path, f, ttl_secs, render).await;
