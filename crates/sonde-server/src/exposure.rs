@@ -134,29 +134,21 @@ pub(crate) fn diversity_of(frame: &ItemFrame, attr: &str) -> Vec<GroupDiversity>
     let mut attrs: Vec<u32> = Vec::new();
     for (d, items) in frame.lists() {
         attrs.clear();
-        attrs.extend(items.iter().map(|i| {
-            match attr {
-                "provider" => i.provider,
-                _ => i.category,
-            }
-            .unwrap_or(missing)
-        }));
+        attrs.extend(items.iter().map(|i| i.attribute(attr).unwrap_or(missing)));
         let e = &mut ild[frame.decisions[d].group as usize];
         e.0 += 1;
         e.1 += intra_list_diversity(&attrs);
     }
     // Impressions per item of each group; coverage against the items of all groups.
-    let mut impressions: HashMap<(u32, u32), f64> = HashMap::new();
+    let mut impressions: HashMap<(usize, u32), f64> = HashMap::new();
     let mut all_items: HashSet<u32> = HashSet::new();
     for i in &frame.items {
-        *impressions
-            .entry((frame.decisions[i.decision as usize].group, i.item))
-            .or_default() += 1.0;
+        *impressions.entry((frame.group_of(i), i.item)).or_default() += 1.0;
         all_items.insert(i.item);
     }
     let mut by_group: Vec<Vec<f64>> = vec![Vec::new(); frame.groups.len()];
     for ((group, _), n) in impressions {
-        by_group[group as usize].push(n);
+        by_group[group].push(n);
     }
     let all_items = all_items.len() as u64;
     ild.into_iter()
@@ -238,14 +230,10 @@ impl FairnessOptions {
 /// Exposure fairness per group of the frame, and outcome rates per user segment when asked.
 pub(crate) fn fairness_of(frame: &ItemFrame, o: &FairnessOptions) -> Result<Fairness, ApiError> {
     // Per group and attribute value: position-discounted exposure, items with an outcome.
-    let mut cells: HashMap<(u32, Option<u32>), (f64, f64)> = HashMap::new();
+    let mut cells: HashMap<(usize, Option<u32>), (f64, f64)> = HashMap::new();
     for i in &frame.items {
-        let a = match o.attr {
-            "category" => i.category,
-            _ => i.provider,
-        };
         let c = cells
-            .entry((frame.decisions[i.decision as usize].group, a))
+            .entry((frame.group_of(i), i.attribute(o.attr)))
             .or_default();
         c.0 += 1.0 / (1.0 + f64::from(i.position)).log2();
         c.1 += f64::from(u8::from(i.grade >= 1));
@@ -255,7 +243,7 @@ pub(crate) fn fairness_of(frame: &ItemFrame, o: &FairnessOptions) -> Result<Fair
     for ((group, a), (e, n)) in cells {
         let a = a.map_or("(none)", |a| frame.strings.name(a));
         let c = by_name
-            .entry(frame.group_name(group as usize))
+            .entry(frame.group_name(group))
             .or_default()
             .entry(a)
             .or_default();

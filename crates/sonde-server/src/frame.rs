@@ -135,6 +135,16 @@ pub(crate) struct FrameItem {
     pub purchased: bool,
 }
 
+impl FrameItem {
+    /// The item attribute `name`: `provider`, else `category`.
+    pub(crate) fn attribute(&self, name: &str) -> Option<u32> {
+        match name {
+            "provider" => self.provider,
+            _ => self.category,
+        }
+    }
+}
+
 /// A window's decisions and shown items, items sorted by decision and position.
 #[derive(Debug, Default)]
 pub(crate) struct ItemFrame {
