@@ -431,11 +431,38 @@ struct Writer {
     buf: Vec<u8>,
 }
 
+/// A completion with the outcome it is called with.
+type Done = (Completion, Result<RangeInclusive<u64>, WalError>);
+
+/// Runs completions in order.
+fn complete(done: Vec<Done>) {
+    for (done, result) in done {
+        done(result);
+    }
+}
+
 /// Upper bound on one group: keeps a single write and the memory it needs bounded.
 const GROUP_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        // Completions (the caller's apply and ack) run on their own thread, in commit order,
+        // so the next group's write and fsync overlap them instead of waiting behind them.
+        let (done_tx, done_rx) = mpsc::channel::<Vec<Done>>();
+        let completer = std::thread::Builder::new()
+            .name("sonde-wal-done".into())
+            .spawn(move || {
+                while let Ok(batch) = done_rx.recv() {
+                    complete(batch);
+                }
+            });
+        let completer = match completer {
+            Ok(handle) => Some((done_tx, handle)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no WAL completion thread; completing inline");
+                None
+            }
+        };
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             let mut bytes = group[0].bytes;
@@ -448,12 +475,25 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(group, bytes);
+            let done = self.commit(group, bytes);
+            match &completer {
+                Some((tx, _)) => {
+                    if let Err(mpsc::SendError(done)) = tx.send(done) {
+                        complete(done);
+                    }
+                }
+                None => complete(done),
+            }
         }
         let _ = self.file.sync_data();
+        if let Some((tx, handle)) = completer {
+            drop(tx);
+            let _ = handle.join();
+        }
     }
 
-    fn commit(&mut self, group: Vec<Request>, bytes: u64) {
+    /// Writes and fsyncs `group`; returns each request's completion with its outcome.
+    fn commit(&mut self, group: Vec<Request>, bytes: u64) -> Vec<Done> {
         let start_lsn = self.next_lsn;
         let outcome = if self.shared.poisoned.load(Ordering::Acquire) {
             Err(WalError::Poisoned)
@@ -461,6 +501,7 @@ impl Writer {
             self.write_group(&group)
         };
         self.shared.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let mut done = Vec::with_capacity(group.len());
         match outcome {
             Ok(()) => {
                 let mut lsn = start_lsn;
@@ -469,7 +510,7 @@ impl Writer {
                     // An empty append gets an empty range just below the next LSN.
                     let range = lsn..=(lsn + n).saturating_sub(1);
                     lsn += n;
-                    (req.done)(Ok(range));
+                    done.push((req.done, Ok(range)));
                 }
                 self.next_lsn = lsn;
                 if self.len >= self.config.segment_bytes
@@ -487,10 +528,11 @@ impl Writer {
                         path: self.path.clone(),
                         source: io::Error::other(msg.clone()),
                     });
-                    (req.done)(Err(err));
+                    done.push((req.done, Err(err)));
                 }
             }
         }
+        done
     }
 
     fn write_group(&mut self, group: &[Request]) -> Result<(), WalError> {
