@@ -34,6 +34,11 @@ fn attribute(p: &RelevanceParams, default: &'static str) -> Result<&'static str,
     }
 }
 
+/// The attribute diversity is measured over (`category` unless asked otherwise).
+pub(crate) fn diversity_attribute(p: &RelevanceParams) -> Result<&'static str, ApiError> {
+    attribute(p, "category")
+}
+
 /// Stability of one group: consecutive decisions for the same user and surface.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GroupStability {
@@ -340,9 +345,9 @@ pub async fn get_stability(
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
         let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
-        let groups = stability_of(&frame, p.k.unwrap_or(10).max(1));
+        let groups = stability_of(&frame, p.k());
         Ok(json!({
-            "k": p.k.unwrap_or(10).max(1),
+            "k": p.k(),
             "rbo_p": RBO_P,
             "groups": groups,
         }))
@@ -357,7 +362,7 @@ pub async fn get_diversity(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     analysis(state, &headers, p, |state, p| async move {
-        let attr = attribute(&p, "category")?;
+        let attr = diversity_attribute(&p)?;
         let frame = ItemFrame::fetch(&state.store, &p, state.config.query_timeout).await?;
         let groups = diversity_of(&frame, attr);
         Ok(json!({

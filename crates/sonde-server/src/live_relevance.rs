@@ -232,7 +232,7 @@ pub fn ranking(store: &Store, p: &RelevanceParams) -> Option<Vec<GroupRanking>> 
         // Close what expired since the last event: with no traffic nothing else would.
         s.relevance.maintain(crate::now_ms());
         let c = s.relevance.config();
-        if p.k.unwrap_or(10).max(1) != c.k || i64::from(p.window()) * 60_000 != c.window_ms {
+        if p.k() != c.k || i64::from(p.window()) * 60_000 != c.window_ms {
             return None;
         }
         s.relevance.query(&filter, from, to, resolution, |key, t| {

@@ -168,10 +168,7 @@ impl PositionOptions {
                 "score_bins must be between 1 and 1000",
             ));
         }
-        Ok(Self {
-            bins,
-            k: p.k.unwrap_or(10).max(1),
-        })
+        Ok(Self { bins, k: p.k() })
     }
 }
 

@@ -215,6 +215,11 @@ impl RelevanceParams {
         self.window_minutes.unwrap_or(self.gains.window_minutes)
     }
 
+    /// Cutoff of the @k metrics (default 10, at least 1).
+    pub(crate) fn k(&self) -> usize {
+        self.k.unwrap_or(10).max(1)
+    }
+
     /// Per shown item: its group, decision, position, score, model, attributes, grade, and
     /// whether it was clicked and purchased.
     pub(crate) fn graded_items_sql(&self) -> Result<String, ApiError> {
@@ -369,7 +374,7 @@ pub async fn ranking(
     if let Some(groups) = crate::live_relevance::ranking(store, p) {
         return Ok((groups, "live"));
     }
-    let k = p.k.unwrap_or(10).max(1);
+    let k = p.k();
     let sql = p.lists_sql(&[p.group_expr()?])?;
     let mut groups: BTreeMap<String, ListSums> = BTreeMap::new();
     let mut items: Vec<LiveItem> = Vec::new();
@@ -415,7 +420,7 @@ pub async fn get_relevance(
         let (groups, source) = ranking(&state.store, &p, state.config.query_timeout).await?;
         Ok(json!({
             "source": source,
-            "k": p.k.unwrap_or(10).max(1),
+            "k": p.k(),
             "window_minutes": p.window(),
             "group_by": p.group_by.as_deref().unwrap_or("none"),
             "gains": p.gains,

@@ -14,8 +14,8 @@ use sonde_ui::{ChartSeries, LineChart, XAxis, number};
 use super::overview::experiment_of;
 use super::{PageFilters, Rendered, chart_block, choices, filter_form, now_ms, pct};
 use crate::exposure::{
-    Fairness, FairnessOptions, GroupDiversity, GroupStability, diversity_of, fairness_of,
-    stability_of,
+    Fairness, FairnessOptions, GroupDiversity, GroupStability, diversity_attribute, diversity_of,
+    fairness_of, stability_of,
 };
 use crate::frame::ItemFrame;
 use crate::position::{GroupPositionBias, PositionOptions, position_bias_of};
@@ -79,8 +79,8 @@ impl FrameAnalyses {
                     CalibrationOptions::of(p).and_then(|o| calibration_of(frame, o)),
                 )
             });
-            let stability = Ok(stability_of(frame, 10));
-            let diversity = Ok(diversity_of(frame, "category"));
+            let stability = Ok(stability_of(frame, p.k()));
+            let diversity = diversity_attribute(p).map(|a| diversity_of(frame, a));
             let fairness = FairnessOptions::of(p).and_then(|o| fairness_of(frame, &o));
             let (position, calibration) = first.join().unwrap_or_else(|_| {
                 let e = ApiError::internal("an analysis panicked");
