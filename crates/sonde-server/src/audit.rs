@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use sonde_relevance::{auc, quantiles};
 use sonde_store::Store;
-use sonde_store::arrow::array::{Array, RecordBatch};
+use sonde_store::arrow::array::RecordBatch;
 
 use crate::columns::{f64s, i64s, utf8};
 use crate::relevance::{RelevanceParams, analysis};

@@ -33,11 +33,6 @@ pub(crate) fn i64_array(col: &ArrayRef) -> Result<Int64Array, StoreError> {
         .ok_or_else(|| unexpected("integers", c.as_ref()))
 }
 
-/// Column `i` as text.
-pub(crate) fn utf8(batch: &RecordBatch, i: usize) -> Result<StringArray, StoreError> {
-    utf8_array(batch.column(i))
-}
-
 /// A text column read in place (a cast of `Utf8View`, which DataFusion often returns, to
 /// `Utf8` copies every string).
 pub(crate) enum Text {
@@ -56,6 +51,11 @@ impl Text {
         }
     }
 
+    /// Whether row `i` is null.
+    pub(crate) fn is_null(&self, i: usize) -> bool {
+        !self.is_valid(i)
+    }
+
     /// The text of row `i`, empty when null.
     pub(crate) fn value(&self, i: usize) -> &str {
         if !self.is_valid(i) {
@@ -69,7 +69,7 @@ impl Text {
 }
 
 /// Column `i` as text, read in place where it can be.
-pub(crate) fn text(batch: &RecordBatch, i: usize) -> Result<Text, StoreError> {
+pub(crate) fn utf8(batch: &RecordBatch, i: usize) -> Result<Text, StoreError> {
     let c = batch.column(i);
     if let Some(a) = c.as_string_view_opt() {
         return Ok(Text::View(a.clone()));

@@ -18,7 +18,7 @@ use sonde_relevance::{NumericDrift, jensen_shannon_of_shares, numeric_drift, psi
 use sonde_store::Store;
 use sonde_store::arrow::array::RecordBatch;
 
-use crate::columns::{f64s, text};
+use crate::columns::{f64s, utf8};
 use crate::relevance::{RelevanceParams, analysis};
 use crate::{ApiError, AppState};
 
@@ -71,7 +71,7 @@ async fn sample(
             &format!("SELECT features FROM decisions i WHERE {filter} AND features IS NOT NULL"),
             timeout,
             |batch: &RecordBatch| {
-                let col = text(batch, 0)?;
+                let col = utf8(batch, 0)?;
                 for row in (0..batch.num_rows()).filter(|r| col.is_valid(*r)) {
                     // Not an object (or not JSON): no features from this decision.
                     let mut de = serde_json::Deserializer::from_str(col.value(row));

@@ -8,7 +8,7 @@ use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
 use crate::ApiError;
-use crate::columns::{f64s, i64s, text, u32s};
+use crate::columns::{f64s, i64s, u32s, utf8};
 use crate::relevance::RelevanceParams;
 
 /// Positions beyond this are ignored by position bias, swap interventions included (slates
@@ -212,8 +212,8 @@ impl ItemFrame {
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut purchases: Vec<Outcome> = Vec::new();
         let interactions = store.scan(&interactions_sql, timeout, |batch: &RecordBatch| {
-            let (request, item, t) = (text(batch, 0)?, text(batch, 1)?, i64s(batch, 2)?);
-            let (action, value) = (text(batch, 3)?, f64s(batch, 4)?);
+            let (request, item, t) = (utf8(batch, 0)?, utf8(batch, 1)?, i64s(batch, 2)?);
+            let (action, value) = (utf8(batch, 3)?, f64s(batch, 4)?);
             for row in 0..batch.num_rows() {
                 let value = value.is_valid(row).then(|| value.value(row));
                 let (grade, click) = gains.of_interaction(action.value(row), value);
@@ -229,7 +229,7 @@ impl ItemFrame {
             Ok(())
         });
         let bought = store.scan(&purchases_sql, timeout, |batch: &RecordBatch| {
-            let (request, item, t) = (text(batch, 0)?, text(batch, 1)?, i64s(batch, 2)?);
+            let (request, item, t) = (utf8(batch, 0)?, utf8(batch, 1)?, i64s(batch, 2)?);
             for row in (0..batch.num_rows()).filter(|r| item.is_valid(*r)) {
                 purchases.push(Outcome {
                     request: request.value(row).into(),
@@ -244,8 +244,8 @@ impl ItemFrame {
         });
         let mut swaps: Vec<(String, usize)> = Vec::new();
         let flags = store.scan(&flags_sql, timeout, |batch: &RecordBatch| {
-            let request = text(batch, 0)?;
-            let flags = text(batch, 1)?;
+            let request = utf8(batch, 0)?;
+            let flags = utf8(batch, 1)?;
             for row in 0..batch.num_rows() {
                 if let Some(k) = swap_of(flags.value(row)) {
                     swaps.push((request.value(row).to_string(), k));
@@ -319,19 +319,19 @@ impl ItemFrame {
     }
 
     fn add(&mut self, batch: &RecordBatch) -> Result<(), sonde_store::StoreError> {
-        let request = text(batch, 0)?;
-        let grp = text(batch, 1)?;
+        let request = utf8(batch, 0)?;
+        let grp = utf8(batch, 1)?;
         let position = u32s(batch, 2)?;
-        let item = text(batch, 3)?;
+        let item = utf8(batch, 3)?;
         let t = i64s(batch, 4)?;
         let score = f64s(batch, 5)?;
-        let model = text(batch, 6)?;
-        let category = text(batch, 7)?;
-        let provider = text(batch, 8)?;
-        let who = text(batch, 9)?;
-        let surface = text(batch, 10)?;
-        let device = text(batch, 11)?;
-        let region = text(batch, 12)?;
+        let model = utf8(batch, 6)?;
+        let category = utf8(batch, 7)?;
+        let provider = utf8(batch, 8)?;
+        let who = utf8(batch, 9)?;
+        let surface = utf8(batch, 10)?;
+        let device = utf8(batch, 11)?;
+        let region = utf8(batch, 12)?;
         // A decision's items are usually stored next to each other: the previous row's
         // request is checked before the table.
         let mut last: Option<(&str, u32)> = None;
@@ -488,7 +488,7 @@ mod tests {
             state
                 .store()
                 .scan(&q, timeout, |b: &RecordBatch| {
-                    let (r, i, pos, g) = (text(b, 0)?, text(b, 1)?, u32s(b, 2)?, text(b, 3)?);
+                    let (r, i, pos, g) = (utf8(b, 0)?, utf8(b, 1)?, u32s(b, 2)?, utf8(b, 3)?);
                     let (grade, c, pu) = (i64s(b, 4)?, i64s(b, 5)?, i64s(b, 6)?);
                     for row in 0..b.num_rows() {
                         sql.insert(

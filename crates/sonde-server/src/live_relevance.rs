@@ -7,10 +7,10 @@
 use sonde_relevance::{
     Gains, ListFilter, ListKey, LiveConfig, LiveItem, LiveRelevance, Resolution,
 };
-use sonde_store::arrow::array::{Array, RecordBatch, StringArray};
+use sonde_store::arrow::array::{Array, RecordBatch};
 use sonde_store::{Snapshot, Store, StoreError};
 
-use crate::columns::{i64_array, i64s, list, utf8, utf8_array};
+use crate::columns::{Text, i64_array, i64s, list, utf8, utf8_array};
 use crate::relevance::{GroupRanking, RelevanceParams, time_param, unpack};
 
 const HOUR: i64 = 3_600_000;
@@ -25,7 +25,7 @@ pub fn empty(gains: &Gains, now: i64) -> LiveRelevance {
     LiveRelevance::new(config, from)
 }
 
-fn opt(a: &StringArray, row: usize) -> Option<String> {
+fn opt(a: &Text, row: usize) -> Option<String> {
     a.is_valid(row).then(|| a.value(row).to_string())
 }
 
