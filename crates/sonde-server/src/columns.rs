@@ -1,6 +1,7 @@
 //! Typed access to the columns of an analysis query's result. DataFusion may hand back a
-//! string column as `Utf8View` or a count as another integer width; these cast to the type
-//! the analysis reads and turn a mismatch into an error instead of a panic.
+//! string column as `Utf8View` or a count as another integer width; these read text in
+//! place, cast numbers to the type the analysis reads, and turn a mismatch into an error
+//! instead of a panic.
 
 use sonde_store::StoreError;
 use sonde_store::arrow::array::{
