@@ -88,7 +88,7 @@ struct Wire<'a> {
     anonymous_id: Option<String>,
     session_id: Option<String>,
     #[serde(borrow)]
-    context: Option<&'a RawValue>,
+    context: Option<WireContext<'a>>,
     request_id: Option<String>,
     trace_id: Option<String>,
     surface: Option<String>,
@@ -97,7 +97,7 @@ struct Wire<'a> {
     #[serde(borrow)]
     flags: Option<&'a RawValue>,
     #[serde(borrow)]
-    items: Option<&'a RawValue>,
+    items: Option<Vec<WireEntry<'a>>>,
     slate_propensity: Option<f64>,
     latency_ms: Option<WireLatency>,
     fallback: Option<bool>,
@@ -148,6 +148,95 @@ struct AttrPeek<'a> {
     category: Option<&'a RawValue>,
     #[serde(borrow)]
     provider: Option<&'a RawValue>,
+}
+
+/// An element of `items`: an item object in a decision's slate, an item id in a
+/// conversion. Read in the event's single pass; `build` checks the kind fits the type.
+enum WireEntry<'a> {
+    Item(WireItem<'a>),
+    Id(String),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireEntry<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = WireEntry<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an item object (decision) or an item id string (conversion)")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<WireEntry<'a>, A::Error> {
+                WireItem::deserialize(de::value::MapAccessDeserializer::new(m)).map(WireEntry::Item)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WireEntry<'a>, E> {
+                Ok(WireEntry::Id(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<WireEntry<'a>, E> {
+                Ok(WireEntry::Id(v))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A map key, borrowed from the input unless it holds escapes (serde's own `Cow` impl
+/// always copies).
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// The promoted context keys, in [`Context`] order.
+const CONTEXT_KEYS: [&str; 6] = ["device", "os", "region", "locale", "app_version", "channel"];
+
+/// `context` read in the event's single pass: promoted keys as strings, the rest kept as
+/// raw JSON for `Context::extra`.
+#[derive(Default)]
+struct WireContext<'a> {
+    known: [Option<String>; 6],
+    extra: Vec<(String, &'a RawValue)>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireContext<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = WireContext<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a context object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<WireContext<'a>, A::Error> {
+                let mut out = WireContext::default();
+                while let Some(Key(key)) = m.next_key()? {
+                    match CONTEXT_KEYS.iter().position(|k| *k == key) {
+                        Some(i) => out.known[i] = m.next_value::<Option<String>>()?,
+                        None => out.extra.push((key.into_owned(), m.next_value()?)),
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// Components arrive as a JSON object; serde reads a map into a Vec of pairs through this.
@@ -481,12 +570,19 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
                     format!("currency must be an ISO 4217 code such as \"EUR\", got {c:?}"),
                 ));
             }
-            let items = match w.items {
-                None => Vec::new(),
-                Some(r) => serde_json::from_str::<Option<Vec<String>>>(r.get())
-                    .map_err(|_| diagnose::<Vec<String>>(r.get().as_bytes(), "items"))?
-                    .unwrap_or_default(),
-            };
+            let mut items = Vec::new();
+            for (i, entry) in w.items.unwrap_or_default().into_iter().enumerate() {
+                match entry {
+                    WireEntry::Id(id) => items.push(id),
+                    WireEntry::Item(_) => {
+                        return Err(EventError::new(
+                            ErrorCode::InvalidType,
+                            format!("items[{i}]"),
+                            "a conversion's items are item id strings",
+                        ));
+                    }
+                }
+            }
             EventBody::Conversion(Conversion {
                 name: required_str(w.name, "name", MAX_NAME)?,
                 value: finite(w.value, "value", false)?,
@@ -537,9 +633,7 @@ fn check_trace_id(t: String) -> Result<String, EventError> {
     Ok(t.to_ascii_lowercase())
 }
 
-fn parse_items(raw: &RawValue, limits: Limits) -> Result<Vec<Item>, EventError> {
-    let wire: Vec<WireItem<'_>> = serde_json::from_str(raw.get())
-        .map_err(|_| diagnose::<Vec<WireItem<'_>>>(raw.get().as_bytes(), "items"))?;
+fn parse_items(wire: Vec<WireEntry<'_>>, limits: Limits) -> Result<Vec<Item>, EventError> {
     if wire.len() > limits.max_items {
         return Err(EventError::new(
             ErrorCode::TooLarge,
@@ -553,7 +647,14 @@ fn parse_items(raw: &RawValue, limits: Limits) -> Result<Vec<Item>, EventError> 
     }
     let mut seen: Vec<u32> = Vec::with_capacity(wire.len());
     let mut items = Vec::with_capacity(wire.len());
-    for (i, it) in wire.into_iter().enumerate() {
+    for (i, entry) in wire.into_iter().enumerate() {
+        let WireEntry::Item(it) = entry else {
+            return Err(EventError::new(
+                ErrorCode::InvalidType,
+                format!("items[{i}]"),
+                "a decision's items are objects with item_id and position",
+            ));
+        };
         // Paths are built only on error: this runs for every item of every decision.
         let item = parse_item(it, &seen).map_err(|mut e| {
             e.field = format!("items[{i}].{}", e.field);
@@ -621,43 +722,45 @@ fn scalar_text(v: Option<&RawValue>) -> Option<String> {
     Some(text.to_string())
 }
 
-fn parse_context(raw: Option<&RawValue>) -> Result<Context, EventError> {
-    let Some(text) = object_text(raw, "context")? else {
+fn parse_context(wire: Option<WireContext<'_>>) -> Result<Context, EventError> {
+    let Some(WireContext { known, extra }) = wire else {
         return Ok(Context::default());
     };
-    let mut map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| {
-            EventError::new(
-                ErrorCode::InvalidType,
-                "context",
-                strip_location(&e.to_string()),
-            )
-        })?;
-    let mut take = |k: &str| -> Result<Option<String>, EventError> {
-        match map.remove(k) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => {
+    let [device, os, region, locale, app_version, channel] = known;
+    let check = |v: Option<String>, k: &str| -> Result<Option<String>, EventError> {
+        match v {
+            Some(s) if s.is_empty() || s.len() > MAX_NAME => {
                 optional_str(Some(s), &format!("context.{k}"), MAX_NAME)
             }
-            Some(_) => Err(EventError::new(
-                ErrorCode::InvalidType,
-                format!("context.{k}"),
-                format!("context.{k} must be a string"),
-            )),
+            v => Ok(v),
         }
     };
-    let ctx = Context {
-        device: take("device")?,
-        os: take("os")?,
-        region: take("region")?,
-        locale: take("locale")?,
-        app_version: take("app_version")?,
-        channel: take("channel")?,
-        extra: None,
+    // Rare: re-read the other keys into a map, so their text is canonical (sorted keys,
+    // compact) whatever the client's formatting.
+    let extra = if extra.is_empty() {
+        None
+    } else {
+        let mut map = serde_json::Map::new();
+        for (k, raw) in extra {
+            let v: serde_json::Value = serde_json::from_str(raw.get()).map_err(|e| {
+                EventError::new(
+                    ErrorCode::InvalidType,
+                    format!("context.{k}"),
+                    strip_location(&e.to_string()),
+                )
+            })?;
+            map.insert(k, v);
+        }
+        Some(serde_json::Value::Object(map).to_string())
     };
     Ok(Context {
-        extra: (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string()),
-        ..ctx
+        device: check(device, "device")?,
+        os: check(os, "os")?,
+        region: check(region, "region")?,
+        locale: check(locale, "locale")?,
+        app_version: check(app_version, "app_version")?,
+        channel: check(channel, "channel")?,
+        extra,
     })
 }
 

@@ -89,6 +89,19 @@ fn valid_decision_is_normalized() {
     assert_eq!(e.data.key_id, "k1");
     assert_eq!(e.data.context.device.as_deref(), Some("ios"));
     assert_eq!(e.data.context.extra.as_deref(), Some(r#"{"shoe_size":42}"#));
+    // Escaped keys are still promoted; the other keys' text is canonical (sorted, compact)
+    // whatever the client's formatting.
+    let mut spaced = String::from_utf8(raw).expect("utf8");
+    spaced = spaced.replace(
+        r#""context":{"device":"ios","region":"eu","shoe_size":42}"#,
+        r#""context": { "z": [1, 2], "dev\u0069ce": "ios", "a": {"b" : null} }"#,
+    );
+    let e = parse_event(spaced.as_bytes(), &ctx(&p)).expect("valid");
+    assert_eq!(e.data.context.device.as_deref(), Some("ios"));
+    assert_eq!(
+        e.data.context.extra.as_deref(),
+        Some(r#"{"a":{"b":null},"z":[1,2]}"#)
+    );
     let EventBody::Decision(d) = &e.data.body else {
         panic!("decision expected")
     };
@@ -271,6 +284,16 @@ fn field_rules() {
             "items",
         ),
         (
+            with(decision(), &["items"], Some(json!(["i1"]))),
+            InvalidType,
+            "items[0]",
+        ),
+        (
+            with(decision(), &["items", "1"], Some(json!(7))),
+            InvalidType,
+            "items[1]",
+        ),
+        (
             with(decision(), &["items", "1", "item_id"], None),
             MissingField,
             "items[1].item_id",
@@ -402,6 +425,15 @@ fn type_specific_rules() {
             ),
             InvalidType,
             "items[0]",
+        ),
+        (
+            with(
+                with(base("conversion"), &["name"], Some(json!("p"))),
+                &["items"],
+                Some(json!(["i1", {"item_id": "i2", "position": 1}])),
+            ),
+            InvalidType,
+            "items[1]",
         ),
         (
             with(
