@@ -531,7 +531,10 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
                 Some(l) => {
                     let total = finite(l.total, "latency_ms.total", true)?;
                     let comps = l.components.map(|c| c.0).unwrap_or_default();
-                    for (name, ms) in &comps {
+                    // The field path is built only for a bad value: this runs per decision.
+                    if let Some((name, ms)) =
+                        comps.iter().find(|(_, ms)| !(*ms >= 0.0 && ms.is_finite()))
+                    {
                         finite(Some(*ms), &format!("latency_ms.components.{name}"), true)?;
                     }
                     (total, comps)
