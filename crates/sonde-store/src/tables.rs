@@ -359,13 +359,36 @@ impl Col {
         }
     }
 
+    /// The column's array; the builder starts over with the capacity this batch needed, so
+    /// the next batch fills memory once instead of regrowing (and copying) from empty.
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Col::Str(b) => Arc::new(b.finish()),
-            Col::F64(b) => Arc::new(b.finish()),
-            Col::Bool(b) => Arc::new(b.finish()),
-            Col::Ts(b) => Arc::new(b.finish()),
-            Col::U32(b) => Arc::new(b.finish()),
+            Col::Str(b) => {
+                let (n, bytes) = (b.offsets_slice().len() - 1, b.values_slice().len());
+                let a = b.finish();
+                *b = StringBuilder::with_capacity(n, bytes);
+                Arc::new(a)
+            }
+            Col::F64(b) => {
+                let a = b.finish();
+                *b = Float64Builder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            Col::Bool(b) => {
+                let a = b.finish();
+                *b = BooleanBuilder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            Col::Ts(b) => {
+                let a = b.finish();
+                *b = TimestampMillisecondBuilder::with_capacity(a.len()).with_timezone("UTC");
+                Arc::new(a)
+            }
+            Col::U32(b) => {
+                let a = b.finish();
+                *b = UInt32Builder::with_capacity(a.len());
+                Arc::new(a)
+            }
             Col::U64(b) => Arc::new(b.finish()),
             Col::Bin(b) => Arc::new(b.finish()),
             Col::MapStr(b) => Arc::new(b.finish()),
