@@ -385,20 +385,34 @@ impl Wal {
 
     /// Delete every closed segment whose records all have LSN ≤ `upto`.
     pub fn trim(&self, upto: u64) -> Result<usize, WalError> {
-        let mut segs = self.shared.segments.lock();
-        let mut removed = 0;
         // Segment i holds LSNs [segs[i], segs[i+1]); the last one is active and kept.
-        while segs.len() > 1 && segs[1] <= upto + 1 {
-            let path = segment_path(&self.shared.dir, segs[0]);
+        // Unlinked after the lock is released: the writer takes it to rotate, and deleting a
+        // 64 MiB file must not hold up acknowledgements.
+        let doomed: Vec<u64> = {
+            let mut segs = self.shared.segments.lock();
+            let n = segs
+                .iter()
+                .skip(1)
+                .take_while(|&&next| next <= upto + 1)
+                .count();
+            segs.drain(..n).collect()
+        };
+        for (i, first) in doomed.iter().enumerate() {
+            let path = segment_path(&self.shared.dir, *first);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
+                Err(e) => {
+                    // Keep the segments not deleted, so a later trim tries again.
+                    let mut segs = self.shared.segments.lock();
+                    for (j, lsn) in doomed[i..].iter().enumerate() {
+                        segs.insert(j, *lsn);
+                    }
+                    return Err(io_err(&path)(e));
+                }
             }
-            segs.remove(0);
-            removed += 1;
         }
-        Ok(removed)
+        Ok(doomed.len())
     }
 
     /// Number of segment files on disk.
