@@ -190,6 +190,7 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     authorize(&state, &headers, Scope::Write)?;
     let format = content_type(&headers)?;
     let limits = &state.config.limits;
@@ -200,6 +201,7 @@ pub async fn post_events(
         return Err(e.into());
     }
     let body = read_body(&headers, body, limits.max_body_bytes).await?;
+    let read_at = std::time::Instant::now();
     let raws = split(&body, format)?;
     if raws.len() > limits.max_events_per_batch {
         return Err(ApiError::too_large(format!(
@@ -265,7 +267,17 @@ pub async fn post_events(
         }
     }
     let rejected = errors.len();
+    let parsed_at = std::time::Instant::now();
     let outcome = state.store.write(batch).await?;
+    let t = outcome.timings;
+    state.ingest_stages.observe([
+        read_at.duration_since(started),
+        parsed_at.duration_since(read_at),
+        t.prepare,
+        t.durable,
+        t.apply,
+        t.resume,
+    ]);
     state
         .tally
         .add(&outcome.seen, &source_of, &sources, received_at);

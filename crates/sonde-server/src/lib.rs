@@ -38,6 +38,7 @@ use sonde_store::{Store, StoreConfig};
 
 pub use error::{ApiError, ServerError};
 pub use ingest::{EventStatus, IngestResponse};
+pub use metrics::INGEST_STAGES;
 pub use project::{NewKeys, Project, Scope};
 pub use sql::{rows as result_rows, to_csv};
 
@@ -114,6 +115,7 @@ pub struct AppState {
     pseudonymizer: Arc<dyn Pseudonymizer>,
     alerts: Arc<alerts::AlertEngine>,
     http: Arc<metrics::HttpMetrics>,
+    ingest_stages: Arc<metrics::IngestStages>,
     tally: Arc<health::IngestTally>,
     sessions: Arc<ui::Sessions>,
     segments: Arc<ui::SegmentCache>,
@@ -278,6 +280,7 @@ pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         pseudonymizer,
         alerts,
         http: Arc::default(),
+        ingest_stages: Arc::default(),
         tally: Arc::default(),
         sessions: Arc::default(),
         segments: Arc::default(),

@@ -56,6 +56,45 @@ impl HttpMetrics {
     }
 }
 
+/// Bounds (s) of the ingest stage histograms: fine around 20 ms, the ack-latency target.
+const STAGE_BOUNDS_SECS: [f64; 13] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The stages of `POST /v1/events`, in order: reading the body; splitting, parsing and
+/// validating it; encoding and dedup; waiting for the WAL group commit (write, fsync);
+/// adding the rows to the buffer; and the handler being scheduled again.
+pub const INGEST_STAGES: [&str; 6] = ["read", "parse", "prepare", "durable", "apply", "resume"];
+
+/// Where stored batches spent their time, per stage of [`INGEST_STAGES`].
+pub struct IngestStages {
+    hist: Mutex<Vec<HttpHistogram>>,
+}
+
+impl Default for IngestStages {
+    fn default() -> Self {
+        let h = || HttpHistogram {
+            counts: vec![0; STAGE_BOUNDS_SECS.len() + 1],
+            sum_secs: 0.0,
+        };
+        IngestStages {
+            hist: Mutex::new(INGEST_STAGES.iter().map(|_| h()).collect()),
+        }
+    }
+}
+
+impl IngestStages {
+    /// Record one batch's stage times, in [`INGEST_STAGES`] order.
+    pub fn observe(&self, times: [Duration; INGEST_STAGES.len()]) {
+        let mut hist = self.hist.lock();
+        for (h, t) in hist.iter_mut().zip(times) {
+            let secs = t.as_secs_f64();
+            h.counts[STAGE_BOUNDS_SECS.partition_point(|b| *b < secs)] += 1;
+            h.sum_secs += secs;
+        }
+    }
+}
+
 /// Middleware timing every routed request.
 pub(crate) async fn track(
     State(state): State<AppState>,
@@ -423,6 +462,24 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
             }],
         );
     }
+    let stages = state.ingest_stages.hist.lock();
+    let series: Vec<HistSeries<'_>> = INGEST_STAGES
+        .iter()
+        .zip(stages.iter())
+        .map(|(stage, h)| HistSeries {
+            labels: vec![("stage", *stage)],
+            bounds_secs: STAGE_BOUNDS_SECS.to_vec(),
+            counts: h.counts.clone(),
+            sum_secs: h.sum_secs,
+            exemplars: Vec::new(),
+        })
+        .collect();
+    x.histogram(
+        "sonde_ingest_stage_duration_seconds",
+        "Where stored event batches spent their time: read (body), parse (split, parse, validate), prepare (encode, dedup), durable (WAL group commit: queue, write, fsync), apply (into the buffer), resume (handler scheduled again).",
+        &series,
+    );
+    drop(stages);
     let routes = state.http.by_route.lock();
     let codes: Vec<String> = routes.keys().map(|(_, _, c)| c.to_string()).collect();
     let series: Vec<HistSeries<'_>> = routes

@@ -624,6 +624,15 @@ async fn metrics_are_prometheus_text_behind_a_read_key() {
         text.contains("sonde_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}"),
         "{text}"
     );
+    // Both stored batches went through every ingest stage.
+    for stage in sonde_server::INGEST_STAGES {
+        assert!(
+            text.contains(&format!(
+                "sonde_ingest_stage_duration_seconds_count{{stage=\"{stage}\"}} 2"
+            )),
+            "{stage}: {text}"
+        );
+    }
     let (status, _, _) = call(
         &app,
         Request::get("/metrics").body(Body::empty()).expect("req"),

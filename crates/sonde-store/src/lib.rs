@@ -23,7 +23,7 @@ pub use dedup::Seen;
 pub use live::LiveSums;
 pub use query::Snapshot;
 pub use query::{QueryLimits, QueryResult};
-pub use store::{Counters, Store, StoreConfig, WriteBatch, WriteOutcome};
+pub use store::{Counters, Store, StoreConfig, WriteBatch, WriteOutcome, WriteTimings};
 pub use tables::Table;
 
 /// Store failures.

@@ -93,6 +93,22 @@ pub struct WriteOutcome {
     pub quarantine_ids: Vec<String>,
     /// Per span, in order: new or duplicate.
     pub span_seen: Vec<Seen>,
+    /// Where the write's time went.
+    pub timings: WriteTimings,
+}
+
+/// The stages of one durable write, for the collector's own latency metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriteTimings {
+    /// Encoding the records and checking their ids.
+    pub prepare: Duration,
+    /// From queueing to the WAL until its group was written and fsync'd and its completion
+    /// began (group-commit wait, write, fsync, and earlier groups' completions).
+    pub durable: Duration,
+    /// Adding the rows to the in-memory buffer (and the live sums and rollups).
+    pub apply: Duration,
+    /// From the completion until the writing task ran again (scheduling delay).
+    pub resume: Duration,
 }
 
 /// A write: validated events, rejected events for the quarantine, replay outcomes.
@@ -434,6 +450,7 @@ impl Store {
     /// Nothing of the batch is stored when this fails.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteOutcome, StoreError> {
         self.admit()?;
+        let started = Instant::now();
         let inner = &self.inner;
         let (Some(wal), Some(dedup)) = (&inner.wal, &inner.dedup) else {
             return Err(StoreError::ReadOnly);
@@ -487,9 +504,11 @@ impl Store {
             entries.extend(batch.quarantine.into_iter().map(WalEntry::Quarantine));
             entries.extend(batch.replays.into_iter().map(WalEntry::Replay));
             let worker = inner.clone();
+            let queued = Instant::now();
             wal.append(
                 records,
                 Box::new(move |res| {
+                    let durable_at = Instant::now();
                     let out = match res {
                         Ok(range) => {
                             if let Some(d) = &worker.dedup {
@@ -533,13 +552,20 @@ impl Store {
                             Err(StoreError::Unavailable(e.to_string()))
                         }
                     };
-                    let _ = tx.send(out);
+                    let _ = tx.send((out, queued, durable_at, Instant::now()));
                 }),
             );
         }
-        let quarantine_ids = rx
+        let (out, queued, durable_at, applied_at) = rx
             .await
-            .map_err(|_| StoreError::Unavailable("the write-ahead log stopped".into()))??;
+            .map_err(|_| StoreError::Unavailable("the write-ahead log stopped".into()))?;
+        let timings = WriteTimings {
+            prepare: queued.duration_since(started),
+            durable: durable_at.duration_since(queued),
+            apply: applied_at.duration_since(durable_at),
+            resume: applied_at.elapsed(),
+        };
+        let quarantine_ids = out?;
         let c = &inner.counters;
         for s in &seen {
             match s {
@@ -556,6 +582,7 @@ impl Store {
             seen,
             quarantine_ids,
             span_seen,
+            timings,
         })
     }
 
