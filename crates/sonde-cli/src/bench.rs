@@ -326,6 +326,7 @@ struct Server {
     child: Child,
     url: String,
     write_key: String,
+    read_key: String,
 }
 
 impl Drop for Server {
@@ -361,10 +362,12 @@ fn start_server(data_dir: &std::path::Path) -> anyhow::Result<Server> {
     BufReader::new(stdout).read_line(&mut line)?;
     let keys: Value = serde_json::from_str(&line).context("reading the server's keys")?;
     let write_key = keys["write_key"].as_str().context("write_key")?.to_string();
+    let read_key = keys["read_key"].as_str().context("read_key")?.to_string();
     Ok(Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
         write_key,
+        read_key,
     })
 }
 
@@ -380,6 +383,91 @@ async fn wait_ready(client: &Client, url: &str) -> anyhow::Result<()> {
     bail!("server did not become ready")
 }
 
+/// Paced-phase requests sent in this first stretch are not timed.
+const PACED_WARMUP: Duration = Duration::from_secs(1);
+
+/// Cumulative bucket counts of one Prometheus histogram series, by upper bound (seconds).
+type Buckets = Vec<(f64, u64)>;
+
+/// The buckets of the first series of `name` whose labels contain `labels`.
+fn histogram(text: &str, name: &str, labels: &str) -> Buckets {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(labels))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((bound, count))
+        })
+        .collect()
+}
+
+/// The server's own view of a phase: WAL fsync times and `/v1/events` handling times.
+struct ServerTimes {
+    fsync: Buckets,
+    ingest: Buckets,
+    /// Per stage of `sonde_server::INGEST_STAGES`.
+    stages: Vec<Buckets>,
+}
+
+async fn server_times(client: &Client, server: &Server) -> anyhow::Result<ServerTimes> {
+    let reply = client
+        .get(&format!("{}/metrics", server.url), Some(&server.read_key))
+        .await?;
+    let text = reply.text();
+    Ok(ServerTimes {
+        fsync: histogram(&text, "sonde_wal_fsync_duration_seconds", ""),
+        ingest: histogram(
+            &text,
+            "sonde_http_request_duration_seconds",
+            "route=\"/v1/events\",method=\"POST\",code=\"200\"",
+        ),
+        stages: sonde_server::INGEST_STAGES
+            .iter()
+            .map(|stage| {
+                histogram(
+                    &text,
+                    "sonde_ingest_stage_duration_seconds",
+                    &format!("stage=\"{stage}\""),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// "n, p50 ≤ a ms, p99 ≤ b ms" for the observations between two snapshots of a histogram.
+fn bucket_summary(before: &Buckets, after: &Buckets) -> String {
+    let diff: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(b, n)| {
+            let was = before.iter().find(|(x, _)| x == b).map_or(0, |(_, m)| *m);
+            (*b, n.saturating_sub(was))
+        })
+        .collect();
+    let total = diff.last().map_or(0, |(_, n)| *n);
+    if total == 0 {
+        return "none".to_string();
+    }
+    let at = |q: f64| {
+        let want = (q * total as f64).ceil() as u64;
+        let b = diff
+            .iter()
+            .find(|(_, n)| *n >= want)
+            .map_or(f64::INFINITY, |(b, _)| *b);
+        if b.is_finite() {
+            format!("≤ {} ms", b * 1000.0)
+        } else {
+            "above every bucket".to_string()
+        }
+    };
+    format!("{total}, p50 {}, p99 {}", at(0.5), at(0.99))
+}
+
 struct RunStats {
     events: u64,
     /// Requests answered 429 (retried after 50 ms).
@@ -389,7 +477,8 @@ struct RunStats {
 }
 
 /// Send batches over `connections` connections for `duration`; with `rate`, pace to that
-/// many events per second in total.
+/// many events per second in total. Latencies of requests sent in the first `warmup` are
+/// not recorded.
 async fn drive(
     server: &Server,
     templates: Arc<Vec<Template>>,
@@ -397,6 +486,7 @@ async fn drive(
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
+    warmup: Duration,
 ) -> anyhow::Result<RunStats> {
     let client = Client::new();
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -442,7 +532,9 @@ async fn drive(
                 }
                 let v: Value = serde_json::from_slice(&reply.body)?;
                 acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                latencies.lock().push(us);
+                if t.duration_since(start) >= warmup {
+                    latencies.lock().push(us);
+                }
             }
             Ok::<(), anyhow::Error>(())
         }));
@@ -530,7 +622,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     );
     let counter = Arc::new(AtomicU64::new(1));
-    let (full, paced) = rt.block_on(async {
+    let (full, paced, before, after) = rt.block_on(async {
         wait_ready(&Client::new(), &server.url).await?;
         let full = drive(
             &server,
@@ -539,19 +631,32 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             args.connections,
             Duration::from_secs(args.duration),
             None,
+            Duration::ZERO,
         )
         .await?;
+        // Latency at half rate is a steady-state figure: let the server finish the
+        // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let half = full.events as f64 / full.seconds / 2.0;
-        let paced = drive(
-            &server,
-            paced_templates.clone(),
-            counter.clone(),
-            args.connections,
-            Duration::from_secs(args.paced_duration),
-            Some(half),
-        )
-        .await?;
-        Ok::<_, anyhow::Error>((full, paced))
+        // The server's own figures are taken over the same stretch as the client's.
+        let (paced, before) = tokio::join!(
+            drive(
+                &server,
+                paced_templates.clone(),
+                counter.clone(),
+                args.connections,
+                Duration::from_secs(args.paced_duration),
+                Some(half),
+                PACED_WARMUP,
+            ),
+            async {
+                tokio::time::sleep(PACED_WARMUP).await;
+                server_times(&Client::new(), &server).await
+            }
+        );
+        let (paced, before) = (paced?, before?);
+        let after = server_times(&Client::new(), &server).await?;
+        Ok::<_, anyhow::Error>((full, paced, before, after))
     })?;
     let rss = peak_rss_mb(server.child.id());
     let e2e = full.events as f64 / full.seconds;
@@ -569,12 +674,25 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     let paced_rate = paced.events as f64 / paced.seconds;
     println!(
-        "    ack latency at half rate ({paced_rate:.0} events/s, {} events per request): p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        "    ack latency at half rate ({paced_rate:.0} events/s, {} events per request): p50 {:.1} ms, p99 {:.1} ms ({} batches after a {} s warm-up)",
         args.paced_batch,
         percentile(&paced.latencies_us, 0.5),
         percentile(&paced.latencies_us, 0.99),
-        paced.latencies_us.len()
+        paced.latencies_us.len(),
+        PACED_WARMUP.as_secs()
     );
+    println!(
+        "      server side over that phase: /v1/events handling {}; WAL fsyncs {}",
+        bucket_summary(&before.ingest, &after.ingest),
+        bucket_summary(&before.fsync, &after.fsync)
+    );
+    for ((stage, b), a) in sonde_server::INGEST_STAGES
+        .iter()
+        .zip(&before.stages)
+        .zip(&after.stages)
+    {
+        println!("        stage {stage:<8} {}", bucket_summary(b, a));
+    }
     if paced.throttled > 0 {
         println!("    ({} paced requests answered 429)", paced.throttled);
     }
