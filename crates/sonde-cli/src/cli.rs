@@ -230,6 +230,10 @@ pub struct ServeArgs {
     /// Seconds between Parquet flushes [default: 10].
     #[arg(long, env = "SONDE_FLUSH_INTERVAL_SECS")]
     pub flush_interval_secs: Option<u64>,
+    /// Flush to Parquet early once the in-memory buffer holds this many MiB [default: 32].
+    /// Larger flushes write fewer, bigger files (less compaction) for more memory.
+    #[arg(long, env = "SONDE_FLUSH_BUFFER_MB")]
+    pub flush_buffer_mb: Option<usize>,
     /// Exact dedup window in hours [default: 24].
     #[arg(long, env = "SONDE_DEDUP_WINDOW_HOURS")]
     pub dedup_window_hours: Option<u32>,

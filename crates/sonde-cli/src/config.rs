@@ -18,6 +18,7 @@ pub struct FileConfig {
     listen: Option<std::net::SocketAddr>,
     store_raw_ids: Option<bool>,
     flush_interval_secs: Option<u64>,
+    flush_buffer_mb: Option<usize>,
     dedup_window_hours: Option<u32>,
     late_horizon_hours: Option<u32>,
     max_body_bytes: Option<usize>,
@@ -58,6 +59,12 @@ pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(s) = args.flush_interval_secs.or(file.flush_interval_secs) {
         anyhow::ensure!(s > 0, "flush_interval_secs must be at least 1");
         c.store.flush_interval = Duration::from_secs(s);
+    }
+    if let Some(mb) = args.flush_buffer_mb.or(file.flush_buffer_mb) {
+        anyhow::ensure!(mb > 0, "flush_buffer_mb must be at least 1");
+        c.store.flush_bytes = mb << 20;
+        // Writers are refused (429) only well past the flush point.
+        c.store.max_buffered_bytes = c.store.max_buffered_bytes.max(4 * c.store.flush_bytes);
     }
     if let Some(h) = args.dedup_window_hours.or(file.dedup_window_hours) {
         c.store.dedup_window_hours = h;
@@ -116,7 +123,7 @@ mod tests {
         let path = dir.path().join("sonde.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\nflush_interval_secs = 3\nmax_events_per_batch = 50\n",
+            "listen = \"127.0.0.1:9000\"\nflush_interval_secs = 3\nflush_buffer_mb = 64\nmax_events_per_batch = 50\n",
         )
         .expect("write");
         let args = ServeArgs {
@@ -127,6 +134,8 @@ mod tests {
         let c = resolve(&args).expect("resolve");
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.store.flush_interval, Duration::from_secs(3));
+        assert_eq!(c.store.flush_bytes, 64 << 20);
+        assert_eq!(c.store.max_buffered_bytes, 256 << 20);
         assert_eq!(c.limits.max_events_per_batch, 7);
         assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
         assert!(!c.store_raw_ids);

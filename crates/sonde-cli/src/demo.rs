@@ -49,6 +49,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: Some(dir.clone()),
         listen: Some(args.listen),
         flush_interval_secs: Some(5),
+        flush_buffer_mb: None,
         ..ServeArgs::default()
     })?;
     let state = tokio::task::spawn_blocking(move || sonde_server::open(config))
