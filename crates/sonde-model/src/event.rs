@@ -1,3 +1,4 @@
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// The six event types of model v1.
@@ -163,18 +164,20 @@ pub struct Decision {
     pub features: Option<String>,
 }
 
-/// One item of a decision's slate.
+/// One item of a decision's slate. Ids and promoted attributes are [`CompactString`]s: up to
+/// 24 bytes (most ids and categories) they live inline, which saves a decision of 10 items
+/// about 30 allocations and as many frees (the same text on the wire and in the WAL).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
-    pub item_id: String,
+    pub item_id: CompactString,
     /// 1-based position.
     pub position: u32,
     pub score: Option<f64>,
     pub propensity: Option<f64>,
     /// `attributes.category`, promoted.
-    pub category: Option<String>,
+    pub category: Option<CompactString>,
     /// `attributes.provider`, promoted.
-    pub provider: Option<String>,
+    pub provider: Option<CompactString>,
     /// All attributes as a JSON object text.
     pub attributes: Option<String>,
 }

@@ -3,6 +3,7 @@
 //! The fast path deserializes into a flat, typed wire struct in one pass. Only when that
 //! fails is the input parsed again with path tracking, to name the offending field.
 
+use compact_str::CompactString;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
@@ -134,7 +135,7 @@ struct WireLatency {
 
 #[derive(Deserialize)]
 struct WireItem<'a> {
-    item_id: Option<String>,
+    item_id: Option<CompactString>,
     position: Option<u32>,
     score: Option<f64>,
     propensity: Option<f64>,
@@ -670,7 +671,8 @@ fn parse_items(wire: Vec<WireEntry<'_>>, limits: Limits) -> Result<Vec<Item>, Ev
 }
 
 fn parse_item(it: WireItem<'_>, seen: &[u32]) -> Result<Item, EventError> {
-    let item_id = required_str(it.item_id, "item_id", MAX_NAME)?;
+    let item_id = it.item_id.ok_or_else(|| missing("item_id"))?;
+    check_len(&item_id, "item_id", MAX_NAME)?;
     let position = it.position.ok_or_else(|| missing("position"))?;
     if position == 0 {
         return Err(EventError::new(
@@ -714,15 +716,15 @@ fn parse_item(it: WireItem<'_>, seen: &[u32]) -> Result<Item, EventError> {
 }
 
 /// A string attribute as is; any other JSON value as its text.
-fn scalar_text(v: Option<&RawValue>) -> Option<String> {
+fn scalar_text(v: Option<&RawValue>) -> Option<CompactString> {
     let text = v?.get();
     if text == "null" {
         return None;
     }
     if text.starts_with('"') {
-        return serde_json::from_str::<String>(text).ok();
+        return serde_json::from_str::<CompactString>(text).ok();
     }
-    Some(text.to_string())
+    Some(CompactString::from(text))
 }
 
 fn parse_context(wire: Option<WireContext<'_>>) -> Result<Context, EventError> {
