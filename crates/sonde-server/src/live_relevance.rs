@@ -5,7 +5,7 @@
 //! Otherwise, or with `exact=true`, the SQL join runs.
 
 use sonde_relevance::{
-    Gains, ListFilter, ListKey, LiveConfig, LiveItem, LiveRelevance, Resolution,
+    Gains, ListFilter, ListKey, LiveConfig, LiveItem, LiveRelevance, Resolution, item_key,
 };
 use sonde_store::arrow::array::{Array, RecordBatch};
 use sonde_store::{Snapshot, Store, StoreError};
@@ -150,7 +150,7 @@ pub async fn load(
             }
             if let Some(c) = current.as_mut() {
                 c.3.push(LiveItem {
-                    item_id: item.value(row).into(),
+                    item: item_key(item.value(row)),
                     position: u32::try_from(pos.value(row)).unwrap_or(u32::MAX),
                     grade: grade.value(row),
                     clicked: clicked.value(row) > 0,

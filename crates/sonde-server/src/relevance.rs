@@ -317,7 +317,7 @@ const PACKED_ITEM: &str = "CAST(position AS BIGINT) * 2048 + purchased * 1024 \
 /// An item packed by [`PACKED_ITEM`] (its id is not needed for its list's metrics).
 pub(crate) fn unpack(v: i64) -> LiveItem {
     LiveItem {
-        item_id: "".into(),
+        item: 0,
         position: u32::try_from(v >> 11).unwrap_or(u32::MAX),
         grade: (v >> 1) & 511,
         clicked: v & 1 == 1,

@@ -5,7 +5,7 @@
 //! counted once, by the snapshot or by the feed.
 
 use sonde_model::{Event, EventBody};
-use sonde_relevance::{Gains, ListKey, LiveItem, LiveRelevance, Outcome};
+use sonde_relevance::{Gains, ListKey, LiveItem, LiveRelevance, Outcome, item_key};
 
 use crate::codec::WalEntry;
 use crate::receipts::{Receipt, Receipts};
@@ -50,7 +50,7 @@ impl LiveSums {
                     .items
                     .iter()
                     .map(|it| LiveItem {
-                        item_id: it.item_id.as_str().into(),
+                        item: item_key(&it.item_id),
                         position: it.position,
                         grade: 0,
                         clicked: false,
