@@ -407,6 +407,64 @@ fn histogram(text: &str, name: &str, labels: &str) -> Buckets {
         .collect()
 }
 
+/// The value of an unlabelled gauge in a metrics exposition.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The server's resident memory now (MB), from /proc.
+fn rss_now_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Once a second until `stop`: the server's RSS and buffered bytes; keeps the sample with
+/// the highest RSS, to tell what the peak was made of.
+async fn sample_memory(
+    server: &Server,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<MemorySample> {
+    let client = Client::new();
+    let mut peak: Option<MemorySample> = None;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(rss) = rss_now_mb(server.child.id()) else {
+            continue;
+        };
+        if peak.as_ref().is_some_and(|p| p.rss >= rss) {
+            continue;
+        }
+        let Ok(reply) = client
+            .get(&format!("{}/metrics", server.url), Some(&server.read_key))
+            .await
+        else {
+            continue;
+        };
+        let text = reply.text();
+        let mb = |name| gauge(&text, name).unwrap_or(f64::NAN) / 1_048_576.0;
+        peak = Some(MemorySample {
+            rss,
+            buffered: mb("sonde_buffered_bytes"),
+            live: mb("sonde_live_relevance_memory_bytes"),
+            open: gauge(&text, "sonde_live_relevance_open_decisions").unwrap_or(f64::NAN),
+            rollups: mb("sonde_rollup_memory_bytes"),
+        });
+    }
+    peak
+}
+
+/// The server's memory at one moment (MB, but `open`: decisions).
+struct MemorySample {
+    rss: f64,
+    buffered: f64,
+    live: f64,
+    open: f64,
+    rollups: f64,
+}
+
 /// The server's own view of a phase: WAL fsync times and `/v1/events` handling times.
 struct ServerTimes {
     fsync: Buckets,
@@ -622,41 +680,54 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     );
     let counter = Arc::new(AtomicU64::new(1));
-    let (full, paced, before, after) = rt.block_on(async {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (full, paced, before, after, memory) = rt.block_on(async {
         wait_ready(&Client::new(), &server.url).await?;
-        let full = drive(
-            &server,
-            templates.clone(),
-            counter.clone(),
-            args.connections,
-            Duration::from_secs(args.duration),
-            None,
-            Duration::ZERO,
-        )
-        .await?;
-        // Latency at half rate is a steady-state figure: let the server finish the
-        // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let half = full.events as f64 / full.seconds / 2.0;
-        // The server's own figures are taken over the same stretch as the client's.
-        let (paced, before) = tokio::join!(
-            drive(
+        let sampler = sample_memory(&server, stop.clone());
+        let phases = async {
+            let full = drive(
                 &server,
-                paced_templates.clone(),
+                templates.clone(),
                 counter.clone(),
                 args.connections,
-                Duration::from_secs(args.paced_duration),
-                Some(half),
-                PACED_WARMUP,
-            ),
-            async {
-                tokio::time::sleep(PACED_WARMUP).await;
-                server_times(&Client::new(), &server).await
-            }
-        );
-        let (paced, before) = (paced?, before?);
-        let after = server_times(&Client::new(), &server).await?;
-        Ok::<_, anyhow::Error>((full, paced, before, after))
+                Duration::from_secs(args.duration),
+                None,
+                Duration::ZERO,
+            )
+            .await?;
+            // Latency at half rate is a steady-state figure: let the server finish the
+            // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let half = full.events as f64 / full.seconds / 2.0;
+            // The server's own figures are taken over the same stretch as the client's.
+            let (paced, before) = tokio::join!(
+                drive(
+                    &server,
+                    paced_templates.clone(),
+                    counter.clone(),
+                    args.connections,
+                    Duration::from_secs(args.paced_duration),
+                    Some(half),
+                    PACED_WARMUP,
+                ),
+                async {
+                    tokio::time::sleep(PACED_WARMUP).await;
+                    server_times(&Client::new(), &server).await
+                }
+            );
+            let (paced, before) = (paced?, before?);
+            let after = server_times(&Client::new(), &server).await?;
+            Ok::<_, anyhow::Error>((full, paced, before, after))
+        };
+        // The sampler stops when the phases end, whether they succeed or fail.
+        let phases = async {
+            let r = phases.await;
+            stop.store(true, Ordering::Relaxed);
+            r
+        };
+        let (phases, memory) = tokio::join!(phases, sampler);
+        let (full, paced, before, after) = phases?;
+        Ok::<_, anyhow::Error>((full, paced, before, after, memory))
     })?;
     let rss = peak_rss_mb(server.child.id());
     let e2e = full.events as f64 / full.seconds;
@@ -699,6 +770,12 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     match rss {
         Some(mb) => println!("    server peak RSS: {mb:.0} MB"),
         None => println!("    server peak RSS: unavailable"),
+    }
+    if let Some(m) = memory {
+        println!(
+            "      at the highest RSS sampled (once a second): {:.0} MB, of which rows buffered for Parquet {:.0} MB, live relevance join {:.0} MB ({:.0} open decisions), latency rollups {:.0} MB",
+            m.rss, m.buffered, m.live, m.open, m.rollups
+        );
     }
     drop(server);
     Ok(())
