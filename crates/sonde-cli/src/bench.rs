@@ -862,10 +862,7 @@ pub struct LatencyBenchArgs {
 
 /// Resident memory of this process (MB), from /proc.
 fn rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    rss_now_mb(std::process::id())
 }
 
 /// `sonde bench latency`: the cost of rollup maintenance per decision (every component,
