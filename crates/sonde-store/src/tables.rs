@@ -335,16 +335,20 @@ fn map_names() -> MapFieldNames {
     }
 }
 
+/// Arrow's own default builder capacity (items, and bytes of text).
+const DEFAULT_CAPACITY: usize = 1024;
+
 impl Col {
-    fn new(k: Kind) -> Col {
+    /// A builder for `rows` rows and, for text and binary columns, `bytes` of values.
+    fn sized(k: Kind, rows: usize, bytes: usize) -> Col {
         match k {
-            Str => Col::Str(StringBuilder::new()),
-            F64 => Col::F64(Float64Builder::new()),
-            Bool => Col::Bool(BooleanBuilder::new()),
-            Ts => Col::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
-            U32 => Col::U32(UInt32Builder::new()),
-            U64 => Col::U64(UInt64Builder::new()),
-            Bin => Col::Bin(BinaryBuilder::new()),
+            Str => Col::Str(StringBuilder::with_capacity(rows, bytes)),
+            F64 => Col::F64(Float64Builder::with_capacity(rows)),
+            Bool => Col::Bool(BooleanBuilder::with_capacity(rows)),
+            Ts => Col::Ts(TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            U32 => Col::U32(UInt32Builder::with_capacity(rows)),
+            U64 => Col::U64(UInt64Builder::with_capacity(rows)),
+            Bin => Col::Bin(BinaryBuilder::with_capacity(rows, bytes)),
             MapStr => Col::MapStr(MapBuilder::new(
                 Some(map_names()),
                 StringBuilder::new(),
@@ -359,36 +363,22 @@ impl Col {
         }
     }
 
-    /// The column's array; the builder starts over with the capacity this batch needed, so
-    /// the next batch fills memory once instead of regrowing (and copying) from empty.
+    /// Bytes of values held by a text or binary column (0 for the others).
+    fn value_bytes(&self) -> usize {
+        match self {
+            Col::Str(b) => b.values_slice().len(),
+            Col::Bin(b) => b.values_slice().len(),
+            _ => 0,
+        }
+    }
+
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Col::Str(b) => {
-                let (n, bytes) = (b.offsets_slice().len() - 1, b.values_slice().len());
-                let a = b.finish();
-                *b = StringBuilder::with_capacity(n, bytes);
-                Arc::new(a)
-            }
-            Col::F64(b) => {
-                let a = b.finish();
-                *b = Float64Builder::with_capacity(a.len());
-                Arc::new(a)
-            }
-            Col::Bool(b) => {
-                let a = b.finish();
-                *b = BooleanBuilder::with_capacity(a.len());
-                Arc::new(a)
-            }
-            Col::Ts(b) => {
-                let a = b.finish();
-                *b = TimestampMillisecondBuilder::with_capacity(a.len()).with_timezone("UTC");
-                Arc::new(a)
-            }
-            Col::U32(b) => {
-                let a = b.finish();
-                *b = UInt32Builder::with_capacity(a.len());
-                Arc::new(a)
-            }
+            Col::Str(b) => Arc::new(b.finish()),
+            Col::F64(b) => Arc::new(b.finish()),
+            Col::Bool(b) => Arc::new(b.finish()),
+            Col::Ts(b) => Arc::new(b.finish()),
+            Col::U32(b) => Arc::new(b.finish()),
             Col::U64(b) => Arc::new(b.finish()),
             Col::Bin(b) => Arc::new(b.finish()),
             Col::MapStr(b) => Arc::new(b.finish()),
@@ -426,7 +416,7 @@ impl RowBuilder {
             table,
             cols: columns(table)
                 .into_iter()
-                .map(|(_, k, _)| Col::new(k))
+                .map(|(_, k, _)| Col::sized(k, DEFAULT_CAPACITY, DEFAULT_CAPACITY))
                 .collect(),
             at: 0,
             rows: 0,
@@ -572,8 +562,21 @@ impl RowBuilder {
     }
 
     /// Build the record batch of the rows pushed so far and start over.
+    /// Each column's builder starts over with the capacity this batch needed, so the next
+    /// batch fills memory once instead of regrowing (and copying) from empty.
     pub fn finish(&mut self) -> Result<RecordBatch, StoreError> {
-        let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(Col::finish).collect();
+        let rows = self.rows;
+        let arrays: Vec<ArrayRef> = self
+            .cols
+            .iter_mut()
+            .zip(columns(self.table))
+            .map(|(col, (_, kind, _))| {
+                let bytes = col.value_bytes();
+                let array = col.finish();
+                *col = Col::sized(kind, rows, bytes);
+                array
+            })
+            .collect();
         self.rows = 0;
         self.at = 0;
         Ok(RecordBatch::try_new(self.table.schema(), arrays)?)
