@@ -203,8 +203,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     }
 }
 
-/// The promoted context keys, in [`Context`] order.
-const CONTEXT_KEYS: [&str; 6] = ["device", "os", "region", "locale", "app_version", "channel"];
+/// The promoted context keys as field paths, in [`Context`] order.
+const CONTEXT_FIELDS: [&str; 6] = [
+    "context.device",
+    "context.os",
+    "context.region",
+    "context.locale",
+    "context.app_version",
+    "context.channel",
+];
 
 /// `context` read in the event's single pass: promoted keys as strings, the rest kept as
 /// raw JSON for `Context::extra`.
@@ -228,7 +235,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireContext<'a> {
             ) -> Result<WireContext<'a>, A::Error> {
                 let mut out = WireContext::default();
                 while let Some(Key(key)) = m.next_key()? {
-                    match CONTEXT_KEYS.iter().position(|k| *k == key) {
+                    match CONTEXT_FIELDS
+                        .iter()
+                        .position(|f| f.strip_prefix("context.") == Some(&*key))
+                    {
                         Some(i) => out.known[i] = m.next_value::<Option<String>>()?,
                         None => out.extra.push((key.into_owned(), m.next_value()?)),
                     }
@@ -731,14 +741,10 @@ fn parse_context(wire: Option<WireContext<'_>>) -> Result<Context, EventError> {
     let Some(WireContext { known, extra }) = wire else {
         return Ok(Context::default());
     };
-    let [device, os, region, locale, app_version, channel] = known;
-    let check = |v: Option<String>, k: &str| -> Result<Option<String>, EventError> {
-        match v {
-            Some(s) if s.is_empty() || s.len() > MAX_NAME => {
-                optional_str(Some(s), &format!("context.{k}"), MAX_NAME)
-            }
-            v => Ok(v),
-        }
+    let mut known = known.into_iter().zip(CONTEXT_FIELDS);
+    let mut next = || match known.next() {
+        Some((v, field)) => optional_str(v, field, MAX_NAME),
+        None => Ok(None),
     };
     // Rare: re-read the other keys into a map, so their text is canonical (sorted keys,
     // compact) whatever the client's formatting.
@@ -758,13 +764,14 @@ fn parse_context(wire: Option<WireContext<'_>>) -> Result<Context, EventError> {
         }
         Some(serde_json::Value::Object(map).to_string())
     };
+    // In CONTEXT_FIELDS order.
     Ok(Context {
-        device: check(device, "device")?,
-        os: check(os, "os")?,
-        region: check(region, "region")?,
-        locale: check(locale, "locale")?,
-        app_version: check(app_version, "app_version")?,
-        channel: check(channel, "channel")?,
+        device: next()?,
+        os: next()?,
+        region: next()?,
+        locale: next()?,
+        app_version: next()?,
+        channel: next()?,
         extra,
     })
 }
