@@ -10,6 +10,8 @@
 //!
 //! Memory: about 37–73 bytes per unflushed id (hash table) and 2 bytes per spilled id, so
 //! one million ids inside the window cost about 2 MB once flushed. Disk: 28 bytes per id.
+//! Spills and merges stream records to and from disk: a merge holds two read blocks and the
+//! new run's filter, not the runs (a 3-million-id merge used to hold ~190 MB).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -96,25 +98,45 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 impl Run {
     /// Write sorted, unique records to `path` (via a temporary file and rename).
     fn write(path: PathBuf, recs: &[(u128, u64, u32)]) -> Result<Run, StoreError> {
+        let hours = recs.iter().map(|r| r.2);
+        let span = (hours.clone().min().unwrap_or(0), hours.max().unwrap_or(0));
+        Run::write_stream(path, recs.len() as u64, span, recs.iter().map(|&r| Ok(r)))
+    }
+
+    /// Write `count` sorted, unique records spanning hours `span` (min, max), streamed, so
+    /// writing a run never holds more than its Bloom filter and an I/O buffer.
+    fn write_stream(
+        path: PathBuf,
+        count: u64,
+        (min_hour, max_hour): (u32, u32),
+        recs: impl Iterator<Item = Result<(u128, u64, u32), StoreError>>,
+    ) -> Result<Run, StoreError> {
         let tmp = path.with_extension("tmp");
-        let mut bloom = Bloom::with_keys(recs.len() as u64);
-        let min_hour = recs.iter().map(|r| r.2).min().unwrap_or(0);
-        let max_hour = recs.iter().map(|r| r.2).max().unwrap_or(0);
+        let mut bloom = Bloom::with_keys(count);
         {
             let f = File::create(&tmp).map_err(io(&tmp))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let mut head = Vec::with_capacity(HEADER);
             head.extend_from_slice(MAGIC);
-            head.extend_from_slice(&(recs.len() as u64).to_le_bytes());
+            head.extend_from_slice(&count.to_le_bytes());
             head.extend_from_slice(&min_hour.to_le_bytes());
             head.extend_from_slice(&max_hour.to_le_bytes());
             head.extend_from_slice(&(bloom.blocks.len() as u64).to_le_bytes());
             w.write_all(&head).map_err(io(&tmp))?;
-            for &(id, content, hour) in recs {
+            let mut written = 0u64;
+            for rec in recs {
+                let (id, content, hour) = rec?;
                 bloom.insert(id);
                 w.write_all(&id.to_le_bytes()).map_err(io(&tmp))?;
                 w.write_all(&content.to_le_bytes()).map_err(io(&tmp))?;
                 w.write_all(&hour.to_le_bytes()).map_err(io(&tmp))?;
+                written += 1;
+            }
+            if written != count {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: {written} records written where {count} were counted",
+                    tmp.display()
+                )));
             }
             for block in &bloom.blocks {
                 for word in block {
@@ -129,7 +151,7 @@ impl Run {
         Ok(Run {
             path,
             file,
-            count: recs.len() as u64,
+            count,
             max_hour,
             bloom,
         })
@@ -205,13 +227,91 @@ impl Run {
         Ok(None)
     }
 
-    fn read_all(&self) -> Result<Vec<(u128, u64, u32)>, StoreError> {
-        let mut raw = vec![0u8; (self.count as usize) * REC];
-        self.file
-            .read_exact_at(&mut raw, HEADER as u64)
-            .map_err(io(&self.path))?;
-        Ok(raw.chunks_exact(REC).map(decode_rec).collect())
+    /// The records in order, read sequentially a block at a time.
+    fn records(&self) -> RunReader<'_> {
+        RunReader {
+            run: self,
+            next: 0,
+            buf: Vec::new(),
+            at: 0,
+        }
     }
+}
+
+/// Records read per block by [`RunReader`]: 112 KiB.
+const READ_RECS: u64 = 4096;
+
+/// A sequential reader of a run's records.
+struct RunReader<'a> {
+    run: &'a Run,
+    /// Index of the first record not yet read from the file.
+    next: u64,
+    buf: Vec<u8>,
+    /// Offset of the next unread record in `buf`.
+    at: usize,
+}
+
+impl Iterator for RunReader<'_> {
+    type Item = Result<(u128, u64, u32), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.buf.len() {
+            let n = READ_RECS.min(self.run.count - self.next);
+            if n == 0 {
+                return None;
+            }
+            self.buf.resize(n as usize * REC, 0);
+            let read = self
+                .run
+                .file
+                .read_exact_at(&mut self.buf, HEADER as u64 + self.next * REC as u64)
+                .map_err(io(&self.run.path));
+            if let Err(e) = read {
+                self.next = self.run.count;
+                self.buf.clear();
+                return Some(Err(e));
+            }
+            self.next += n;
+            self.at = 0;
+        }
+        let rec = decode_rec(&self.buf[self.at..self.at + REC]);
+        self.at += REC;
+        Some(Ok(rec))
+    }
+}
+
+/// Merge two sorted runs; for an id in both, the newer run's record wins. Records received
+/// before hour `cutoff` are dropped.
+fn merged<'a>(
+    older: &'a Run,
+    newer: &'a Run,
+    cutoff: u32,
+) -> impl Iterator<Item = Result<(u128, u64, u32), StoreError>> + 'a {
+    let mut o = older.records().peekable();
+    let mut n = newer.records().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            // The next ids; `Some(None)` is a read error, passed on first.
+            let id = |r: &Result<(u128, u64, u32), StoreError>| r.as_ref().ok().map(|r| r.0);
+            let take_newer = match (o.peek().map(id), n.peek().map(id)) {
+                (Some(Some(a)), Some(Some(b))) => {
+                    if a == b {
+                        o.next();
+                    }
+                    b <= a
+                }
+                (Some(None), _) => false,
+                (_, Some(_)) => true,
+                (Some(Some(_)), None) => false,
+                (None, None) => return None,
+            };
+            let next = if take_newer { n.next() } else { o.next() }?;
+            match next {
+                Ok(r) if r.2 < cutoff => continue,
+                other => return Some(other),
+            }
+        }
+    })
 }
 
 fn decode_rec(b: &[u8]) -> (u128, u64, u32) {
@@ -388,33 +488,23 @@ impl DedupIndex {
                 (runs[n - 2].clone(), runs[n - 1].clone())
             };
             let cutoff = now_hour.saturating_sub(self.window_hours);
-            let older = a.read_all()?;
-            let newer = b.read_all()?;
-            let mut merged = Vec::with_capacity(older.len() + newer.len());
-            let (mut i, mut j) = (0, 0);
-            while i < older.len() || j < newer.len() {
-                let take_newer = match (older.get(i), newer.get(j)) {
-                    (Some(o), Some(nw)) => {
-                        if o.0 == nw.0 {
-                            i += 1; // the newer record of an id wins
-                        }
-                        nw.0 <= o.0
-                    }
-                    (None, Some(_)) => true,
-                    _ => false,
-                };
-                let r = if take_newer {
-                    j += 1;
-                    newer[j - 1]
-                } else {
-                    i += 1;
-                    older[i - 1]
-                };
-                if r.2 >= cutoff {
-                    merged.push(r);
-                }
+            // Two streaming passes, the first to size the header and the Bloom filter:
+            // merging never holds the runs in memory, however large the window grows.
+            let mut count = 0u64;
+            let (mut min_hour, mut max_hour) = (u32::MAX, 0u32);
+            for r in merged(&a, &b, cutoff) {
+                let hour = r?.2;
+                count += 1;
+                min_hour = min_hour.min(hour);
+                max_hour = max_hour.max(hour);
             }
-            let run = Arc::new(Run::write(self.next_path(), &merged)?);
+            let span = (min_hour.min(max_hour), max_hour);
+            let run = Arc::new(Run::write_stream(
+                self.next_path(),
+                count,
+                span,
+                merged(&a, &b, cutoff),
+            )?);
             {
                 let mut runs = self.runs.write();
                 let pos = runs.iter().position(|r| Arc::ptr_eq(r, &a));
@@ -532,6 +622,42 @@ mod tests {
             idx.check_and_insert(43, 1, 125).expect("ok"),
             Seen::Duplicate
         );
+    }
+
+    /// A merge streams both runs block by block (here 10,000 records each, over two read
+    /// blocks): the newer record of an id wins and ids received before the window go.
+    #[test]
+    fn merging_runs_keeps_newest_records_inside_the_window() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let idx = DedupIndex::open(dir.path(), 24, 12).expect("open");
+        let id = |i: u128| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5d39_6a1d);
+        for i in 0..10_000u128 {
+            idx.insert(id(i), 1, if i < 5_000 { 10 } else { 12 });
+        }
+        idx.spill(12).expect("spill");
+        for i in 5_000..15_000u128 {
+            idx.insert(id(i), 2, 12);
+        }
+        // At hour 35 the window starts at hour 11: the first 5,000 ids expire in the merge.
+        idx.spill(35).expect("spill");
+        assert_eq!(idx.run_count(), 1);
+        assert_eq!(idx.spilled_len(), 10_000);
+        let reopened = DedupIndex::open(dir.path(), 24, 35).expect("reopen");
+        for ix in [&idx, &reopened] {
+            assert_eq!(
+                ix.check_and_insert(id(7_000), 2, 35).expect("ok"),
+                Seen::Duplicate
+            );
+            assert_eq!(
+                ix.check_and_insert(id(7_001), 1, 35).expect("ok"),
+                Seen::Conflict
+            );
+            assert_eq!(
+                ix.check_and_insert(id(14_999), 2, 35).expect("ok"),
+                Seen::Duplicate
+            );
+            assert_eq!(ix.check_and_insert(id(100), 1, 35).expect("ok"), Seen::New);
+        }
     }
 
     #[test]
