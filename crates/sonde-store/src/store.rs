@@ -29,9 +29,10 @@ const HOUR_MS: i64 = 3_600_000;
 const SEAL_ROWS: usize = 8192;
 /// Files below this many rows count as small in an hour that is still being written.
 const SMALL_FILE_ROWS: u64 = 250_000;
-/// Most rows merged into one compacted file (bounds the memory of its dedup key set:
-/// 16 bytes a row plus the hash table's slack, about 20 MB at 1 M rows).
-const COMPACT_MAX_ROWS: u64 = 1_000_000;
+/// Most rows merged into one compacted file. It bounds the memory of the merge's key set:
+/// 17 bytes a bucket, with buckets the next power of two above 8/7 of the rows, so up to
+/// 917,504 rows take 2^20 buckets (17.8 MB); one million rows would take 2^21 (35.7 MB).
+const COMPACT_MAX_ROWS: u64 = 900_000;
 /// How long replaced Parquet files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
