@@ -13,13 +13,13 @@
 //! Spills and merges stream records to and from disk: a merge holds two read blocks and the
 //! new run's filter, not the runs (a 3-million-id merge used to hold ~190 MB).
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::StoreError;
