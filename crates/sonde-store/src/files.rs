@@ -2,7 +2,7 @@
 //! small files of one partition into one, dropping rows whose event id repeats.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,10 +38,23 @@ const UNIQUE_COLUMNS: [&str; 8] = [
 /// compresses their repeats within a decision's rows.
 const KEY_COLUMNS: [&str; 3] = ["user_key", "anonymous_key", "session_key"];
 
-fn props() -> WriterProperties {
+/// How a file is compressed: flushes, on the ingest path, use LZ4 (several times cheaper to
+/// encode than zstd); compaction, which rewrites every flushed file in the background,
+/// recompresses with zstd for smaller files at rest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Codec {
+    Fast,
+    Small,
+}
+
+fn props(codec: Codec) -> WriterProperties {
+    let compression = match codec {
+        Codec::Fast => Compression::LZ4_RAW,
+        Codec::Small => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+    };
     // Chunk-level statistics suffice for pruning by time and key ranges.
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(compression)
         .set_max_row_group_row_count(Some(128 * 1024))
         .set_statistics_enabled(EnabledStatistics::Chunk);
     for c in UNIQUE_COLUMNS.iter().chain(&KEY_COLUMNS) {
@@ -72,6 +85,7 @@ impl PartWriter {
         table: Table,
         hour: i64,
         seq: u64,
+        codec: Codec,
     ) -> Result<PartWriter, StoreError> {
         let rel = format!(
             "tables/{}/hour={}/part-{seq:012}.parquet",
@@ -87,7 +101,7 @@ impl PartWriter {
             fs::create_dir_all(parent).map_err(io)?;
         }
         let file = File::create(&path).map_err(io)?;
-        let writer = ArrowWriter::try_new(file, table.schema(), Some(props()))?;
+        let writer = ArrowWriter::try_new(file, table.schema(), Some(props(codec)))?;
         Ok(PartWriter {
             writer,
             path,
@@ -154,7 +168,7 @@ pub fn write_partitioned(
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => {
                     let seq = next_seq.fetch_add(1, Ordering::AcqRel);
-                    v.insert(PartWriter::create(data_dir, table, hour, seq)?)
+                    v.insert(PartWriter::create(data_dir, table, hour, seq, Codec::Fast)?)
                 }
             };
             writer.write(&part)?;
@@ -184,9 +198,9 @@ pub fn compact_partition(
     } else {
         0
     };
-    let mut seen: HashSet<u128> = HashSet::with_capacity(capacity as usize);
+    let mut seen: hashbrown::HashSet<u128> = hashbrown::HashSet::with_capacity(capacity as usize);
     let mut dropped = 0u64;
-    let mut out = PartWriter::create(data_dir, table, hour, seq)?;
+    let mut out = PartWriter::create(data_dir, table, hour, seq, Codec::Small)?;
     for f in files {
         let path = data_dir.join(&f.path);
         let file = File::open(&path).map_err(|e| StoreError::Io {
@@ -229,4 +243,63 @@ pub fn compact_partition(
         }
     }
     Ok((out.finish(table)?, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    use sonde_model::{Limits, ParseCtx, RawIds, TimePolicy, parse_event};
+
+    use super::*;
+    use crate::tables::TableBuilders;
+
+    const T0: i64 = 1_790_000_000_000;
+
+    fn touches(n: u32) -> RecordBatch {
+        let ctx = ParseCtx {
+            policy: TimePolicy::default(),
+            pseudonymizer: &RawIds,
+            received_at: T0,
+            backfill: false,
+            limits: Limits::default(),
+        };
+        let mut b = TableBuilders::default();
+        for i in 0..n {
+            let raw = format!(
+                r#"{{"type":"touch","event_id":"t{i}","timestamp":{T0},"user_id":"u{i}","channel":"email"}}"#
+            );
+            let e = parse_event(raw.as_bytes(), &ctx).expect("valid touch");
+            b.push_event(&e);
+        }
+        b.get_mut(Table::Touches).finish().expect("batch")
+    }
+
+    fn codec(dir: &Path, f: &FileEntry) -> Compression {
+        let file = File::open(dir.join(&f.path)).expect("open");
+        let reader = SerializedFileReader::new(file).expect("parquet");
+        reader.metadata().row_group(0).column(0).compression()
+    }
+
+    #[test]
+    fn flushes_use_lz4_and_compaction_recompresses_with_zstd() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let seq = AtomicU64::new(1);
+        let batch = touches(20);
+        let mut files = write_partitioned(dir.path(), Table::Touches, &[batch.clone()], &seq)
+            .expect("first flush");
+        files.extend(
+            write_partitioned(dir.path(), Table::Touches, &[batch], &seq).expect("second flush"),
+        );
+        assert_eq!(files.len(), 2);
+        for f in &files {
+            assert_eq!(codec(dir.path(), f), Compression::LZ4_RAW);
+        }
+        let (merged, dropped) =
+            compact_partition(dir.path(), Table::Touches, files[0].hour, &files, 99)
+                .expect("compact");
+        // The second flush repeated every event: compaction keeps one row per event_id.
+        assert_eq!((merged.rows, dropped), (20, 20));
+        assert!(matches!(codec(dir.path(), &merged), Compression::ZSTD(_)));
+    }
 }
