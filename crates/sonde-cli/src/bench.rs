@@ -498,7 +498,11 @@ async fn server_times(client: &Client, server: &Server) -> anyhow::Result<Server
     })
 }
 
-/// "n, p50 ≤ a ms, p99 ≤ b ms" for the observations between two snapshots of a histogram.
+/// The ack latency target of the paced phase.
+const ACK_TARGET_MS: f64 = 20.0;
+
+/// "n, p50 ≤ a ms, p99 ≤ b ms, k over c ms" for the observations between two snapshots of a
+/// histogram, c being its first bound at or above [`ACK_TARGET_MS`].
 fn bucket_summary(before: &Buckets, after: &Buckets) -> String {
     let diff: Vec<(f64, u64)> = after
         .iter()
@@ -523,7 +527,12 @@ fn bucket_summary(before: &Buckets, after: &Buckets) -> String {
             "above every bucket".to_string()
         }
     };
-    format!("{total}, p50 {}, p99 {}", at(0.5), at(0.99))
+    let slow = diff
+        .iter()
+        .find(|(b, _)| b.is_finite() && *b * 1000.0 >= ACK_TARGET_MS)
+        .map(|(b, n)| format!(", {} over {} ms", total - n, b * 1000.0))
+        .unwrap_or_default();
+    format!("{total}, p50 {}, p99 {}{slow}", at(0.5), at(0.99))
 }
 
 struct RunStats {
@@ -745,12 +754,17 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     let paced_rate = paced.events as f64 / paced.seconds;
     println!(
-        "    ack latency at half rate ({paced_rate:.0} events/s, {} events per request): p50 {:.1} ms, p99 {:.1} ms ({} batches after a {} s warm-up)",
+        "    ack latency at half rate ({paced_rate:.0} events/s, {} events per request): p50 {:.1} ms, p99 {:.1} ms ({} batches after a {} s warm-up, {} over {ACK_TARGET_MS} ms)",
         args.paced_batch,
         percentile(&paced.latencies_us, 0.5),
         percentile(&paced.latencies_us, 0.99),
         paced.latencies_us.len(),
-        PACED_WARMUP.as_secs()
+        PACED_WARMUP.as_secs(),
+        paced
+            .latencies_us
+            .iter()
+            .filter(|&&us| us as f64 > ACK_TARGET_MS * 1000.0)
+            .count()
     );
     println!(
         "      server side over that phase: /v1/events handling {}; WAL fsyncs {}",
@@ -1036,4 +1050,20 @@ pub fn latency(args: LatencyBenchArgs) -> anyhow::Result<()> {
         capped.config().budget_bytes >> 20
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_summary_reports_quantiles_and_the_count_over_the_target() {
+        let before = vec![(0.01, 10), (0.025, 10), (0.1, 10), (f64::INFINITY, 10)];
+        let after = vec![(0.01, 108), (0.025, 109), (0.1, 110), (f64::INFINITY, 110)];
+        assert_eq!(
+            bucket_summary(&before, &after),
+            "100, p50 ≤ 10 ms, p99 ≤ 25 ms, 1 over 25 ms"
+        );
+        assert_eq!(bucket_summary(&after, &after), "none");
+    }
 }
