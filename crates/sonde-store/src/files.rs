@@ -286,8 +286,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let seq = AtomicU64::new(1);
         let batch = touches(20);
-        let mut files = write_partitioned(dir.path(), Table::Touches, &[batch.clone()], &seq)
-            .expect("first flush");
+        let mut files = write_partitioned(
+            dir.path(),
+            Table::Touches,
+            std::slice::from_ref(&batch),
+            &seq,
+        )
+        .expect("first flush");
         files.extend(
             write_partitioned(dir.path(), Table::Touches, &[batch], &seq).expect("second flush"),
         );

@@ -1,6 +1,7 @@
 //! The queryable tables: their Arrow schemas and how events become rows.
 //! Every column is documented in `docs/tables.md`.
 
+use std::iter::repeat_n;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
@@ -409,6 +410,21 @@ macro_rules! push_fn {
     };
 }
 
+/// Appends one value per row to the next column: a decision's item rows are filled a
+/// column at a time, one type dispatch per column instead of one per value.
+macro_rules! each_fn {
+    ($name:ident, $variant:ident, $t:ty) => {
+        fn $name(&mut self, values: impl Iterator<Item = Option<$t>>) {
+            if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
+                for v in values {
+                    b.append_option(v);
+                }
+            }
+            self.at += 1;
+        }
+    };
+}
+
 impl RowBuilder {
     /// An empty builder for `table`.
     pub fn new(table: Table) -> RowBuilder {
@@ -440,6 +456,34 @@ impl RowBuilder {
     push_fn!(u64, U64, u64);
     push_fn!(bin, Bin, &[u8]);
 
+    each_fn!(f64_each, F64, f64);
+    each_fn!(bool_each, Bool, bool);
+    each_fn!(ts_each, Ts, i64);
+    each_fn!(u32_each, U32, u32);
+
+    fn str_each<'v>(&mut self, values: impl Iterator<Item = Option<&'v str>>) {
+        if let Some(Col::Str(b)) = self.cols.get_mut(self.at) {
+            for v in values {
+                b.append_option(v);
+            }
+        }
+        self.at += 1;
+    }
+
+    /// The same map on `n` rows.
+    fn map_str_n<'a>(&mut self, n: usize, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
+        if let Some(Col::MapStr(b)) = self.cols.get_mut(self.at) {
+            for _ in 0..n {
+                for (k, v) in pairs.clone() {
+                    b.keys().append_value(k);
+                    b.values().append_value(v);
+                }
+                let _ = b.append(true);
+            }
+        }
+        self.at += 1;
+    }
+
     fn str(&mut self, v: Option<&str>) {
         if let Some(Col::Str(b)) = self.cols.get_mut(self.at) {
             b.append_option(v);
@@ -447,15 +491,8 @@ impl RowBuilder {
         self.at += 1;
     }
 
-    fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
-        if let Some(Col::MapStr(b)) = self.cols.get_mut(self.at) {
-            for (k, v) in pairs {
-                b.keys().append_value(k);
-                b.values().append_value(v);
-            }
-            let _ = b.append(true);
-        }
-        self.at += 1;
+    fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
+        self.map_str_n(1, pairs);
     }
 
     fn map_f64<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, f64)>) {
@@ -517,6 +554,11 @@ impl RowBuilder {
     }
 
     fn end_row(&mut self) {
+        self.end_rows(1);
+    }
+
+    /// Close `n` rows whose columns were filled a column at a time.
+    fn end_rows(&mut self, n: usize) {
         debug_assert_eq!(
             self.at,
             self.cols.len(),
@@ -524,7 +566,7 @@ impl RowBuilder {
             self.table
         );
         self.at = 0;
-        self.rows += 1;
+        self.rows += n;
     }
 
     fn common(&mut self, m: &Meta, d: &EventData) {
@@ -550,15 +592,16 @@ impl RowBuilder {
         self.str(c.extra.as_deref());
     }
 
-    fn item_common(&mut self, m: &Meta, d: &EventData) {
-        self.str(Some(&d.event_id));
-        self.ts(Some(m.event_time));
-        self.ts(Some(m.received_at));
-        self.str(d.user_key.as_deref());
-        self.str(d.anonymous_key.as_deref());
-        self.str(d.session_key.as_deref());
-        self.str(d.context.device.as_deref());
-        self.str(d.context.region.as_deref());
+    /// The [`ITEM_COMMON`] columns of `n` item rows of one decision.
+    fn item_common(&mut self, m: &Meta, d: &EventData, n: usize) {
+        self.str_each(repeat_n(Some(d.event_id.as_str()), n));
+        self.ts_each(repeat_n(Some(m.event_time), n));
+        self.ts_each(repeat_n(Some(m.received_at), n));
+        self.str_each(repeat_n(d.user_key.as_deref(), n));
+        self.str_each(repeat_n(d.anonymous_key.as_deref(), n));
+        self.str_each(repeat_n(d.session_key.as_deref(), n));
+        self.str_each(repeat_n(d.context.device.as_deref(), n));
+        self.str_each(repeat_n(d.context.region.as_deref(), n));
     }
 
     /// Build the record batch of the rows pushed so far and start over.
@@ -625,24 +668,26 @@ impl TableBuilders {
                 b.str(x.features.as_deref());
                 b.end_row();
                 let b = self.get_mut(Table::DecisionItems);
-                for it in &x.items {
-                    b.item_common(m, d);
-                    b.str(Some(&x.request_id));
-                    b.str(Some(&x.surface));
-                    b.str(Some(&x.model_name));
-                    b.str(Some(&x.model_version));
-                    b.map_str(x.experiments.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                    b.bool(Some(x.fallback));
-                    b.u32(Some(it.position));
-                    b.str(Some(&it.item_id));
-                    b.f64(it.score);
-                    b.f64(it.propensity);
-                    b.str(it.category.as_deref());
-                    b.str(it.provider.as_deref());
-                    b.str(it.attributes.as_deref());
-                    b.end_row();
-                }
-                1 + x.items.len()
+                let (items, n) = (&x.items, x.items.len());
+                b.item_common(m, d, n);
+                b.str_each(repeat_n(Some(x.request_id.as_str()), n));
+                b.str_each(repeat_n(Some(x.surface.as_str()), n));
+                b.str_each(repeat_n(Some(x.model_name.as_str()), n));
+                b.str_each(repeat_n(Some(x.model_version.as_str()), n));
+                b.map_str_n(
+                    n,
+                    x.experiments.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                b.bool_each(repeat_n(Some(x.fallback), n));
+                b.u32_each(items.iter().map(|it| Some(it.position)));
+                b.str_each(items.iter().map(|it| Some(it.item_id.as_str())));
+                b.f64_each(items.iter().map(|it| it.score));
+                b.f64_each(items.iter().map(|it| it.propensity));
+                b.str_each(items.iter().map(|it| it.category.as_deref()));
+                b.str_each(items.iter().map(|it| it.provider.as_deref()));
+                b.str_each(items.iter().map(|it| it.attributes.as_deref()));
+                b.end_rows(n);
+                1 + n
             }
             EventBody::Interaction(x) => {
                 let b = self.get_mut(Table::Interactions);
@@ -745,5 +790,111 @@ impl TableBuilders {
         b.str(Some(&r.outcome));
         b.str(r.code.as_deref());
         b.end_row();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{AsArray, MapArray};
+    use datafusion::arrow::datatypes::{Float64Type, UInt32Type};
+    use sonde_model::{Limits, ParseCtx, RawIds, TimePolicy, parse_event};
+
+    use super::*;
+
+    fn column<'a>(b: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+        b.column_by_name(name).expect("column")
+    }
+
+    /// Item rows are filled a column at a time: every column must stay aligned with its
+    /// decision, across decisions with different item counts, nulls and experiments.
+    #[test]
+    fn decision_items_rows_line_up_with_their_decisions() {
+        let t0 = 1_790_000_000_000i64;
+        let ctx = ParseCtx {
+            policy: TimePolicy::default(),
+            pseudonymizer: &RawIds,
+            received_at: t0,
+            backfill: false,
+            limits: Limits::default(),
+        };
+        let raws = [
+            format!(
+                r#"{{"type":"decision","event_id":"d1","timestamp":{t0},"user_id":"u1","request_id":"r1","surface":"home","model":{{"name":"m","version":"v1"}},"experiments":[{{"id":"ab","variant":"b"}}],"items":[{{"item_id":"a","position":1,"score":0.5}},{{"item_id":"b","position":2}}]}}"#
+            ),
+            format!(
+                r#"{{"type":"decision","event_id":"d2","timestamp":{t0},"anonymous_id":"x2","request_id":"r2","surface":"search","model":{{"name":"m","version":"v2"}},"items":[{{"item_id":"c","position":1,"attributes":{{"category":"shoes"}}}},{{"item_id":"d","position":2}},{{"item_id":"e","position":3,"score":0.1}}]}}"#
+            ),
+        ];
+        let mut b = TableBuilders::default();
+        for (raw, rows) in raws.iter().zip([3, 4]) {
+            let e = parse_event(raw.as_bytes(), &ctx).expect("valid decision");
+            assert_eq!(b.push_event(&e), rows);
+        }
+        let items = b.get_mut(Table::DecisionItems).finish().expect("batch");
+        assert_eq!(items.num_rows(), 5);
+        let strs = |name| -> Vec<Option<String>> {
+            column(&items, name)
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect()
+        };
+        let s = |v: &[Option<&str>]| -> Vec<Option<String>> {
+            v.iter().map(|x| x.map(str::to_string)).collect()
+        };
+        let (d1, d2) = (Some("d1"), Some("d2"));
+        assert_eq!(strs("event_id"), s(&[d1, d1, d2, d2, d2]));
+        assert_eq!(
+            strs("request_id"),
+            s(&[Some("r1"), Some("r1"), Some("r2"), Some("r2"), Some("r2")])
+        );
+        assert_eq!(
+            strs("surface"),
+            s(&[
+                Some("home"),
+                Some("home"),
+                Some("search"),
+                Some("search"),
+                Some("search")
+            ])
+        );
+        assert_eq!(
+            strs("model_version"),
+            s(&[Some("v1"), Some("v1"), Some("v2"), Some("v2"), Some("v2")])
+        );
+        assert_eq!(
+            strs("user_key"),
+            s(&[Some("u1"), Some("u1"), None, None, None])
+        );
+        assert_eq!(
+            strs("anonymous_key"),
+            s(&[None, None, Some("x2"), Some("x2"), Some("x2")])
+        );
+        assert_eq!(
+            strs("item_id"),
+            s(&[Some("a"), Some("b"), Some("c"), Some("d"), Some("e")])
+        );
+        assert_eq!(
+            strs("category"),
+            s(&[None, None, Some("shoes"), None, None])
+        );
+        let positions: Vec<u32> = column(&items, "position")
+            .as_primitive::<UInt32Type>()
+            .values()
+            .to_vec();
+        assert_eq!(positions, [1, 2, 1, 2, 3]);
+        let scores: Vec<Option<f64>> = column(&items, "score")
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect();
+        assert_eq!(scores, [Some(0.5), None, None, None, Some(0.1)]);
+        let experiments = column(&items, "experiments")
+            .as_any()
+            .downcast_ref::<MapArray>()
+            .expect("map");
+        let entries: Vec<usize> = (0..5)
+            .map(|i| experiments.value_length(i) as usize)
+            .collect();
+        assert_eq!(entries, [1, 1, 0, 0, 0]);
     }
 }
