@@ -485,10 +485,7 @@ impl RowBuilder {
     }
 
     fn str(&mut self, v: Option<&str>) {
-        if let Some(Col::Str(b)) = self.cols.get_mut(self.at) {
-            b.append_option(v);
-        }
-        self.at += 1;
+        self.str_each(std::iter::once(v));
     }
 
     fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
