@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let config = config::resolve(&args)?;
+            no_transparent_huge_pages();
             runtime()?.block_on(serve(config))
         }
         Command::Query {
@@ -94,6 +95,20 @@ pub async fn shutdown_signal() {
         }
     }
     tracing::info!("shutdown requested; flushing");
+}
+
+/// Transparent huge pages off for the server process (and its children). The allocator asks
+/// for them, and 2 MB pages held resident by a few live objects made peak RSS swing between
+/// 427 and 519 MB in otherwise equal 60 s ingest runs; without them it was 403–425 MB in
+/// four runs at the same throughput.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with integer arguments only; it sets a flag of this process.
+    unsafe {
+        if libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+            tracing::debug!("could not turn transparent huge pages off");
+        }
+    }
 }
 
 /// Start the server; on an empty data directory create the project first and print its keys.
