@@ -399,28 +399,37 @@ pub struct RowBuilder {
     rows: usize,
 }
 
-macro_rules! push_fn {
-    ($name:ident, $variant:ident, $t:ty) => {
-        fn $name(&mut self, v: Option<$t>) {
-            if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
-                b.append_option(v);
-            }
-            self.at += 1;
-        }
-    };
-}
-
-/// Appends one value per row to the next column: a decision's item rows are filled a
-/// column at a time, one type dispatch per column instead of one per value.
-macro_rules! each_fn {
-    ($name:ident, $variant:ident, $t:ty) => {
-        fn $name(&mut self, values: impl Iterator<Item = Option<$t>>) {
+/// `$each` appends one value per row to the next column (a decision's item rows are filled
+/// a column at a time: one type dispatch per column instead of one per value); `$one`
+/// appends a single value through it.
+macro_rules! push_fns {
+    ($one:ident, $each:ident, $variant:ident, $t:ty) => {
+        fn $each(&mut self, values: impl Iterator<Item = Option<$t>>) {
             if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
                 for v in values {
                     b.append_option(v);
                 }
             }
             self.at += 1;
+        }
+
+        fn $one(&mut self, v: Option<$t>) {
+            self.$each(std::iter::once(v));
+        }
+    };
+    // Borrowed values (`str`, `[u8]`): the iterator's items need a named lifetime.
+    ($one:ident, $each:ident, $variant:ident, ref $t:ty) => {
+        fn $each<'v>(&mut self, values: impl Iterator<Item = Option<&'v $t>>) {
+            if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
+                for v in values {
+                    b.append_option(v);
+                }
+            }
+            self.at += 1;
+        }
+
+        fn $one(&mut self, v: Option<&$t>) {
+            self.$each(std::iter::once(v));
         }
     };
 }
@@ -449,26 +458,13 @@ impl RowBuilder {
         self.rows == 0
     }
 
-    push_fn!(f64, F64, f64);
-    push_fn!(bool, Bool, bool);
-    push_fn!(ts, Ts, i64);
-    push_fn!(u32, U32, u32);
-    push_fn!(u64, U64, u64);
-    push_fn!(bin, Bin, &[u8]);
-
-    each_fn!(f64_each, F64, f64);
-    each_fn!(bool_each, Bool, bool);
-    each_fn!(ts_each, Ts, i64);
-    each_fn!(u32_each, U32, u32);
-
-    fn str_each<'v>(&mut self, values: impl Iterator<Item = Option<&'v str>>) {
-        if let Some(Col::Str(b)) = self.cols.get_mut(self.at) {
-            for v in values {
-                b.append_option(v);
-            }
-        }
-        self.at += 1;
-    }
+    push_fns!(f64, f64_each, F64, f64);
+    push_fns!(bool, bool_each, Bool, bool);
+    push_fns!(ts, ts_each, Ts, i64);
+    push_fns!(u32, u32_each, U32, u32);
+    push_fns!(u64, u64_each, U64, u64);
+    push_fns!(bin, bin_each, Bin, ref [u8]);
+    push_fns!(str, str_each, Str, ref str);
 
     /// The same map on `n` rows.
     fn map_str_n<'a>(&mut self, n: usize, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
@@ -482,10 +478,6 @@ impl RowBuilder {
             }
         }
         self.at += 1;
-    }
-
-    fn str(&mut self, v: Option<&str>) {
-        self.str_each(std::iter::once(v));
     }
 
     fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
