@@ -22,7 +22,7 @@ pub struct IngestArgs {
     /// Seconds of full-speed ingest.
     #[arg(long, default_value_t = 60)]
     pub duration: u64,
-    /// Seconds of paced ingest at half the measured rate (ack latency).
+    /// Seconds of paced ingest (ack latency), at half the measured rate or `--paced-rate`.
     #[arg(long, default_value_t = 20)]
     pub paced_duration: u64,
     /// Events per second of the paced phase instead of half the measured rate (e.g. half
