@@ -766,9 +766,6 @@ impl Inner {
     }
 
     fn flush_loop(self: Arc<Self>) {
-        // Nice 5 (a quarter of a request thread's CPU share under contention): enough to keep
-        // up at full speed, where the buffer cap answers 429 when it falls behind.
-        lower_priority(5, "flush");
         loop {
             wait(&self.wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
@@ -782,7 +779,7 @@ impl Inner {
     }
 
     fn compact_loop(self: Arc<Self>) {
-        lower_priority(10, "compact");
+        lower_priority();
         loop {
             wait(&self.compact_wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
@@ -987,16 +984,15 @@ impl Inner {
     }
 }
 
-/// Run the calling thread at `nice`: flushing and compaction are background work that must
-/// not take CPU from acknowledging writes when the cores are contended (ack latency was the
-/// measured cost).
-fn lower_priority(nice: i32, thread: &'static str) {
+/// Run the calling thread at nice 10: compaction is background work that must not take
+/// CPU from acknowledging writes (request latency was the measured cost).
+fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's id; no memory is passed.
     unsafe {
         let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
-            tracing::debug!(thread, "could not lower the thread's priority");
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the compactor's priority");
         }
     }
 }
