@@ -244,6 +244,8 @@ struct Inner {
     commit_lock: Mutex<()>,
     /// One compaction at a time (the background compactor, or `Store::compact`).
     compact_lock: Mutex<()>,
+    /// One flush at a time: a second one would write the batches the first is writing.
+    flush_lock: Mutex<()>,
     /// Next Parquet file sequence number, shared by flushes and compactions.
     next_seq: AtomicU64,
     stopping: AtomicBool,
@@ -383,7 +385,11 @@ impl Store {
         ));
         let mut workers = Vec::new();
         for (name, run) in [
-            ("sonde-flush", Inner::flush_loop as fn(Arc<Inner>)),
+            (
+                "sonde-flush",
+                Inner::background_flush_loop as fn(Arc<Inner>),
+            ),
+            ("sonde-flush-hi", Inner::urgent_flush_loop),
             ("sonde-compact", Inner::compact_loop),
         ] {
             let worker = inner.clone();
@@ -755,6 +761,7 @@ impl Inner {
             compact_wake: (Mutex::new(false), Condvar::new()),
             commit_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
             next_seq,
             stopping,
             doomed: Mutex::new(Vec::new()),
@@ -765,11 +772,28 @@ impl Inner {
         wake(&self.wake);
     }
 
-    fn flush_loop(self: Arc<Self>) {
+    /// Flushes while the buffer has room, at nice 5: request handling gets the CPU first,
+    /// which keeps ack latency low when the cores are busy.
+    fn background_flush_loop(self: Arc<Self>) {
+        lower_priority(5, "flush");
+        self.flush_loop(false);
+    }
+
+    /// Flushes once the buffer is half full, at normal priority. A niced flusher alone can
+    /// be starved by other busy processes until writes are refused for many seconds; the
+    /// unprivileged thread cannot raise its own priority back, so a second thread steps in.
+    fn urgent_flush_loop(self: Arc<Self>) {
+        self.flush_loop(true);
+    }
+
+    fn flush_loop(&self, urgent: bool) {
         loop {
             wait(&self.wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
                 return;
+            }
+            if urgent != self.buffer_half_full() {
+                continue;
             }
             if let Err(e) = self.flush() {
                 tracing::error!(error = %e, "flush to Parquet failed; rows stay buffered and in the WAL");
@@ -778,8 +802,15 @@ impl Inner {
         }
     }
 
+    /// Whether buffered rows reach half of what makes writes answer 429.
+    fn buffer_half_full(&self) -> bool {
+        let mem = self.mem.read();
+        mem.rows >= self.config.max_buffered_rows / 2
+            || mem.bytes >= self.config.max_buffered_bytes / 2
+    }
+
     fn compact_loop(self: Arc<Self>) {
-        lower_priority();
+        lower_priority(10, "compact");
         loop {
             wait(&self.compact_wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
@@ -832,6 +863,7 @@ impl Inner {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        let _one = self.flush_lock.lock();
         let (batches, upto) = {
             let mut mem = self.mem.write();
             mem.seal(true)?;
@@ -984,15 +1016,16 @@ impl Inner {
     }
 }
 
-/// Run the calling thread at nice 10: compaction is background work that must not take
-/// CPU from acknowledging writes (request latency was the measured cost).
-fn lower_priority() {
+/// Run the calling thread at `nice`: flushing and compaction are background work that must
+/// not take CPU from acknowledging writes when the cores are contended (ack latency was the
+/// measured cost).
+fn lower_priority(nice: i32, thread: &'static str) {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's id; no memory is passed.
     unsafe {
         let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
-            tracing::debug!("could not lower the compactor's priority");
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
+            tracing::debug!(thread, "could not lower the thread's priority");
         }
     }
 }
@@ -1000,7 +1033,8 @@ fn lower_priority() {
 fn wake(signal: &(Mutex<bool>, Condvar)) {
     let (lock, cv) = signal;
     *lock.lock() = true;
-    cv.notify_one();
+    // Both flush threads wait on the same signal; each decides whether the work is its own.
+    cv.notify_all();
 }
 
 /// Sleep until woken or `timeout` passes.
