@@ -319,6 +319,31 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+/// utime + stime from a `/proc/PID/stat` line: fields 14 and 15, counted after the
+/// parenthesized command name (which may itself hold spaces).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sysconf reads a constant; no memory is passed.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[cfg(not(target_os = "linux"))]
+    let ticks = 100;
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
 fn peak_rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -501,6 +526,9 @@ async fn server_times(client: &Client, server: &Server) -> anyhow::Result<Server
             .collect(),
     })
 }
+
+/// The end-to-end throughput target on the reference 2-core machine, events/s.
+const TARGET_RATE: u64 = 100_000;
 
 /// The ack latency target of the paced phase.
 const ACK_TARGET_MS: f64 = 20.0;
@@ -694,10 +722,14 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     let counter = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (full, paced, before, after, memory) = rt.block_on(async {
+    let (full, paced, before, after, cpu, memory) = rt.block_on(async {
         wait_ready(&Client::new(), &server.url).await?;
         let sampler = sample_memory(&server, stop.clone());
         let phases = async {
+            let cpu_before = (
+                cpu_seconds(server.child.id()),
+                cpu_seconds(std::process::id()),
+            );
             let full = drive(
                 &server,
                 templates.clone(),
@@ -708,6 +740,16 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 Duration::ZERO,
             )
             .await?;
+            let cpu = match (
+                cpu_before,
+                (
+                    cpu_seconds(server.child.id()),
+                    cpu_seconds(std::process::id()),
+                ),
+            ) {
+                ((Some(s0), Some(c0)), (Some(s1), Some(c1))) => Some((s1 - s0, c1 - c0)),
+                _ => None,
+            };
             // Latency at half rate is a steady-state figure: let the server finish the
             // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -732,7 +774,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             );
             let (paced, before) = (paced?, before?);
             let after = server_times(&Client::new(), &server).await?;
-            Ok::<_, anyhow::Error>((full, paced, before, after))
+            Ok::<_, anyhow::Error>((full, paced, before, after, cpu))
         };
         // The sampler stops when the phases end, whether they succeed or fail.
         let phases = async {
@@ -741,8 +783,8 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             r
         };
         let (phases, memory) = tokio::join!(phases, sampler);
-        let (full, paced, before, after) = phases?;
-        Ok::<_, anyhow::Error>((full, paced, before, after, memory))
+        let (full, paced, before, after, cpu) = phases?;
+        Ok::<_, anyhow::Error>((full, paced, before, after, cpu, memory))
     })?;
     let rss = peak_rss_mb(server.child.id());
     let e2e = full.events as f64 / full.seconds;
@@ -751,6 +793,17 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         full.seconds, full.events
     );
     println!("    ratio b/a: {:.3}", e2e / parse_rate);
+    // CPU per event is steadier than events/s on a shared machine, and says how many cores
+    // a rate needs.
+    if let Some((server_s, client_s)) = cpu {
+        let us = server_s * 1e6 / full.events.max(1) as f64;
+        println!(
+            "    server CPU: {:.2} cores busy, {us:.1} µs per event, so {:.2} cores for {TARGET_RATE} events/s (client: {:.2} cores)",
+            server_s / full.seconds,
+            us * TARGET_RATE as f64 / 1e6,
+            client_s / full.seconds,
+        );
+    }
     println!(
         "    ack latency at full speed: p50 {:.1} ms, p99 {:.1} ms ({} batches, {} answered 429)",
         percentile(&full.latencies_us, 0.5),
@@ -1066,6 +1119,14 @@ pub fn latency(args: LatencyBenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat =
+            "4242 (sonde serve (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
+    }
 
     #[test]
     fn bucket_summary_reports_quantiles_and_the_count_over_the_target() {
