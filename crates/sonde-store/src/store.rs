@@ -385,11 +385,7 @@ impl Store {
         ));
         let mut workers = Vec::new();
         for (name, run) in [
-            (
-                "sonde-flush",
-                Inner::background_flush_loop as fn(Arc<Inner>),
-            ),
-            ("sonde-flush-hi", Inner::urgent_flush_loop),
+            ("sonde-flush", Inner::flush_loop as fn(Arc<Inner>)),
             ("sonde-compact", Inner::compact_loop),
         ] {
             let worker = inner.clone();
@@ -772,28 +768,11 @@ impl Inner {
         wake(&self.wake);
     }
 
-    /// Flushes while the buffer has room, at nice 5: request handling gets the CPU first,
-    /// which keeps ack latency low when the cores are busy.
-    fn background_flush_loop(self: Arc<Self>) {
-        lower_priority(5, "flush");
-        self.flush_loop(false);
-    }
-
-    /// Flushes once the buffer is half full, at normal priority. A niced flusher alone can
-    /// be starved by other busy processes until writes are refused for many seconds; the
-    /// unprivileged thread cannot raise its own priority back, so a second thread steps in.
-    fn urgent_flush_loop(self: Arc<Self>) {
-        self.flush_loop(true);
-    }
-
-    fn flush_loop(&self, urgent: bool) {
+    fn flush_loop(self: Arc<Self>) {
         loop {
             wait(&self.wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
                 return;
-            }
-            if urgent != self.buffer_half_full() {
-                continue;
             }
             if let Err(e) = self.flush() {
                 tracing::error!(error = %e, "flush to Parquet failed; rows stay buffered and in the WAL");
@@ -802,15 +781,8 @@ impl Inner {
         }
     }
 
-    /// Whether buffered rows reach half of what makes writes answer 429.
-    fn buffer_half_full(&self) -> bool {
-        let mem = self.mem.read();
-        mem.rows >= self.config.max_buffered_rows / 2
-            || mem.bytes >= self.config.max_buffered_bytes / 2
-    }
-
     fn compact_loop(self: Arc<Self>) {
-        lower_priority(10, "compact");
+        lower_priority();
         loop {
             wait(&self.compact_wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
@@ -1016,16 +988,15 @@ impl Inner {
     }
 }
 
-/// Run the calling thread at `nice`: flushing and compaction are background work that must
-/// not take CPU from acknowledging writes when the cores are contended (ack latency was the
-/// measured cost).
-fn lower_priority(nice: i32, thread: &'static str) {
+/// Run the calling thread at nice 10: compaction is background work that must not take
+/// CPU from acknowledging writes (request latency was the measured cost).
+fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread's id; no memory is passed.
     unsafe {
         let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
-            tracing::debug!(thread, "could not lower the thread's priority");
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
+            tracing::debug!("could not lower the compactor's priority");
         }
     }
 }
@@ -1033,8 +1004,7 @@ fn lower_priority(nice: i32, thread: &'static str) {
 fn wake(signal: &(Mutex<bool>, Condvar)) {
     let (lock, cv) = signal;
     *lock.lock() = true;
-    // Both flush threads wait on the same signal; each decides whether the work is its own.
-    cv.notify_all();
+    cv.notify_one();
 }
 
 /// Sleep until woken or `timeout` passes.
