@@ -726,10 +726,14 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         wait_ready(&Client::new(), &server.url).await?;
         let sampler = sample_memory(&server, stop.clone());
         let phases = async {
-            let cpu_before = (
-                cpu_seconds(server.child.id()),
-                cpu_seconds(std::process::id()),
-            );
+            // CPU seconds of the server and of this client.
+            let cpu_now = || {
+                (
+                    cpu_seconds(server.child.id()),
+                    cpu_seconds(std::process::id()),
+                )
+            };
+            let cpu_before = cpu_now();
             let full = drive(
                 &server,
                 templates.clone(),
@@ -740,13 +744,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 Duration::ZERO,
             )
             .await?;
-            let cpu = match (
-                cpu_before,
-                (
-                    cpu_seconds(server.child.id()),
-                    cpu_seconds(std::process::id()),
-                ),
-            ) {
+            let cpu = match (cpu_before, cpu_now()) {
                 ((Some(s0), Some(c0)), (Some(s1), Some(c1))) => Some((s1 - s0, c1 - c0)),
                 _ => None,
             };
