@@ -344,11 +344,16 @@ fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-fn peak_rss_mb(pid: u32) -> Option<f64> {
+/// A memory figure of `/proc/PID/status` (`VmHWM:` peak RSS, `VmRSS:` RSS now), in MB.
+fn status_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    status_mb(pid, "VmHWM:")
 }
 
 struct Server {
@@ -444,10 +449,7 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
 
 /// The server's resident memory now (MB), from /proc.
 fn rss_now_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    status_mb(pid, "VmRSS:")
 }
 
 /// Once a second until `stop`: the server's RSS and buffered bytes; keeps the sample with
