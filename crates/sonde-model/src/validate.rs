@@ -703,22 +703,10 @@ fn parse_item(it: WireItem<'_>, seen: &[u32]) -> Result<Item, EventError> {
     let attributes = object_text(it.attributes, "attributes")?;
     let (category, provider) = match &attributes {
         None => (None, None),
-        Some(text) => match scan_attrs(text) {
-            Some((c, p)) => (c.and_then(scalar_text), p.and_then(scalar_text)),
-            None => {
-                let peek: AttrPeek<'_> = serde_json::from_str(text).map_err(|e| {
-                    EventError::new(
-                        ErrorCode::InvalidType,
-                        "attributes",
-                        strip_location(&e.to_string()),
-                    )
-                })?;
-                (
-                    peek.category.and_then(|r| scalar_text(r.get())),
-                    peek.provider.and_then(|r| scalar_text(r.get())),
-                )
-            }
-        },
+        Some(text) => {
+            let (c, p) = peek_attrs(text)?;
+            (c.and_then(scalar_text), p.and_then(scalar_text))
+        }
     };
     Ok(Item {
         item_id,
@@ -745,6 +733,25 @@ fn scalar_text(text: &str) -> Option<CompactString> {
         return serde_json::from_str::<CompactString>(text).ok();
     }
     Some(CompactString::from(text))
+}
+
+/// The raw values of `category` and `provider` in an attributes object: by [`scan_attrs`],
+/// or by serde for what the scan hands back.
+fn peek_attrs(text: &str) -> Result<(Option<&str>, Option<&str>), EventError> {
+    if let Some(found) = scan_attrs(text) {
+        return Ok(found);
+    }
+    let peek: AttrPeek<'_> = serde_json::from_str(text).map_err(|e| {
+        EventError::new(
+            ErrorCode::InvalidType,
+            "attributes",
+            strip_location(&e.to_string()),
+        )
+    })?;
+    Ok((
+        peek.category.map(RawValue::get),
+        peek.provider.map(RawValue::get),
+    ))
 }
 
 /// The raw values of `category` and `provider` among the top-level keys of `text`, a JSON
