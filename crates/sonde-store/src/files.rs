@@ -7,9 +7,9 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, new_null_array};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{TimestampMillisecondType, UInt32Type};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -179,8 +179,31 @@ pub fn write_partitioned(
     writers.into_values().map(|w| w.finish(table)).collect()
 }
 
-/// Merge the files of one partition into one, streaming, keeping the first row of each key
-/// (`event_id`, plus `position` for `decision_items`). Returns the new file and the number
+/// `batch` with `table`'s current schema: a file written before a nullable column was
+/// added reads with that column null.
+fn with_schema(batch: RecordBatch, table: Table) -> Result<RecordBatch, StoreError> {
+    let schema = table.schema();
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Ok(c.clone()),
+            None if f.is_nullable() => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            None => Err(StoreError::Corrupt(format!(
+                "a {} file has no {} column",
+                table.name(),
+                f.name()
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Merge the files of one partition into one, streaming, keeping the first row of each
+/// `event_id`. Returns the new file and the number
 /// of duplicate rows dropped. The caller bounds the rows merged at once: the key set costs
 /// about 32 bytes per row.
 pub fn compact_partition(
@@ -210,7 +233,7 @@ pub fn compact_partition(
             source: e,
         })?;
         for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-            let b = batch?;
+            let b = with_schema(batch?, table)?;
             if !dedup {
                 out.write(&b)?;
                 continue;
@@ -219,17 +242,10 @@ pub fn compact_partition(
                 .column_by_name("event_id")
                 .map(|c| c.as_string::<i32>().clone())
                 .ok_or_else(|| StoreError::Corrupt("no event_id column".into()))?;
-            let positions = b
-                .column_by_name("position")
-                .map(|c| c.as_primitive::<UInt32Type>().clone());
             let before = dropped;
             let mask: BooleanArray = (0..b.num_rows())
                 .map(|i| {
-                    let pos = positions.as_ref().map(|p| p.value(i)).unwrap_or(0);
-                    let mut key = xxhash_rust::xxh3::Xxh3::new();
-                    key.update(ids.value(i).as_bytes());
-                    key.update(&pos.to_le_bytes());
-                    let fresh = seen.insert(key.digest128());
+                    let fresh = seen.insert(xxhash_rust::xxh3::xxh3_128(ids.value(i).as_bytes()));
                     if !fresh {
                         dropped += 1;
                     }

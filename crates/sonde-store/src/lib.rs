@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod dedup;
 mod files;
+mod items;
 mod live;
 pub mod manifest;
 pub mod query;

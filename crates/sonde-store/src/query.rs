@@ -22,6 +22,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
 use crate::StoreError;
+use crate::items::ItemsTable;
 use crate::manifest::Manifest;
 use crate::tables::Table;
 
@@ -252,13 +253,19 @@ fn context(snapshot: Snapshot, one_partition: bool) -> Result<SessionContext, St
             .find(|(t, _)| *t == table)
             .map(|(_, b)| std::mem::take(b))
             .unwrap_or_default();
-        let provider = StoreTable {
+        let provider: Arc<dyn TableProvider> = Arc::new(StoreTable {
             table,
             mem: MemTable::try_new(schema.clone(), vec![batches])?,
             schema,
             files: paths,
-        };
-        ctx.register_table(table.name(), Arc::new(provider))?;
+        });
+        if table == Table::Decisions {
+            ctx.register_table(
+                "decision_items",
+                Arc::new(ItemsTable::new(provider.clone())),
+            )?;
+        }
+        ctx.register_table(table.name(), provider)?;
     }
     Ok(ctx)
 }

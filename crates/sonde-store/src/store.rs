@@ -198,7 +198,8 @@ impl Mem {
                 if let Some(o) = rollups::observation(e) {
                     rollups.observe(&o, now);
                 }
-                self.builders.push_event(e)
+                self.builders.push_event(e);
+                1
             }
             WalEntry::Quarantine(q) => {
                 self.builders.push_quarantine(&format!("q{lsn}"), q);

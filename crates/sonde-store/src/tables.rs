@@ -1,11 +1,10 @@
 //! The queryable tables: their Arrow schemas and how events become rows.
 //! Every column is documented in `docs/tables.md`.
 
-use std::iter::repeat_n;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, ListBuilder, MapBuilder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, ListBuilder, MapBuilder,
     MapFieldNames, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -20,7 +19,6 @@ use crate::codec::{QuarantineEntry, ReplayEntry, SpanRecord};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     Decisions,
-    DecisionItems,
     Interactions,
     Conversions,
     Touches,
@@ -34,9 +32,8 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 10] = [
         Table::Decisions,
-        Table::DecisionItems,
         Table::Interactions,
         Table::Conversions,
         Table::Touches,
@@ -52,7 +49,6 @@ impl Table {
     pub fn name(self) -> &'static str {
         match self {
             Table::Decisions => "decisions",
-            Table::DecisionItems => "decision_items",
             Table::Interactions => "interactions",
             Table::Conversions => "conversions",
             Table::Touches => "touches",
@@ -98,6 +94,8 @@ enum Kind {
     MapStr,
     MapF64,
     ListStr,
+    ListU32,
+    ListF64,
 }
 
 fn ts() -> DataType {
@@ -119,6 +117,11 @@ fn map_type(value: DataType) -> DataType {
     DataType::Map(Arc::new(entries), false)
 }
 
+/// A list as Arrow's `ListBuilder` makes it (element field "item", nullable).
+fn list_of(value: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", value, true)))
+}
+
 fn data_type(k: Kind) -> DataType {
     match k {
         Kind::Str => DataType::Utf8,
@@ -130,13 +133,15 @@ fn data_type(k: Kind) -> DataType {
         Kind::Bin => DataType::Binary,
         Kind::MapStr => map_type(DataType::Utf8),
         Kind::MapF64 => map_type(DataType::Float64),
-        Kind::ListStr => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        Kind::ListStr => list_of(DataType::Utf8),
+        Kind::ListU32 => list_of(DataType::UInt32),
+        Kind::ListF64 => list_of(DataType::Float64),
     }
 }
 
 use Kind::*;
 
-/// Columns every event table but `decision_items` starts with, in order (see `RowBuilder::common`).
+/// Columns every event table starts with, in order (see `RowBuilder::common`).
 const COMMON: &[(&str, Kind, bool)] = &[
     ("event_id", Str, false),
     ("event_time", Ts, false),
@@ -159,18 +164,66 @@ const COMMON: &[(&str, Kind, bool)] = &[
     ("context_extra", Str, true),
 ];
 
-/// The subset of [`COMMON`] repeated on every `decision_items` row (see `RowBuilder::item_common`):
-/// keys for joins and segments, not the full context, to keep the widest table lean.
-const ITEM_COMMON: &[(&str, Kind, bool)] = &[
-    ("event_id", Str, false),
-    ("event_time", Ts, false),
-    ("received_at", Ts, false),
-    ("user_key", Str, true),
-    ("anonymous_key", Str, true),
-    ("session_key", Str, true),
-    ("device", Str, true),
-    ("region", Str, true),
+/// Where a column of `decision_items` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemColumn {
+    /// The decision's column of the same name, repeated on each of its item rows.
+    Decision,
+    /// The elements of this list column of `decisions`, one per item row; the flag says
+    /// whether the column is nullable.
+    List(&'static str, bool),
+}
+
+/// The columns of `decision_items`, in order. The table is not stored: it is read from
+/// `decisions`, whose item list columns it unnests (see `crate::items`), so ingest builds
+/// and writes each decision's keys once instead of once per item. Keys for joins and
+/// segments are repeated, not the full context, to keep the widest table lean.
+pub const DECISION_ITEMS: &[(&str, ItemColumn)] = &[
+    ("event_id", ItemColumn::Decision),
+    ("event_time", ItemColumn::Decision),
+    ("received_at", ItemColumn::Decision),
+    ("user_key", ItemColumn::Decision),
+    ("anonymous_key", ItemColumn::Decision),
+    ("session_key", ItemColumn::Decision),
+    ("device", ItemColumn::Decision),
+    ("region", ItemColumn::Decision),
+    ("request_id", ItemColumn::Decision),
+    ("surface", ItemColumn::Decision),
+    ("model_name", ItemColumn::Decision),
+    ("model_version", ItemColumn::Decision),
+    ("experiments", ItemColumn::Decision),
+    ("fallback", ItemColumn::Decision),
+    ("position", ItemColumn::List("item_positions", false)),
+    ("item_id", ItemColumn::List("item_ids", false)),
+    ("score", ItemColumn::List("item_scores", true)),
+    ("propensity", ItemColumn::List("item_propensities", true)),
+    ("category", ItemColumn::List("item_categories", true)),
+    ("provider", ItemColumn::List("item_providers", true)),
+    ("attributes", ItemColumn::List("item_attributes", true)),
 ];
+
+/// The Arrow schema of `decision_items`.
+pub fn decision_items_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let decisions = Table::Decisions.schema();
+        let fields: Vec<Field> = DECISION_ITEMS
+            .iter()
+            .filter_map(|&(name, source)| match source {
+                ItemColumn::Decision => decisions.field_with_name(name).ok().cloned(),
+                ItemColumn::List(list, nullable) => {
+                    match decisions.field_with_name(list).ok()?.data_type() {
+                        DataType::List(item) => {
+                            Some(Field::new(name, item.data_type().clone(), nullable))
+                        }
+                        _ => None,
+                    }
+                }
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    });
+    SCHEMA.clone()
+}
 
 fn own_columns(t: Table) -> &'static [(&'static str, Kind, bool)] {
     match t {
@@ -188,21 +241,15 @@ fn own_columns(t: Table) -> &'static [(&'static str, Kind, bool)] {
             ("latency_components", MapF64, false),
             ("fallback", Bool, false),
             ("features", Str, true),
-        ],
-        Table::DecisionItems => &[
-            ("request_id", Str, false),
-            ("surface", Str, false),
-            ("model_name", Str, false),
-            ("model_version", Str, false),
-            ("experiments", MapStr, false),
-            ("fallback", Bool, false),
-            ("position", U32, false),
-            ("item_id", Str, false),
-            ("score", F64, true),
-            ("propensity", F64, true),
-            ("category", Str, true),
-            ("provider", Str, true),
-            ("attributes", Str, true),
+            // One element per item, in slate order: `decision_items` unnests them.
+            // Nullable only so that files written before they existed still read.
+            ("item_positions", ListU32, true),
+            ("item_ids", ListStr, true),
+            ("item_scores", ListF64, true),
+            ("item_propensities", ListF64, true),
+            ("item_categories", ListStr, true),
+            ("item_providers", ListStr, true),
+            ("item_attributes", ListStr, true),
         ],
         Table::Interactions => &[
             ("request_id", Str, false),
@@ -297,7 +344,6 @@ fn columns(t: Table) -> Vec<(&'static str, Kind, bool)> {
         Table::Rollups1m => ROLLUPS.to_vec(),
         Table::Quarantine => QUARANTINE.to_vec(),
         Table::QuarantineReplays => REPLAYS.to_vec(),
-        Table::DecisionItems => ITEM_COMMON.iter().chain(own_columns(t)).copied().collect(),
         _ => COMMON.iter().chain(own_columns(t)).copied().collect(),
     }
 }
@@ -326,6 +372,8 @@ enum Col {
     MapStr(MapBuilder<StringBuilder, StringBuilder>),
     MapF64(MapBuilder<StringBuilder, Float64Builder>),
     ListStr(ListBuilder<StringBuilder>),
+    ListU32(ListBuilder<UInt32Builder>),
+    ListF64(ListBuilder<Float64Builder>),
 }
 
 fn map_names() -> MapFieldNames {
@@ -340,8 +388,10 @@ fn map_names() -> MapFieldNames {
 const DEFAULT_CAPACITY: usize = 1024;
 
 impl Col {
-    /// A builder for `rows` rows and, for text and binary columns, `bytes` of values.
-    fn sized(k: Kind, rows: usize, bytes: usize) -> Col {
+    /// A builder for `rows` rows, `size.0` list elements (list columns) and `size.1` bytes
+    /// of text (text, binary and text list columns).
+    fn sized(k: Kind, rows: usize, size: (usize, usize)) -> Col {
+        let (elements, bytes) = size;
         match k {
             Str => Col::Str(StringBuilder::with_capacity(rows, bytes)),
             F64 => Col::F64(Float64Builder::with_capacity(rows)),
@@ -360,16 +410,30 @@ impl Col {
                 StringBuilder::new(),
                 Float64Builder::new(),
             )),
-            ListStr => Col::ListStr(ListBuilder::new(StringBuilder::new())),
+            ListStr => Col::ListStr(ListBuilder::with_capacity(
+                StringBuilder::with_capacity(elements, bytes),
+                rows,
+            )),
+            ListU32 => Col::ListU32(ListBuilder::with_capacity(
+                UInt32Builder::with_capacity(elements),
+                rows,
+            )),
+            ListF64 => Col::ListF64(ListBuilder::with_capacity(
+                Float64Builder::with_capacity(elements),
+                rows,
+            )),
         }
     }
 
-    /// Bytes of values held by a text or binary column (0 for the others).
-    fn value_bytes(&self) -> usize {
+    /// List elements and bytes of text held, as [`Col::sized`] takes them.
+    fn size(&self) -> (usize, usize) {
         match self {
-            Col::Str(b) => b.values_slice().len(),
-            Col::Bin(b) => b.values_slice().len(),
-            _ => 0,
+            Col::Str(b) => (0, b.values_slice().len()),
+            Col::Bin(b) => (0, b.values_slice().len()),
+            Col::ListStr(b) => (b.values_ref().len(), b.values_ref().values_slice().len()),
+            Col::ListU32(b) => (b.values_ref().len(), 0),
+            Col::ListF64(b) => (b.values_ref().len(), 0),
+            _ => (0, 0),
         }
     }
 
@@ -385,6 +449,8 @@ impl Col {
             Col::MapStr(b) => Arc::new(b.finish()),
             Col::MapF64(b) => Arc::new(b.finish()),
             Col::ListStr(b) => Arc::new(b.finish()),
+            Col::ListU32(b) => Arc::new(b.finish()),
+            Col::ListF64(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -399,37 +465,14 @@ pub struct RowBuilder {
     rows: usize,
 }
 
-/// `$each` appends one value per row to the next column (a decision's item rows are filled
-/// a column at a time: one type dispatch per column instead of one per value); `$one`
-/// appends a single value through it.
-macro_rules! push_fns {
-    ($one:ident, $each:ident, $variant:ident, $t:ty) => {
-        fn $each(&mut self, values: impl Iterator<Item = Option<$t>>) {
+/// A push of one value (or null) into the next column.
+macro_rules! push_fn {
+    ($name:ident, $variant:ident, $t:ty) => {
+        fn $name(&mut self, v: Option<$t>) {
             if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
-                for v in values {
-                    b.append_option(v);
-                }
+                b.append_option(v);
             }
             self.at += 1;
-        }
-
-        fn $one(&mut self, v: Option<$t>) {
-            self.$each(std::iter::once(v));
-        }
-    };
-    // Borrowed values (`str`, `[u8]`): the iterator's items need a named lifetime.
-    ($one:ident, $each:ident, $variant:ident, ref $t:ty) => {
-        fn $each<'v>(&mut self, values: impl Iterator<Item = Option<&'v $t>>) {
-            if let Some(Col::$variant(b)) = self.cols.get_mut(self.at) {
-                for v in values {
-                    b.append_option(v);
-                }
-            }
-            self.at += 1;
-        }
-
-        fn $one(&mut self, v: Option<&$t>) {
-            self.$each(std::iter::once(v));
         }
     };
 }
@@ -441,7 +484,9 @@ impl RowBuilder {
             table,
             cols: columns(table)
                 .into_iter()
-                .map(|(_, k, _)| Col::sized(k, DEFAULT_CAPACITY, DEFAULT_CAPACITY))
+                .map(|(_, k, _)| {
+                    Col::sized(k, DEFAULT_CAPACITY, (DEFAULT_CAPACITY, DEFAULT_CAPACITY))
+                })
                 .collect(),
             at: 0,
             rows: 0,
@@ -458,30 +503,23 @@ impl RowBuilder {
         self.rows == 0
     }
 
-    push_fns!(f64, f64_each, F64, f64);
-    push_fns!(bool, bool_each, Bool, bool);
-    push_fns!(ts, ts_each, Ts, i64);
-    push_fns!(u32, u32_each, U32, u32);
-    push_fns!(u64, u64_each, U64, u64);
-    push_fns!(bin, bin_each, Bin, ref [u8]);
-    push_fns!(str, str_each, Str, ref str);
+    push_fn!(f64, F64, f64);
+    push_fn!(bool, Bool, bool);
+    push_fn!(ts, Ts, i64);
+    push_fn!(u32, U32, u32);
+    push_fn!(u64, U64, u64);
+    push_fn!(bin, Bin, &[u8]);
+    push_fn!(str, Str, &str);
 
-    /// The same map on `n` rows.
-    fn map_str_n<'a>(&mut self, n: usize, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
+    fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
         if let Some(Col::MapStr(b)) = self.cols.get_mut(self.at) {
-            for _ in 0..n {
-                for (k, v) in pairs.clone() {
-                    b.keys().append_value(k);
-                    b.values().append_value(v);
-                }
-                let _ = b.append(true);
+            for (k, v) in pairs {
+                b.keys().append_value(k);
+                b.values().append_value(v);
             }
+            let _ = b.append(true);
         }
         self.at += 1;
-    }
-
-    fn map_str<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
-        self.map_str_n(1, pairs);
     }
 
     fn map_f64<'a>(&mut self, pairs: impl Iterator<Item = (&'a str, f64)>) {
@@ -495,11 +533,30 @@ impl RowBuilder {
         self.at += 1;
     }
 
-    fn list_str(&mut self, items: &[String]) {
+    /// One list value (a row) of a text list column.
+    fn list_str<'v>(&mut self, values: impl Iterator<Item = Option<&'v str>>) {
         if let Some(Col::ListStr(b)) = self.cols.get_mut(self.at) {
-            for s in items {
-                b.values().append_value(s);
+            for v in values {
+                b.values().append_option(v);
             }
+            b.append(true);
+        }
+        self.at += 1;
+    }
+
+    /// One list value (a row) of a `UInt32` list column.
+    fn list_u32(&mut self, values: impl Iterator<Item = u32>) {
+        if let Some(Col::ListU32(b)) = self.cols.get_mut(self.at) {
+            b.values().extend(values.map(Some));
+            b.append(true);
+        }
+        self.at += 1;
+    }
+
+    /// One list value (a row) of a `Float64` list column.
+    fn list_f64(&mut self, values: impl Iterator<Item = Option<f64>>) {
+        if let Some(Col::ListF64(b)) = self.cols.get_mut(self.at) {
+            b.values().extend(values);
             b.append(true);
         }
         self.at += 1;
@@ -543,11 +600,6 @@ impl RowBuilder {
     }
 
     fn end_row(&mut self) {
-        self.end_rows(1);
-    }
-
-    /// Close `n` rows whose columns were filled a column at a time.
-    fn end_rows(&mut self, n: usize) {
         debug_assert_eq!(
             self.at,
             self.cols.len(),
@@ -555,7 +607,7 @@ impl RowBuilder {
             self.table
         );
         self.at = 0;
-        self.rows += n;
+        self.rows += 1;
     }
 
     fn common(&mut self, m: &Meta, d: &EventData) {
@@ -581,18 +633,6 @@ impl RowBuilder {
         self.str(c.extra.as_deref());
     }
 
-    /// The [`ITEM_COMMON`] columns of `n` item rows of one decision.
-    fn item_common(&mut self, m: &Meta, d: &EventData, n: usize) {
-        self.str_each(repeat_n(Some(d.event_id.as_str()), n));
-        self.ts_each(repeat_n(Some(m.event_time), n));
-        self.ts_each(repeat_n(Some(m.received_at), n));
-        self.str_each(repeat_n(d.user_key.as_deref(), n));
-        self.str_each(repeat_n(d.anonymous_key.as_deref(), n));
-        self.str_each(repeat_n(d.session_key.as_deref(), n));
-        self.str_each(repeat_n(d.context.device.as_deref(), n));
-        self.str_each(repeat_n(d.context.region.as_deref(), n));
-    }
-
     /// Build the record batch of the rows pushed so far and start over.
     /// Each column's builder starts over with the capacity this batch needed, so the next
     /// batch fills memory once instead of regrowing (and copying) from empty.
@@ -603,9 +643,9 @@ impl RowBuilder {
             .iter_mut()
             .zip(columns(self.table))
             .map(|(col, (_, kind, _))| {
-                let bytes = col.value_bytes();
+                let size = col.size();
                 let array = col.finish();
-                *col = Col::sized(kind, rows, bytes);
+                *col = Col::sized(kind, rows, size);
                 array
             })
             .collect();
@@ -634,9 +674,8 @@ impl TableBuilders {
         &mut self.builders[t as usize]
     }
 
-    /// Append an accepted event to its table(s); a decision also adds one
-    /// `decision_items` row per item. Returns the number of rows added.
-    pub fn push_event(&mut self, e: &Event) -> usize {
+    /// Append an accepted event as a row of its table.
+    pub fn push_event(&mut self, e: &Event) {
         let (m, d) = (&e.meta, &e.data);
         match &d.body {
             EventBody::Decision(x) => {
@@ -655,28 +694,15 @@ impl TableBuilders {
                 b.map_f64(x.latency_components.iter().map(|(k, v)| (k.as_str(), *v)));
                 b.bool(Some(x.fallback));
                 b.str(x.features.as_deref());
+                let items = &x.items;
+                b.list_u32(items.iter().map(|it| it.position));
+                b.list_str(items.iter().map(|it| Some(it.item_id.as_str())));
+                b.list_f64(items.iter().map(|it| it.score));
+                b.list_f64(items.iter().map(|it| it.propensity));
+                b.list_str(items.iter().map(|it| it.category.as_deref()));
+                b.list_str(items.iter().map(|it| it.provider.as_deref()));
+                b.list_str(items.iter().map(|it| it.attributes.as_deref()));
                 b.end_row();
-                let b = self.get_mut(Table::DecisionItems);
-                let (items, n) = (&x.items, x.items.len());
-                b.item_common(m, d, n);
-                b.str_each(repeat_n(Some(x.request_id.as_str()), n));
-                b.str_each(repeat_n(Some(x.surface.as_str()), n));
-                b.str_each(repeat_n(Some(x.model_name.as_str()), n));
-                b.str_each(repeat_n(Some(x.model_version.as_str()), n));
-                b.map_str_n(
-                    n,
-                    x.experiments.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                b.bool_each(repeat_n(Some(x.fallback), n));
-                b.u32_each(items.iter().map(|it| Some(it.position)));
-                b.str_each(items.iter().map(|it| Some(it.item_id.as_str())));
-                b.f64_each(items.iter().map(|it| it.score));
-                b.f64_each(items.iter().map(|it| it.propensity));
-                b.str_each(items.iter().map(|it| it.category.as_deref()));
-                b.str_each(items.iter().map(|it| it.provider.as_deref()));
-                b.str_each(items.iter().map(|it| it.attributes.as_deref()));
-                b.end_rows(n);
-                1 + n
             }
             EventBody::Interaction(x) => {
                 let b = self.get_mut(Table::Interactions);
@@ -686,7 +712,6 @@ impl TableBuilders {
                 b.str(Some(&x.action));
                 b.f64(x.value);
                 b.end_row();
-                1
             }
             EventBody::Conversion(x) => {
                 let b = self.get_mut(Table::Conversions);
@@ -694,10 +719,9 @@ impl TableBuilders {
                 b.str(Some(&x.name));
                 b.f64(x.value);
                 b.str(x.currency.as_deref());
-                b.list_str(&x.items);
+                b.list_str(x.items.iter().map(|s| Some(s.as_str())));
                 b.str(x.request_id.as_deref());
                 b.end_row();
-                1
             }
             EventBody::Touch(x) => {
                 let b = self.get_mut(Table::Touches);
@@ -705,13 +729,11 @@ impl TableBuilders {
                 b.str(Some(&x.channel));
                 b.str(x.campaign.as_deref());
                 b.end_row();
-                1
             }
             EventBody::Identify(_) => {
                 let b = self.get_mut(Table::Identities);
                 b.common(m, d);
                 b.end_row();
-                1
             }
             EventBody::Exposure(x) => {
                 let b = self.get_mut(Table::Exposures);
@@ -719,7 +741,6 @@ impl TableBuilders {
                 b.str(Some(&x.experiment));
                 b.str(Some(&x.variant));
                 b.end_row();
-                1
             }
         }
     }
@@ -779,111 +800,5 @@ impl TableBuilders {
         b.str(Some(&r.outcome));
         b.str(r.code.as_deref());
         b.end_row();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use datafusion::arrow::array::{AsArray, MapArray};
-    use datafusion::arrow::datatypes::{Float64Type, UInt32Type};
-    use sonde_model::{Limits, ParseCtx, RawIds, TimePolicy, parse_event};
-
-    use super::*;
-
-    fn column<'a>(b: &'a RecordBatch, name: &str) -> &'a ArrayRef {
-        b.column_by_name(name).expect("column")
-    }
-
-    /// Item rows are filled a column at a time: every column must stay aligned with its
-    /// decision, across decisions with different item counts, nulls and experiments.
-    #[test]
-    fn decision_items_rows_line_up_with_their_decisions() {
-        let t0 = 1_790_000_000_000i64;
-        let ctx = ParseCtx {
-            policy: TimePolicy::default(),
-            pseudonymizer: &RawIds,
-            received_at: t0,
-            backfill: false,
-            limits: Limits::default(),
-        };
-        let raws = [
-            format!(
-                r#"{{"type":"decision","event_id":"d1","timestamp":{t0},"user_id":"u1","request_id":"r1","surface":"home","model":{{"name":"m","version":"v1"}},"experiments":[{{"id":"ab","variant":"b"}}],"items":[{{"item_id":"a","position":1,"score":0.5}},{{"item_id":"b","position":2}}]}}"#
-            ),
-            format!(
-                r#"{{"type":"decision","event_id":"d2","timestamp":{t0},"anonymous_id":"x2","request_id":"r2","surface":"search","model":{{"name":"m","version":"v2"}},"items":[{{"item_id":"c","position":1,"attributes":{{"category":"shoes"}}}},{{"item_id":"d","position":2}},{{"item_id":"e","position":3,"score":0.1}}]}}"#
-            ),
-        ];
-        let mut b = TableBuilders::default();
-        for (raw, rows) in raws.iter().zip([3, 4]) {
-            let e = parse_event(raw.as_bytes(), &ctx).expect("valid decision");
-            assert_eq!(b.push_event(&e), rows);
-        }
-        let items = b.get_mut(Table::DecisionItems).finish().expect("batch");
-        assert_eq!(items.num_rows(), 5);
-        let strs = |name| -> Vec<Option<String>> {
-            column(&items, name)
-                .as_string::<i32>()
-                .iter()
-                .map(|v| v.map(str::to_string))
-                .collect()
-        };
-        let s = |v: &[Option<&str>]| -> Vec<Option<String>> {
-            v.iter().map(|x| x.map(str::to_string)).collect()
-        };
-        let (d1, d2) = (Some("d1"), Some("d2"));
-        assert_eq!(strs("event_id"), s(&[d1, d1, d2, d2, d2]));
-        assert_eq!(
-            strs("request_id"),
-            s(&[Some("r1"), Some("r1"), Some("r2"), Some("r2"), Some("r2")])
-        );
-        assert_eq!(
-            strs("surface"),
-            s(&[
-                Some("home"),
-                Some("home"),
-                Some("search"),
-                Some("search"),
-                Some("search")
-            ])
-        );
-        assert_eq!(
-            strs("model_version"),
-            s(&[Some("v1"), Some("v1"), Some("v2"), Some("v2"), Some("v2")])
-        );
-        assert_eq!(
-            strs("user_key"),
-            s(&[Some("u1"), Some("u1"), None, None, None])
-        );
-        assert_eq!(
-            strs("anonymous_key"),
-            s(&[None, None, Some("x2"), Some("x2"), Some("x2")])
-        );
-        assert_eq!(
-            strs("item_id"),
-            s(&[Some("a"), Some("b"), Some("c"), Some("d"), Some("e")])
-        );
-        assert_eq!(
-            strs("category"),
-            s(&[None, None, Some("shoes"), None, None])
-        );
-        let positions: Vec<u32> = column(&items, "position")
-            .as_primitive::<UInt32Type>()
-            .values()
-            .to_vec();
-        assert_eq!(positions, [1, 2, 1, 2, 3]);
-        let scores: Vec<Option<f64>> = column(&items, "score")
-            .as_primitive::<Float64Type>()
-            .iter()
-            .collect();
-        assert_eq!(scores, [Some(0.5), None, None, None, Some(0.1)]);
-        let experiments = column(&items, "experiments")
-            .as_any()
-            .downcast_ref::<MapArray>()
-            .expect("map");
-        let entries: Vec<usize> = (0..5)
-            .map(|i| experiments.value_length(i) as usize)
-            .collect();
-        assert_eq!(entries, [1, 1, 0, 0, 0]);
     }
 }

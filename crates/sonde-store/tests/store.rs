@@ -124,7 +124,7 @@ async fn write_query_restart_dedup_compact() {
             .manifest()
             .files
             .iter()
-            .filter(|f| f.table == "decision_items")
+            .filter(|f| f.table == "decisions")
             .count(),
         2
     );
