@@ -364,7 +364,7 @@ async fn whole_request_errors_store_nothing() {
 async fn overload_is_429_with_retry_after() {
     let app = app_with(|c| {
         c.store.flush_rows = 1_000_000;
-        c.store.max_buffered_rows = 2;
+        c.store.max_buffered_rows = 1;
     });
     let (s, _) = send(&app, json!([decision("o1", "u"), decision("o2", "u")])).await;
     assert_eq!(s, StatusCode::OK);
