@@ -10,8 +10,9 @@
 //! persists as `rollups_1m` rows in the same commit as the events they came from.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{LatencyError, Sketch};
