@@ -27,8 +27,11 @@ use crate::tables::{Table, TableBuilders};
 const HOUR_MS: i64 = 3_600_000;
 /// Rows per sealed in-memory batch.
 const SEAL_ROWS: usize = 8192;
-/// Files below this many rows count as small in an hour that is still being written.
-const SMALL_FILE_ROWS: u64 = 250_000;
+/// Files below this size count as small in an hour that is still being written. Flushes
+/// write 1-10 MB (LZ4); eight of them merged (zstd) come out above it, so while an hour is
+/// open a row is rewritten once, not again with each later merge. Bytes, not rows: a
+/// decision row (its items as lists) weighs ten times an interaction row.
+const SMALL_FILE_BYTES: u64 = 8 << 20;
 /// Most rows merged into one compacted file. It bounds the memory of the merge's key set:
 /// 17 bytes a bucket, with buckets the next power of two above 8/7 of the rows, so up to
 /// 917,504 rows take 2^20 buckets (17.8 MB); one million rows would take 2^21 (35.7 MB).
@@ -931,7 +934,7 @@ impl Inner {
             let mut group: Vec<_> = idx
                 .iter()
                 .map(|&i| manifest.files[i].clone())
-                .filter(|f| closed || f.rows < SMALL_FILE_ROWS)
+                .filter(|f| closed || f.bytes < SMALL_FILE_BYTES)
                 .collect();
             group.sort_by_key(|f| f.rows);
             let mut total = 0u64;
