@@ -293,3 +293,65 @@ async fn concurrent_flushes_write_each_row_once() {
         .sum();
     assert_eq!(in_files, written as u64);
 }
+
+/// `decision_items` reads `decisions`: a time filter on it must still skip the files of
+/// other hours, as it does on `decisions` itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_items_time_filters_prune_decisions_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(config(dir.path())).expect("open");
+    store
+        .write(WriteBatch {
+            events: vec![
+                decision("now", "r0", "a", 0),
+                decision("then", "r3", "a", 3),
+            ],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    store.flush().expect("flush");
+    let files = |t: &str| {
+        store
+            .manifest()
+            .files
+            .iter()
+            .filter(|f| f.table == t)
+            .count()
+    };
+    assert_eq!(files("decisions"), 2);
+    let since =
+        chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis() - 3_600_000)
+            .expect("time")
+            .to_rfc3339();
+    let filter = format!("FROM decision_items WHERE event_time >= '{since}'");
+    assert_eq!(
+        scalar(&store, &format!("SELECT count(*) {filter}")).await,
+        2
+    );
+    let plan = store
+        .query(
+            &format!("EXPLAIN SELECT count(*) {filter}"),
+            QueryLimits::default(),
+        )
+        .await
+        .expect("explain");
+    let text: String = plan
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(text.matches(".parquet").count(), 1, "{text}");
+    // Unfiltered, both hours are read.
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM decision_items").await,
+        4
+    );
+}
