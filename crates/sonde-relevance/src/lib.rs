@@ -30,8 +30,8 @@ pub use drift::{
 pub use error::MetricError;
 pub use gains::Gains;
 pub use live::{
-    ListFilter, ListKey, ListSums, LiveConfig, LiveItem, LiveRelevance, Outcome, Resolution,
-    item_key,
+    ListFilter, ListKey, ListKeyRef, ListSums, LiveConfig, LiveItem, LiveRelevance, Outcome,
+    Resolution, item_key,
 };
 pub use position::{ClickCell, PositionBias, position_bias_em};
 pub use ranking::{Gain, ListMetrics, RankedItem, RankingSummary, list_metrics, trec_order};

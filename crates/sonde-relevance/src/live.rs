@@ -18,7 +18,9 @@
 //! wholly inside its window and within what is kept ([`LiveRelevance::query`] returns `None`
 //! otherwise, and the caller runs SQL).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 
 use crate::ranking::{RankedItem, RankingSummary, list_metrics};
 
@@ -82,7 +84,75 @@ pub struct ListKey {
     pub experiments: Vec<(String, String)>,
 }
 
+/// A [`ListKey`] borrowed from a decision, to look its id up without copying six strings
+/// per decision. It hashes as the owned key does (same fields, in the same order, of types
+/// that hash alike), which the map's look-up by [`hashbrown::Equivalent`] relies on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKeyRef<'a> {
+    /// Placement.
+    pub surface: &'a str,
+    /// Model name.
+    pub model_name: &'a str,
+    /// Model version.
+    pub model_version: &'a str,
+    /// Device segment.
+    pub device: Option<&'a str>,
+    /// Region segment.
+    pub region: Option<&'a str>,
+    /// Experiments and variants, sorted by experiment.
+    pub experiments: Vec<(&'a str, &'a str)>,
+}
+
+impl ListKeyRef<'_> {
+    fn to_key(&self) -> ListKey {
+        ListKey {
+            surface: self.surface.into(),
+            model_name: self.model_name.into(),
+            model_version: self.model_version.into(),
+            device: self.device.map(Into::into),
+            region: self.region.map(Into::into),
+            experiments: self
+                .experiments
+                .iter()
+                .map(|&(x, v)| (x.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<ListKey> for ListKeyRef<'_> {
+    fn equivalent(&self, k: &ListKey) -> bool {
+        self.surface == k.surface
+            && self.model_name == k.model_name
+            && self.model_version == k.model_version
+            && self.device == k.device.as_deref()
+            && self.region == k.region.as_deref()
+            && self.experiments.len() == k.experiments.len()
+            && self
+                .experiments
+                .iter()
+                .zip(&k.experiments)
+                .all(|(&(x, v), (kx, kv))| x == kx && v == kv)
+    }
+}
+
 impl ListKey {
+    /// This key, borrowed.
+    pub fn borrowed(&self) -> ListKeyRef<'_> {
+        ListKeyRef {
+            surface: &self.surface,
+            model_name: &self.model_name,
+            model_version: &self.model_version,
+            device: self.device.as_deref(),
+            region: self.region.as_deref(),
+            experiments: self
+                .experiments
+                .iter()
+                .map(|(x, v)| (x.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+
     /// The variant of `experiment`, if the decision was in it.
     pub fn variant(&self, experiment: &str) -> Option<&str> {
         self.experiments
@@ -319,14 +389,15 @@ impl LiveRelevance {
         self.late_outcomes
     }
 
-    fn key_id(&mut self, key: ListKey) -> u32 {
-        if let Some(&id) = self.key_ids.get(&key) {
+    fn key_id(&mut self, key: &ListKeyRef<'_>) -> u32 {
+        if let Some(&id) = self.key_ids.get(key) {
             return id;
         }
         if self.keys.len() >= self.config.max_keys {
             return OVERFLOW;
         }
         let id = self.keys.len() as u32;
+        let key = key.to_key();
         self.keys.push(key.clone());
         self.key_ids.insert(key, id);
         id
@@ -345,6 +416,19 @@ impl LiveRelevance {
         request_id: &str,
         time_ms: i64,
         key: ListKey,
+        items: Vec<LiveItem>,
+        now_ms: i64,
+    ) {
+        self.decision_borrowed(request_id, time_ms, &key.borrowed(), items, now_ms);
+    }
+
+    /// [`LiveRelevance::decision`] with the key borrowed from the decision: copied only
+    /// the first time it is seen.
+    pub fn decision_borrowed(
+        &mut self,
+        request_id: &str,
+        time_ms: i64,
+        key: &ListKeyRef<'_>,
         items: Vec<LiveItem>,
         now_ms: i64,
     ) {
@@ -377,7 +461,7 @@ impl LiveRelevance {
         if items.is_empty() {
             return;
         }
-        let key = self.key_id(key);
+        let key = self.key_id(&key.borrowed());
         self.close(Open {
             time_ms,
             arrived_ms: time_ms,
@@ -586,6 +670,34 @@ impl LiveRelevance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key borrowed from a decision finds the id of the same key given owned (the two
+    /// must hash alike), and a different key gets its own.
+    #[test]
+    fn borrowed_and_owned_keys_share_ids() {
+        let mut l = LiveRelevance::new(LiveConfig::default(), 0);
+        let owned = ListKey {
+            experiments: vec![("a".into(), "x".into()), ("b".into(), "y".into())],
+            ..key("home", "unused")
+        };
+        let id = l.key_id(&owned.borrowed());
+        let borrowed = ListKeyRef {
+            surface: "home",
+            model_name: "m",
+            model_version: "v1",
+            device: Some("ios"),
+            region: None,
+            experiments: vec![("a", "x"), ("b", "y")],
+        };
+        assert_eq!(l.key_id(&borrowed), id);
+        let other = ListKeyRef {
+            region: Some("eu"),
+            ..borrowed.clone()
+        };
+        assert_ne!(l.key_id(&other), id);
+        assert_eq!(l.keys.len(), 2);
+        assert_eq!(l.keys[id as usize], owned);
+    }
 
     fn key(surface: &str, variant: &str) -> ListKey {
         ListKey {

@@ -5,7 +5,7 @@
 //! counted once, by the snapshot or by the feed.
 
 use sonde_model::{Event, EventBody};
-use sonde_relevance::{Gains, ListKey, LiveItem, LiveRelevance, Outcome, item_key};
+use sonde_relevance::{Gains, ListKeyRef, LiveItem, LiveRelevance, Outcome, item_key};
 
 use crate::codec::WalEntry;
 use crate::receipts::{Receipt, Receipts};
@@ -36,14 +36,18 @@ impl LiveSums {
         let time_ms = e.meta.event_time;
         match &e.data.body {
             EventBody::Decision(d) => {
-                let mut experiments = d.experiments.clone();
-                experiments.sort();
-                let key = ListKey {
-                    surface: d.surface.clone(),
-                    model_name: d.model_name.clone(),
-                    model_version: d.model_version.clone(),
-                    device: e.data.context.device.clone(),
-                    region: e.data.context.region.clone(),
+                let mut experiments: Vec<(&str, &str)> = d
+                    .experiments
+                    .iter()
+                    .map(|(x, v)| (x.as_str(), v.as_str()))
+                    .collect();
+                experiments.sort_unstable();
+                let key = ListKeyRef {
+                    surface: &d.surface,
+                    model_name: &d.model_name,
+                    model_version: &d.model_version,
+                    device: e.data.context.device.as_deref(),
+                    region: e.data.context.region.as_deref(),
                     experiments,
                 };
                 let items = d
@@ -58,7 +62,7 @@ impl LiveSums {
                     })
                     .collect();
                 self.relevance
-                    .decision(&d.request_id, time_ms, key, items, now_ms);
+                    .decision_borrowed(&d.request_id, time_ms, &key, items, now_ms);
             }
             EventBody::Interaction(i) => {
                 let (grade, click) = self.gains.of_interaction(&i.action, i.value);
