@@ -25,8 +25,15 @@ use crate::rollups;
 use crate::tables::{Table, TableBuilders};
 
 const HOUR_MS: i64 = 3_600_000;
-/// Rows per sealed in-memory batch.
-const SEAL_ROWS: usize = 8192;
+/// Rows per sealed in-memory batch: 8,192, but 2,048 decisions, whose rows carry their
+/// items (~4 KB each in Arrow). The builder being filled is not counted in the buffer's
+/// bytes and keeps its last batch's capacity, so its size is memory on top of the budget.
+fn seal_rows(t: Table) -> usize {
+    match t {
+        Table::Decisions => 2048,
+        _ => 8192,
+    }
+}
 /// Files below this size count as small in an hour that is still being written. Flushes
 /// write 1-10 MB (LZ4); eight of them merged (zstd) come out above it, so while an hour is
 /// open a row is rewritten once, not again with each later merge. Bytes, not rows: a
@@ -174,7 +181,7 @@ impl Mem {
     fn seal(&mut self, force: bool) -> Result<(), StoreError> {
         for t in Table::ALL {
             let b = self.builders.get_mut(t);
-            if (force && !b.is_empty()) || b.len() >= SEAL_ROWS {
+            if (force && !b.is_empty()) || b.len() >= seal_rows(t) {
                 let batch = b.finish()?;
                 self.bytes += batch.get_array_memory_size();
                 self.sealed[t as usize].push(batch);
