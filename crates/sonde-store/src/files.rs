@@ -203,9 +203,8 @@ fn with_schema(batch: RecordBatch, table: Table) -> Result<RecordBatch, StoreErr
 }
 
 /// Merge the files of one partition into one, streaming, keeping the first row of each
-/// `event_id`. Returns the new file and the number
-/// of duplicate rows dropped. The caller bounds the rows merged at once: the key set costs
-/// about 32 bytes per row.
+/// `event_id`. Returns the new file and the number of duplicate rows dropped. The caller
+/// bounds the rows merged at once: the key set costs about 32 bytes per row.
 pub fn compact_partition(
     data_dir: &Path,
     table: Table,
