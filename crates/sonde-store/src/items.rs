@@ -12,9 +12,9 @@ use std::iter::repeat_n;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::internal_datafusion_err;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -268,26 +268,24 @@ fn expand(
     let base = offsets.first().copied().unwrap_or(0);
     let items = (offsets.last().copied().unwrap_or(0) - base) as usize;
     // The decision row of each item, built only when a decision column is asked for.
-    let mut decision_rows: Option<ArrayRef> = None;
+    let decision_rows = sources
+        .iter()
+        .any(|s| matches!(s, Source::Repeat(_)))
+        .then(|| {
+            offsets
+                .windows(2)
+                .enumerate()
+                .flat_map(|(row, w)| repeat_n(row as u32, (w[1] - w[0]) as usize))
+                .collect::<UInt32Array>()
+        });
     let mut columns = Vec::with_capacity(sources.len());
     for source in sources {
         columns.push(match *source {
             Source::Repeat(i) => {
-                let rows = match &decision_rows {
-                    Some(r) => r.clone(),
-                    None => {
-                        let r: ArrayRef = Arc::new(
-                            offsets
-                                .windows(2)
-                                .enumerate()
-                                .flat_map(|(row, w)| repeat_n(row as u32, (w[1] - w[0]) as usize))
-                                .map(Some)
-                                .collect::<datafusion::arrow::array::PrimitiveArray<UInt32Type>>(),
-                        );
-                        decision_rows.insert(r).clone()
-                    }
-                };
-                take(batch.column(i), &rows, None)?
+                let rows = decision_rows
+                    .as_ref()
+                    .ok_or_else(|| internal_datafusion_err!("no decision rows"))?;
+                take(batch.column(i), rows, None)?
             }
             Source::Elements(i) => {
                 let list = batch
