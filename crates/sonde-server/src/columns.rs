@@ -71,7 +71,11 @@ impl Text {
 
 /// Column `i` as text, read in place where it can be.
 pub(crate) fn utf8(batch: &RecordBatch, i: usize) -> Result<Text, StoreError> {
-    let c = batch.column(i);
+    text(batch.column(i))
+}
+
+/// An array as text, read in place where it can be.
+pub(crate) fn text(c: &ArrayRef) -> Result<Text, StoreError> {
     if let Some(a) = c.as_string_view_opt() {
         return Ok(Text::View(a.clone()));
     }
@@ -99,9 +103,9 @@ pub(crate) fn f64s(batch: &RecordBatch, i: usize) -> Result<Float64Array, StoreE
     f64_array(batch.column(i))
 }
 
-/// Column `i` as unsigned 32-bit integers.
-pub(crate) fn u32s(batch: &RecordBatch, i: usize) -> Result<UInt32Array, StoreError> {
-    let c = cast(batch.column(i), &DataType::UInt32)?;
+/// An array as unsigned 32-bit integers.
+pub(crate) fn u32_array(col: &ArrayRef) -> Result<UInt32Array, StoreError> {
+    let c = cast(col, &DataType::UInt32)?;
     c.as_primitive_opt::<UInt32Type>()
         .cloned()
         .ok_or_else(|| unexpected("positions", c.as_ref()))

@@ -8,7 +8,7 @@ use sonde_store::Store;
 use sonde_store::arrow::array::{Array, RecordBatch};
 
 use crate::ApiError;
-use crate::columns::{f64s, i64s, u32s, utf8};
+use crate::columns::{f64_array, f64s, i64s, list, text, u32_array, utf8};
 use crate::relevance::RelevanceParams;
 
 /// Positions beyond this are ignored by position bias, swap interventions included (slates
@@ -183,12 +183,15 @@ impl ItemFrame {
         timeout: std::time::Duration,
     ) -> Result<ItemFrame, ApiError> {
         let filter = p.where_clause()?;
+        // Decisions with their item lists, expanded here: the `decision_items` view would
+        // copy each decision column once per item first.
         let items_sql = format!(
-            "SELECT request_id, {group} AS grp, position, item_id, CAST(event_time AS BIGINT) AS t, \
-                    score, model_name || ':' || model_version AS model, category, provider, \
+            "SELECT request_id, {group} AS grp, CAST(event_time AS BIGINT) AS t, \
+                    model_name || ':' || model_version AS model, \
                     coalesce(user_key, anonymous_key) AS who, surface, \
-                    coalesce(device, 'unknown') AS device, coalesce(region, 'unknown') AS region \
-             FROM decision_items i WHERE {filter}",
+                    coalesce(device, 'unknown') AS device, coalesce(region, 'unknown') AS region, \
+                    flags, item_positions, item_ids, item_scores, item_categories, item_providers \
+             FROM decisions i WHERE {filter}",
             group = p.group_expr()?,
         );
         let outcome_window = p.time_bounds("event_time", p.window() + 1)?;
@@ -202,9 +205,6 @@ impl ItemFrame {
             "SELECT request_id, unnest(items) AS item_id, CAST(event_time AS BIGINT) AS t \
              FROM conversions \
              WHERE name = 'purchase' AND request_id IS NOT NULL AND {outcome_window}"
-        );
-        let flags_sql = format!(
-            "SELECT request_id, flags FROM decisions i WHERE {filter} AND flags IS NOT NULL"
         );
         let mut f = ItemFrame::default();
         let items = store.scan(&items_sql, timeout, |batch: &RecordBatch| f.add(batch));
@@ -242,27 +242,10 @@ impl ItemFrame {
             }
             Ok(())
         });
-        let mut swaps: Vec<(String, usize)> = Vec::new();
-        let flags = store.scan(&flags_sql, timeout, |batch: &RecordBatch| {
-            let request = utf8(batch, 0)?;
-            let flags = utf8(batch, 1)?;
-            for row in 0..batch.num_rows() {
-                if let Some(k) = swap_of(flags.value(row)) {
-                    swaps.push((request.value(row).to_string(), k));
-                }
-            }
-            Ok(())
-        });
-        let (a, b, c, d) = tokio::join!(items, interactions, bought, flags);
+        let (a, b, c) = tokio::join!(items, interactions, bought);
         a?;
         b?;
         c?;
-        d?;
-        for (request, k) in swaps {
-            if let Some(d) = f.requests.get(&request) {
-                f.decisions[d as usize].swap = Some(k);
-            }
-        }
         f.items
             .sort_unstable_by_key(|i| (i.decision, i.position, i.item));
         f.grade(outcomes.iter().chain(&purchases), p.window());
@@ -318,64 +301,78 @@ impl ItemFrame {
         }
     }
 
+    /// Adds a batch of decisions with their item lists (columns as in `fetch`'s query).
     fn add(&mut self, batch: &RecordBatch) -> Result<(), sonde_store::StoreError> {
         let request = utf8(batch, 0)?;
         let grp = utf8(batch, 1)?;
-        let position = u32s(batch, 2)?;
-        let item = utf8(batch, 3)?;
-        let t = i64s(batch, 4)?;
-        let score = f64s(batch, 5)?;
-        let model = utf8(batch, 6)?;
-        let category = utf8(batch, 7)?;
-        let provider = utf8(batch, 8)?;
-        let who = utf8(batch, 9)?;
-        let surface = utf8(batch, 10)?;
-        let device = utf8(batch, 11)?;
-        let region = utf8(batch, 12)?;
-        // A decision's items are usually stored next to each other: the previous row's
-        // request is checked before the table.
-        let mut last: Option<(&str, u32)> = None;
+        let t = i64s(batch, 2)?;
+        let model = utf8(batch, 3)?;
+        let who = utf8(batch, 4)?;
+        let surface = utf8(batch, 5)?;
+        let device = utf8(batch, 6)?;
+        let region = utf8(batch, 7)?;
+        let flags = utf8(batch, 8)?;
+        let positions = list(batch, 9)?;
+        let ids = list(batch, 10)?;
+        let scores = list(batch, 11)?;
+        let categories = list(batch, 12)?;
+        let providers = list(batch, 13)?;
+        // The lists of a row line up (the store checks so on write), so one set of offsets
+        // indexes all five value arrays.
+        let offsets = positions.value_offsets();
+        let position = u32_array(positions.values())?;
+        let item = text(ids.values())?;
+        let score = f64_array(scores.values())?;
+        let category = text(categories.values())?;
+        let provider = text(providers.values())?;
+        for list in [&ids, &scores, &categories, &providers] {
+            if list.value_offsets() != offsets {
+                return Err(sonde_store::StoreError::Query(
+                    "internal: a decision's item lists differ in length".into(),
+                ));
+            }
+        }
         for row in 0..batch.num_rows() {
-            let r = request.value(row);
-            let decision = match last {
-                Some((name, decision)) if name == r => decision,
-                _ => {
-                    let known = self.requests.len();
-                    let decision = self.requests.id(r);
-                    last = Some((r, decision));
-                    if decision as usize == known {
-                        // A decision's fields are the same on each of its items: read once.
-                        let s = &mut self.strings;
-                        self.decisions.push(FrameDecision {
-                            group: s.id(grp.value(row)),
-                            who: who.is_valid(row).then(|| s.id(who.value(row))),
-                            surface: s.id(surface.value(row)),
-                            model: s.id(model.value(row)),
-                            device: s.id(device.value(row)),
-                            region: s.id(region.value(row)),
-                            t: t.value(row),
-                            swap: None,
-                        });
-                    }
-                    decision
-                }
-            };
+            let known = self.requests.len();
+            let decision = self.requests.id(request.value(row));
             let s = &mut self.strings;
-            self.items.push(FrameItem {
-                decision,
-                position: position.value(row),
-                item: s.id(item.value(row)),
-                category: category.is_valid(row).then(|| s.id(category.value(row))),
-                provider: provider.is_valid(row).then(|| s.id(provider.value(row))),
-                score: if score.is_valid(row) {
-                    score.value(row)
-                } else {
-                    f64::NAN
-                },
-                grade: 0,
-                clicked: false,
-                purchased: false,
-            });
+            if decision as usize == known {
+                self.decisions.push(FrameDecision {
+                    group: s.id(grp.value(row)),
+                    who: who.is_valid(row).then(|| s.id(who.value(row))),
+                    surface: s.id(surface.value(row)),
+                    model: s.id(model.value(row)),
+                    device: s.id(device.value(row)),
+                    region: s.id(region.value(row)),
+                    t: t.value(row),
+                    swap: None,
+                });
+            }
+            if flags.is_valid(row)
+                && let Some(k) = swap_of(flags.value(row))
+            {
+                self.decisions[decision as usize].swap = Some(k);
+            }
+            if positions.is_null(row) {
+                continue;
+            }
+            for i in offsets[row] as usize..offsets[row + 1] as usize {
+                self.items.push(FrameItem {
+                    decision,
+                    position: position.value(i),
+                    item: s.id(item.value(i)),
+                    category: category.is_valid(i).then(|| s.id(category.value(i))),
+                    provider: provider.is_valid(i).then(|| s.id(provider.value(i))),
+                    score: if score.is_valid(i) {
+                        score.value(i)
+                    } else {
+                        f64::NAN
+                    },
+                    grade: 0,
+                    clicked: false,
+                    purchased: false,
+                });
+            }
         }
         Ok(())
     }
@@ -488,7 +485,12 @@ mod tests {
             state
                 .store()
                 .scan(&q, timeout, |b: &RecordBatch| {
-                    let (r, i, pos, g) = (utf8(b, 0)?, utf8(b, 1)?, u32s(b, 2)?, utf8(b, 3)?);
+                    let (r, i, pos, g) = (
+                        utf8(b, 0)?,
+                        utf8(b, 1)?,
+                        u32_array(b.column(2))?,
+                        utf8(b, 3)?,
+                    );
                     let (grade, c, pu) = (i64s(b, 4)?, i64s(b, 5)?, i64s(b, 6)?);
                     for row in 0..b.num_rows() {
                         sql.insert(
