@@ -963,7 +963,7 @@ pub fn latency(args: LatencyBenchArgs) -> anyhow::Result<()> {
         version: &'static str,
         variant: &'static str,
         total: f64,
-        comps: Vec<(String, f64)>,
+        comps: Vec<(sonde_model::CompactString, f64)>,
         fallback: bool,
         request: String,
     }
@@ -1067,7 +1067,9 @@ pub fn latency(args: LatencyBenchArgs) -> anyhow::Result<()> {
 
     // The caps: 256 keys with 16 components each, one decision per key per minute for 26 h.
     let mut capped = Rollups::new(RollupConfig::default());
-    let comps: Vec<(String, f64)> = (0..16).map(|c| (format!("c{c}"), 5.0 + c as f64)).collect();
+    let comps: Vec<(sonde_model::CompactString, f64)> = (0..16)
+        .map(|c| (format!("c{c}").into(), 5.0 + c as f64))
+        .collect();
     let names: Vec<String> = (0..256).map(|k| format!("s{k}")).collect();
     let now = start + 26 * 3_600_000;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
+use compact_str::CompactString;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +41,7 @@ pub struct Observation<'a> {
     /// End-to-end latency.
     pub total_ms: Option<f64>,
     /// Per-component latency.
-    pub components: &'a [(String, f64)],
+    pub components: &'a [(CompactString, f64)],
     /// Whether a degraded path served it.
     pub fallback: bool,
     /// Its request id (kept for the slowest decisions only).
@@ -1134,7 +1135,7 @@ mod tests {
         t: i64,
         surface: &'a str,
         total: f64,
-        comps: &'a [(String, f64)],
+        comps: &'a [(CompactString, f64)],
     ) -> Observation<'a> {
         Observation {
             time_ms: t,
@@ -1157,7 +1158,7 @@ mod tests {
             max_components: 1,
             ..RollupConfig::default()
         });
-        let comps = vec![("a".to_string(), 1.0), ("b".to_string(), 2.0)];
+        let comps = vec![("a".into(), 1.0), ("b".into(), 2.0)];
         for s in ["s1", "s2", "s3", "s4"] {
             r.observe(&obs(T, s, 10.0, &comps), T);
         }
@@ -1177,7 +1178,7 @@ mod tests {
             ..RollupConfig::default()
         };
         let mut r = Rollups::new(cfg.clone());
-        let comps = vec![("inference".to_string(), 5.0)];
+        let comps = vec![("inference".into(), 5.0)];
         for i in 0..100 {
             r.observe(&obs(T + i * 1000, "home", i as f64 * 2.0, &comps), T);
         }

@@ -33,10 +33,10 @@ fn feed(sim: &mut Simulator, rollups: &mut Rollups, until: i64, now: i64) {
         let c = &d.latency_ms.components;
         components.clear();
         components.extend([
-            ("feature_fetch".to_string(), c.feature_fetch),
-            ("retrieval".to_string(), c.retrieval),
-            ("inference".to_string(), c.inference),
-            ("rerank".to_string(), c.rerank),
+            ("feature_fetch".into(), c.feature_fetch),
+            ("retrieval".into(), c.retrieval),
+            ("inference".into(), c.inference),
+            ("rerank".into(), c.rerank),
         ]);
         rollups.observe(
             &Observation {

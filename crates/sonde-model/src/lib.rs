@@ -12,6 +12,8 @@ mod time;
 mod validate;
 
 pub use batch::{SplitError, split_json_array, split_ndjson};
+/// The inline string type of the event model's short texts.
+pub use compact_str::CompactString;
 pub use error::{ErrorCode, EventError};
 pub use event::{
     Context, Conversion, Decision, Event, EventBody, EventData, EventType, Exposure, Identify,

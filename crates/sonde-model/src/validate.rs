@@ -81,50 +81,50 @@ impl<'de> Deserialize<'de> for WireTime {
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(rename = "type")]
-    ty: Option<String>,
-    event_id: Option<String>,
+    ty: Option<CompactString>,
+    event_id: Option<CompactString>,
     timestamp: Option<WireTime>,
     sent_at: Option<WireTime>,
-    user_id: Option<String>,
-    anonymous_id: Option<String>,
-    session_id: Option<String>,
+    user_id: Option<CompactString>,
+    anonymous_id: Option<CompactString>,
+    session_id: Option<CompactString>,
     #[serde(borrow)]
     context: Option<WireContext<'a>>,
-    request_id: Option<String>,
+    request_id: Option<CompactString>,
     trace_id: Option<String>,
-    surface: Option<String>,
+    surface: Option<CompactString>,
     model: Option<WireModel>,
     experiments: Option<Vec<WireExperiment>>,
     #[serde(borrow)]
     flags: Option<&'a RawValue>,
     #[serde(borrow)]
-    items: Option<Vec<WireEntry<'a>>>,
+    items: Option<Entries<'a>>,
     slate_propensity: Option<f64>,
     latency_ms: Option<WireLatency>,
     fallback: Option<bool>,
     #[serde(borrow)]
     features: Option<&'a RawValue>,
-    item_id: Option<String>,
-    action: Option<String>,
+    item_id: Option<CompactString>,
+    action: Option<CompactString>,
     value: Option<f64>,
-    name: Option<String>,
+    name: Option<CompactString>,
     currency: Option<String>,
     channel: Option<String>,
     campaign: Option<String>,
-    experiment: Option<String>,
-    variant: Option<String>,
+    experiment: Option<CompactString>,
+    variant: Option<CompactString>,
 }
 
 #[derive(Deserialize)]
 struct WireModel {
-    name: Option<String>,
-    version: Option<String>,
+    name: Option<CompactString>,
+    version: Option<CompactString>,
 }
 
 #[derive(Deserialize)]
 struct WireExperiment {
-    id: Option<String>,
-    variant: Option<String>,
+    id: Option<CompactString>,
+    variant: Option<CompactString>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +180,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireEntry<'a> {
     }
 }
 
+/// The `items` array. Read into a Vec sized for a typical slate up front: serde's own Vec
+/// (JSON gives no length) grows it 4, 8, 16, moving each item of 80 bytes along.
+struct Entries<'a>(Vec<WireEntry<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Entries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of items")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Entries<'a>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(1024));
+                while let Some(e) = seq.next_element()? {
+                    out.push(e);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
 /// A map key, borrowed from the input unless it holds escapes (serde's own `Cow` impl
 /// always copies).
 struct Key<'a>(std::borrow::Cow<'a, str>);
@@ -217,7 +241,7 @@ const CONTEXT_FIELDS: [&str; 6] = [
 /// raw JSON for `Context::extra`.
 #[derive(Default)]
 struct WireContext<'a> {
-    known: [Option<String>; 6],
+    known: [Option<CompactString>; 6],
     extra: Vec<(String, &'a RawValue)>,
 }
 
@@ -239,7 +263,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireContext<'a> {
                         .iter()
                         .position(|f| f.strip_prefix("context.") == Some(&*key))
                     {
-                        Some(i) => out.known[i] = m.next_value::<Option<String>>()?,
+                        Some(i) => out.known[i] = m.next_value::<Option<CompactString>>()?,
                         None => out.extra.push((key.into_owned(), m.next_value()?)),
                     }
                 }
@@ -264,7 +288,7 @@ impl<'de> Deserialize<'de> for ComponentsWrapper {
                 mut m: A,
             ) -> Result<ComponentsWrapper, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, f64>()? {
+                while let Some((k, v)) = m.next_entry::<CompactString, f64>()? {
                     out.push((k, v));
                 }
                 Ok(ComponentsWrapper(out))
@@ -274,7 +298,7 @@ impl<'de> Deserialize<'de> for ComponentsWrapper {
     }
 }
 
-struct ComponentsWrapper(Vec<(String, f64)>);
+struct ComponentsWrapper(Vec<(CompactString, f64)>);
 
 /// Everything that shapes how one event is turned into a stored row.
 pub struct ParseCtx<'p> {
@@ -321,7 +345,14 @@ pub fn parse_event(raw: &[u8], ctx: &ParseCtx<'_>) -> Result<Event, Rejected> {
             event_id: None,
         });
     }
-    let wire: Wire<'_> = match serde_json::from_slice(raw) {
+    // One UTF-8 check of the whole event (std's word-at-a-time ASCII path) lets serde_json
+    // read it as a `str` and skip checking each string it borrows; text that is not UTF-8
+    // goes through the byte reader, which names the broken string.
+    let parsed = match std::str::from_utf8(raw) {
+        Ok(text) => serde_json::from_str::<Wire<'_>>(text),
+        Err(_) => serde_json::from_slice::<Wire<'_>>(raw),
+    };
+    let wire = match parsed {
         Ok(w) => w,
         Err(_) => {
             return Err(Rejected {
@@ -331,7 +362,10 @@ pub fn parse_event(raw: &[u8], ctx: &ParseCtx<'_>) -> Result<Event, Rejected> {
         }
     };
     let event_id = wire.event_id.clone();
-    build(wire, ctx).map_err(|error| Rejected { error, event_id })
+    build(wire, ctx).map_err(|error| Rejected {
+        error,
+        event_id: event_id.map(Into::into),
+    })
 }
 
 /// Read `event_id` from an event's text, if it has a string one (for events that failed
@@ -405,15 +439,19 @@ fn missing(field: &str) -> EventError {
     )
 }
 
-fn required_str(v: Option<String>, field: &str, max: usize) -> Result<String, EventError> {
+fn required_str<S: AsRef<str>>(v: Option<S>, field: &str, max: usize) -> Result<S, EventError> {
     let s = v.ok_or_else(|| missing(field))?;
-    check_len(&s, field, max)?;
+    check_len(s.as_ref(), field, max)?;
     Ok(s)
 }
 
-fn optional_str(v: Option<String>, field: &str, max: usize) -> Result<Option<String>, EventError> {
+fn optional_str<S: AsRef<str>>(
+    v: Option<S>,
+    field: &str,
+    max: usize,
+) -> Result<Option<S>, EventError> {
     if let Some(s) = &v {
-        check_len(s, field, max)?;
+        check_len(s.as_ref(), field, max)?;
     }
     Ok(v)
 }
@@ -536,7 +574,7 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
                     })?;
                 experiments.push(pair);
             }
-            let items = parse_items(w.items.ok_or_else(|| missing("items"))?, ctx.limits)?;
+            let items = parse_items(w.items.ok_or_else(|| missing("items"))?.0, ctx.limits)?;
             let (latency_total_ms, latency_components) = match w.latency_ms {
                 None => (None, Vec::new()),
                 Some(l) => {
@@ -585,7 +623,7 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
                 ));
             }
             let mut items = Vec::new();
-            for (i, entry) in w.items.unwrap_or_default().into_iter().enumerate() {
+            for (i, entry) in w.items.map(|e| e.0).unwrap_or_default().into_iter().enumerate() {
                 match entry {
                     WireEntry::Id(id) => items.push(id),
                     WireEntry::Item(_) => {
@@ -598,11 +636,11 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
                 }
             }
             EventBody::Conversion(Conversion {
-                name: required_str(w.name, "name", MAX_NAME)?,
+                name: required_str(w.name, "name", MAX_NAME)?.into(),
                 value: finite(w.value, "value", false)?,
                 currency,
                 items,
-                request_id: optional_str(w.request_id, "request_id", MAX_ID)?,
+                request_id: optional_str(w.request_id, "request_id", MAX_ID)?.map(Into::into),
             })
         }
         EventType::Touch => EventBody::Touch(Touch {
@@ -611,8 +649,8 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
         }),
         EventType::Identify => EventBody::Identify(Identify {}),
         EventType::Exposure => EventBody::Exposure(Exposure {
-            experiment: required_str(w.experiment, "experiment", MAX_NAME)?,
-            variant: required_str(w.variant, "variant", MAX_NAME)?,
+            experiment: required_str(w.experiment, "experiment", MAX_NAME)?.into(),
+            variant: required_str(w.variant, "variant", MAX_NAME)?.into(),
         }),
     };
 
@@ -627,14 +665,14 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
             user_key: user_id.map(|s| p.apply(&s)),
             anonymous_key: anonymous_id.map(|s| p.apply(&s)),
             session_key: session_id.map(|s| p.apply(&s)),
-            key_id: p.key_id().to_string(),
+            key_id: p.key_id().into(),
             context,
             body,
         },
     })
 }
 
-fn check_trace_id(t: String) -> Result<String, EventError> {
+fn check_trace_id(mut t: String) -> Result<String, EventError> {
     let ok =
         t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) && t.bytes().any(|b| b != b'0');
     if !ok {
@@ -644,7 +682,8 @@ fn check_trace_id(t: String) -> Result<String, EventError> {
             format!("trace_id must be 32 hex digits, not all zero (W3C trace context), got {t:?}"),
         ));
     }
-    Ok(t.to_ascii_lowercase())
+    t.make_ascii_lowercase();
+    Ok(t)
 }
 
 fn parse_items(wire: Vec<WireEntry<'_>>, limits: Limits) -> Result<Vec<Item>, EventError> {

@@ -110,10 +110,7 @@ fn valid_decision_is_normalized() {
         Some("4bf92f3577b34da6a3ce929d0e0e4736")
     );
     assert_eq!(d.model_version, "v7");
-    assert_eq!(
-        d.experiments,
-        vec![("exp1".to_string(), "treatment".to_string())]
-    );
+    assert_eq!(d.experiments, vec![("exp1".into(), "treatment".into())]);
     assert_eq!(d.items.len(), 2);
     assert_eq!(d.items[0].category.as_deref(), Some("shoes"));
     assert_eq!(d.items[0].provider.as_deref(), Some("acme"));
@@ -121,10 +118,7 @@ fn valid_decision_is_normalized() {
     // json! sorts keys; the parser keeps the order it reads.
     assert_eq!(
         d.latency_components,
-        vec![
-            ("inference".to_string(), 30.5),
-            ("retrieval".to_string(), 10.0)
-        ]
+        vec![("inference".into(), 30.5), ("retrieval".into(), 10.0)]
     );
     assert_eq!(d.flags.as_deref(), Some(r#"{"new_ui":true}"#));
 }
