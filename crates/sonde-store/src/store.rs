@@ -566,13 +566,17 @@ impl Store {
                             Err(StoreError::Unavailable(e.to_string()))
                         }
                     };
-                    let _ = tx.send((out, queued, durable_at, Instant::now()));
+                    // The entries go back to the request's task to be freed there: off the
+                    // serial completion thread, and by the thread that allocated them
+                    // (mimalloc's local free path).
+                    let _ = tx.send((out, queued, durable_at, Instant::now(), entries));
                 }),
             );
         }
-        let (out, queued, durable_at, applied_at) = rx
+        let (out, queued, durable_at, applied_at, entries) = rx
             .await
             .map_err(|_| StoreError::Unavailable("the write-ahead log stopped".into()))?;
+        drop(entries);
         let timings = WriteTimings {
             prepare: queued.duration_since(started),
             durable: durable_at.duration_since(queued),
