@@ -179,7 +179,9 @@ pub struct Item {
     pub category: Option<CompactString>,
     /// `attributes.provider`, promoted.
     pub provider: Option<CompactString>,
-    /// All attributes as a JSON object text.
+    /// The attributes other than a string `category` and `provider` (those are stored
+    /// once, in their fields), as a JSON object text; `None` when no others are left.
+    /// [`crate::merge_attributes`] gives the whole object back.
     pub attributes: Option<String>,
 }
 

@@ -4,6 +4,7 @@
 //! Everything here is pure (no I/O) so it can be tested exhaustively and reused by any
 //! collector or importer.
 
+mod attrs;
 mod batch;
 mod error;
 mod event;
@@ -11,6 +12,7 @@ mod pseudo;
 mod time;
 mod validate;
 
+pub use attrs::merge_attributes;
 pub use batch::{SplitError, split_json_array, split_ndjson};
 /// The inline string type of the event model's short texts.
 pub use compact_str::CompactString;

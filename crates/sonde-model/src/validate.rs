@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
+use crate::attrs;
 use crate::error::{ErrorCode, EventError};
 use crate::event::{
     Context, Conversion, Decision, Event, EventBody, EventData, EventType, Exposure, Identify,
@@ -141,14 +142,6 @@ struct WireItem<'a> {
     propensity: Option<f64>,
     #[serde(borrow)]
     attributes: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct AttrPeek<'a> {
-    #[serde(borrow)]
-    category: Option<&'a RawValue>,
-    #[serde(borrow)]
-    provider: Option<&'a RawValue>,
 }
 
 /// An element of `items`: an item object in a decision's slate, an item id in a
@@ -508,10 +501,15 @@ fn time(v: Option<WireTime>, field: &str) -> Result<Option<i64>, EventError> {
 
 /// A JSON object's text, or an `invalid_type` error naming `field`.
 fn object_text(v: Option<&RawValue>, field: &str) -> Result<Option<String>, EventError> {
+    Ok(object_raw(v, field)?.map(str::to_string))
+}
+
+/// A JSON object's text, borrowed, or an `invalid_type` error naming `field`.
+fn object_raw<'a>(v: Option<&'a RawValue>, field: &str) -> Result<Option<&'a str>, EventError> {
     match v {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),
-        Some(r) if r.get().starts_with('{') => Ok(Some(r.get().to_string())),
+        Some(r) if r.get().starts_with('{') => Ok(Some(r.get())),
         Some(_) => Err(EventError::new(
             ErrorCode::InvalidType,
             field,
@@ -623,7 +621,13 @@ fn build(w: Wire<'_>, ctx: &ParseCtx<'_>) -> Result<Event, EventError> {
                 ));
             }
             let mut items = Vec::new();
-            for (i, entry) in w.items.map(|e| e.0).unwrap_or_default().into_iter().enumerate() {
+            for (i, entry) in w
+                .items
+                .map(|e| e.0)
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
                 match entry {
                     WireEntry::Id(id) => items.push(id),
                     WireEntry::Item(_) => {
@@ -739,13 +743,13 @@ fn parse_item(it: WireItem<'_>, seen: &[u32]) -> Result<Item, EventError> {
     }
     let score = finite(it.score, "score", false)?;
     let propensity = probability(it.propensity, "propensity")?;
-    let attributes = object_text(it.attributes, "attributes")?;
-    let (category, provider) = match &attributes {
-        None => (None, None),
-        Some(text) => {
-            let (c, p) = peek_attrs(text)?;
-            (c.and_then(scalar_text), p.and_then(scalar_text))
-        }
+    let attrs::Split {
+        category,
+        provider,
+        rest: attributes,
+    } = match object_raw(it.attributes, "attributes")? {
+        None => attrs::Split::default(),
+        Some(text) => attrs::split(text)?,
     };
     Ok(Item {
         item_id,
@@ -756,123 +760,6 @@ fn parse_item(it: WireItem<'_>, seen: &[u32]) -> Result<Item, EventError> {
         provider,
         attributes,
     })
-}
-
-/// A string attribute as is; any other JSON value as its text.
-fn scalar_text(text: &str) -> Option<CompactString> {
-    if text == "null" {
-        return None;
-    }
-    if let Some(inner) = text.strip_prefix('"') {
-        if let Some(plain) = inner.strip_suffix('"')
-            && !plain.contains('\\')
-        {
-            return Some(CompactString::from(plain));
-        }
-        return serde_json::from_str::<CompactString>(text).ok();
-    }
-    Some(CompactString::from(text))
-}
-
-/// The raw values of `category` and `provider` in an attributes object: by [`scan_attrs`],
-/// or by serde for what the scan hands back.
-fn peek_attrs(text: &str) -> Result<(Option<&str>, Option<&str>), EventError> {
-    if let Some(found) = scan_attrs(text) {
-        return Ok(found);
-    }
-    let peek: AttrPeek<'_> = serde_json::from_str(text).map_err(|e| {
-        EventError::new(
-            ErrorCode::InvalidType,
-            "attributes",
-            strip_location(&e.to_string()),
-        )
-    })?;
-    Ok((
-        peek.category.map(RawValue::get),
-        peek.provider.map(RawValue::get),
-    ))
-}
-
-/// The raw values of `category` and `provider` among the top-level keys of `text`, a JSON
-/// object already checked by the event's parse. A scan instead of a second serde parse per
-/// item (which took ~18% of parsing a 10-item decision). `None` hands anything unusual
-/// (escaped or repeated keys, unexpected bytes) to serde, which decides and words the error.
-fn scan_attrs(text: &str) -> Option<(Option<&str>, Option<&str>)> {
-    let b = text.as_bytes();
-    let ws = |mut i: usize| {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    let (mut category, mut provider) = (None, None);
-    let mut i = ws(0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = ws(i + 1);
-    if b.get(i) == Some(&b'}') {
-        return Some((None, None));
-    }
-    loop {
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = i + 1 + b[i + 1..].iter().position(|&c| c == b'"')?;
-        let key = &b[i + 1..key_end];
-        if key.contains(&b'\\') {
-            return None;
-        }
-        i = ws(key_end + 1);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        let start = ws(i + 1);
-        let end = skip_value(b, start)?;
-        let slot = match key {
-            b"category" => Some(&mut category),
-            b"provider" => Some(&mut provider),
-            _ => None,
-        };
-        if let Some(slot) = slot {
-            if slot.is_some() {
-                return None;
-            }
-            *slot = Some(text.get(start..end)?);
-        }
-        i = ws(end);
-        match b.get(i) {
-            Some(b',') => i = ws(i + 1),
-            Some(b'}') => return Some((category, provider)),
-            _ => return None,
-        }
-    }
-}
-
-/// The end (exclusive) of the JSON value starting at `i`: the first `,`, `}`, `]` or
-/// whitespace outside strings and nesting. For text already known to be JSON.
-fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    loop {
-        match *b.get(i)? {
-            b'"' => {
-                i += 1;
-                loop {
-                    match *b.get(i)? {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' if depth > 0 => depth -= 1,
-            b',' | b'}' | b']' if depth == 0 => return Some(i),
-            c if depth == 0 && c.is_ascii_whitespace() => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
 }
 
 fn parse_context(wire: Option<WireContext<'_>>) -> Result<Context, EventError> {
@@ -979,81 +866,4 @@ fn scrub_key(text: &str, key: &str, p: &dyn Pseudonymizer) -> String {
     }
     out.push_str(rest);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// The serde reading that `scan_attrs` replaces.
-    fn by_serde(text: &str) -> Option<(Option<CompactString>, Option<CompactString>)> {
-        let peek: AttrPeek<'_> = serde_json::from_str(text).ok()?;
-        Some((
-            peek.category.and_then(|r| scalar_text(r.get())),
-            peek.provider.and_then(|r| scalar_text(r.get())),
-        ))
-    }
-
-    fn by_scan(text: &str) -> Option<(Option<CompactString>, Option<CompactString>)> {
-        let (c, p) = scan_attrs(text)?;
-        Some((c.and_then(scalar_text), p.and_then(scalar_text)))
-    }
-
-    #[test]
-    fn attribute_scan_reads_what_serde_reads() {
-        for text in [
-            r#"{"category":"books","provider":"p1"}"#,
-            r#"{ "x" : [1, {"category": "no"}, "]}"], "category" : "a\"b\u00e9" , "provider" : 7 }"#,
-            r#"{"provider":{"id":[1,2,{"k":"}"}]},"category":null}"#,
-            r#"{"category":true,"other":-1.5e3}"#,
-            "{\n  \"category\": \"x\",\n  \"provider\": \"y\"\n}",
-            "{}",
-        ] {
-            assert!(scan_attrs(text).is_some(), "{text}");
-            assert_eq!(by_scan(text), by_serde(text), "{text}");
-        }
-        assert_eq!(
-            by_scan(r#"{"category":"a\"b\u00e9","provider":{"id":1}}"#),
-            Some((Some("a\"b\u{e9}".into()), Some(r#"{"id":1}"#.into())))
-        );
-        // Escaped or repeated keys go to serde, which rejects the repeat.
-        assert_eq!(scan_attrs(r#"{"categ\u006fry":"x"}"#), None);
-        assert_eq!(scan_attrs(r#"{"category":"x","category":"y"}"#), None);
-        assert_eq!(by_serde(r#"{"category":"x","category":"y"}"#), None);
-    }
-
-    fn json_value() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            (-1e9f64..1e9).prop_map(serde_json::Value::from),
-            "[a-z\"\\\\{}\\[\\],: é\n]{0,8}".prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
-                prop::collection::btree_map("[a-z]{1,3}|category|provider", inner, 0..4)
-                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn attribute_scan_agrees_with_serde(
-            m in prop::collection::btree_map("[a-z]{1,6}|category|provider", json_value(), 0..6),
-            pretty in any::<bool>(),
-        ) {
-            let v = serde_json::Value::Object(m.into_iter().collect());
-            let text = if pretty {
-                serde_json::to_string_pretty(&v).expect("json")
-            } else {
-                v.to_string()
-            };
-            prop_assert!(scan_attrs(&text).is_some());
-            prop_assert_eq!(by_scan(&text), by_serde(&text));
-        }
-    }
 }

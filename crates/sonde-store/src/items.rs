@@ -12,7 +12,9 @@ use std::iter::repeat_n;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray, UInt32Array,
+};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
@@ -31,6 +33,7 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
+use sonde_model::merge_attributes;
 
 use crate::tables::{DECISION_ITEMS, ItemColumn, Table, decision_items_schema};
 
@@ -106,6 +109,15 @@ impl TableProvider for ItemsTable {
                     counts.get_or_insert(at);
                     Source::Elements(at)
                 }
+                ItemColumn::Attributes => {
+                    let category = input_of("item_categories")?;
+                    counts.get_or_insert(category);
+                    Source::Attributes {
+                        category,
+                        provider: input_of("item_providers")?,
+                        rest: input_of("item_attributes")?,
+                    }
+                }
             });
         }
         // Without an item column in the query, the positions still give the row count.
@@ -138,6 +150,12 @@ enum Source {
     Repeat(usize),
     /// The elements of a list column.
     Elements(usize),
+    /// Whole attributes objects, merged from the elements of three list columns.
+    Attributes {
+        category: usize,
+        provider: usize,
+        rest: usize,
+    },
 }
 
 /// Expands each decision row of its input into one row per item.
@@ -253,6 +271,32 @@ impl ExecutionPlan for ItemsExec {
     }
 }
 
+/// The elements of list column `i` of `batch` for its items, after checking the list
+/// lines up with `offsets`, the item counts' (every item list of a decision has one
+/// element per item).
+fn elements(batch: &RecordBatch, i: usize, offsets: &[i32]) -> DfResult<ArrayRef> {
+    let list = batch
+        .column(i)
+        .as_list_opt::<i32>()
+        .ok_or_else(|| internal_datafusion_err!("item column {i} is not a list"))?;
+    let base = offsets.first().copied().unwrap_or(0);
+    let items = (offsets.last().copied().unwrap_or(0) - base) as usize;
+    let own = list.value_offsets();
+    let own_base = own.first().copied().unwrap_or(0);
+    if own.len() != offsets.len()
+        || own
+            .iter()
+            .zip(offsets)
+            .any(|(a, b)| a - own_base != b - base)
+    {
+        return Err(internal_datafusion_err!(
+            "item list {} does not line up with the decision's items",
+            batch.schema().field(i).name()
+        ));
+    }
+    Ok(list.values().slice(own_base as usize, items))
+}
+
 /// One row per list element of `batch`'s decisions.
 fn expand(
     batch: &RecordBatch,
@@ -287,26 +331,33 @@ fn expand(
                     .ok_or_else(|| internal_datafusion_err!("no decision rows"))?;
                 take(batch.column(i), rows, None)?
             }
-            Source::Elements(i) => {
-                let list = batch
-                    .column(i)
-                    .as_list_opt::<i32>()
-                    .ok_or_else(|| internal_datafusion_err!("item column {i} is not a list"))?;
-                let own = list.value_offsets();
-                let own_base = own.first().copied().unwrap_or(0);
-                // Every item list of a decision has one element per item.
-                if own.len() != offsets.len()
-                    || own
-                        .iter()
-                        .zip(offsets)
-                        .any(|(a, b)| a - own_base != b - base)
-                {
-                    return Err(internal_datafusion_err!(
-                        "item list {} does not line up with the decision's items",
-                        batch.schema().field(i).name()
-                    ));
+            Source::Elements(i) => elements(batch, i, offsets)?,
+            Source::Attributes {
+                category,
+                provider,
+                rest,
+            } => {
+                let [category, provider, rest] = [category, provider, rest].map(|i| {
+                    let values = elements(batch, i, offsets)?;
+                    values.as_string_opt::<i32>().cloned().ok_or_else(|| {
+                        internal_datafusion_err!("item column {i} does not hold text")
+                    })
+                });
+                let (category, provider, rest) = (category?, provider?, rest?);
+                fn text(a: &StringArray, row: usize) -> Option<&str> {
+                    a.is_valid(row).then(|| a.value(row))
                 }
-                list.values().slice(own_base as usize, items)
+                Arc::new(
+                    (0..items)
+                        .map(|row| {
+                            merge_attributes(
+                                text(&category, row),
+                                text(&provider, row),
+                                text(&rest, row),
+                            )
+                        })
+                        .collect::<StringArray>(),
+                )
             }
         });
     }
@@ -350,7 +401,7 @@ mod tests {
                 r#"{{"type":"decision","event_id":"d0","timestamp":{t0},"request_id":"r0","anonymous_id":"x0","surface":"home","model":{{"name":"m","version":"v1"}},"items":[{{"item_id":"z","position":1}}]}}"#
             ),
             format!(
-                r#"{{"type":"decision","event_id":"d2","timestamp":{t0},"anonymous_id":"x2","request_id":"r2","surface":"search","model":{{"name":"m","version":"v2"}},"items":[{{"item_id":"c","position":1,"attributes":{{"category":"shoes"}}}},{{"item_id":"d","position":2}},{{"item_id":"e","position":3,"score":0.1}}]}}"#
+                r#"{{"type":"decision","event_id":"d2","timestamp":{t0},"anonymous_id":"x2","request_id":"r2","surface":"search","model":{{"name":"m","version":"v2"}},"items":[{{"item_id":"c","position":1,"attributes":{{"category":"shoes","size":42}}}},{{"item_id":"d","position":2}},{{"item_id":"e","position":3,"score":0.1,"attributes":{{"provider":"p9"}}}}]}}"#
             ),
         ];
         let mut b = TableBuilders::default();
@@ -392,6 +443,30 @@ mod tests {
 | d2       | r2         | search  | v2            |          | x2            |    | 3        | e       | 0.1   |          |
 +----------+------------+---------+---------------+----------+---------------+----+----------+---------+-------+----------+";
         assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn attributes_are_stored_split_and_read_whole() {
+        let got = table(
+            "SELECT item_id, category, provider, attributes FROM decision_items \
+             WHERE event_id = 'd2' ORDER BY position",
+        )
+        .await;
+        let want = "\
++---------+----------+----------+--------------------------------+
+| item_id | category | provider | attributes                     |
++---------+----------+----------+--------------------------------+
+| c       | shoes    |          | {\"category\":\"shoes\",\"size\":42} |
+| d       |          |          |                                |
+| e       |          | p9       | {\"provider\":\"p9\"}              |
++---------+----------+----------+--------------------------------+";
+        assert_eq!(got, want);
+        // Stored: the string category and provider once, in their own lists.
+        let got = table("SELECT item_attributes FROM decisions WHERE event_id = 'd2'").await;
+        assert!(
+            got.contains(r#"{"size":42}"#) && !got.contains("shoes") && !got.contains("p9"),
+            "{got}"
+        );
     }
 
     #[tokio::test]

@@ -172,6 +172,9 @@ pub enum ItemColumn {
     /// The elements of this list column of `decisions`, one per item row; the flag says
     /// whether the column is nullable.
     List(&'static str, bool),
+    /// The whole attributes object, merged from `item_categories`, `item_providers` and
+    /// `item_attributes` (which leaves out string categories and providers).
+    Attributes,
 }
 
 /// The columns of `decision_items`, in order. The table is not stored: it is read from
@@ -199,7 +202,7 @@ pub const DECISION_ITEMS: &[(&str, ItemColumn)] = &[
     ("propensity", ItemColumn::List("item_propensities", true)),
     ("category", ItemColumn::List("item_categories", true)),
     ("provider", ItemColumn::List("item_providers", true)),
-    ("attributes", ItemColumn::List("item_attributes", true)),
+    ("attributes", ItemColumn::Attributes),
 ];
 
 /// The Arrow schema of `decision_items`.
@@ -218,6 +221,7 @@ pub fn decision_items_schema() -> SchemaRef {
                         _ => None,
                     }
                 }
+                ItemColumn::Attributes => Some(Field::new(name, DataType::Utf8, true)),
             })
             .collect();
         Arc::new(Schema::new(fields))
