@@ -5,7 +5,7 @@
 //! endpoints go through the same frame, so page and API answer alike.
 
 use sonde_store::Store;
-use sonde_store::arrow::array::{Array, RecordBatch};
+use sonde_store::arrow::array::{Array, ListArray, RecordBatch};
 
 use crate::ApiError;
 use crate::columns::{f64_array, f64s, i64s, list, text, u32_array, utf8};
@@ -317,21 +317,31 @@ impl ItemFrame {
         let scores = list(batch, 11)?;
         let categories = list(batch, 12)?;
         let providers = list(batch, 13)?;
-        // The lists of a row line up (the store checks so on write), so one set of offsets
-        // indexes all five value arrays.
+        // A row's lists line up (the store checks so on write), so one set of offsets,
+        // taken relative to its first, indexes all five lists' values.
         let offsets = positions.value_offsets();
-        let position = u32_array(positions.values())?;
-        let item = text(ids.values())?;
-        let score = f64_array(scores.values())?;
-        let category = text(categories.values())?;
-        let provider = text(providers.values())?;
-        for list in [&ids, &scores, &categories, &providers] {
-            if list.value_offsets() != offsets {
+        let base = offsets.first().copied().unwrap_or(0);
+        let items = (offsets.last().copied().unwrap_or(0) - base) as usize;
+        let values = |l: &ListArray| {
+            let own = l.value_offsets();
+            let own_base = own.first().copied().unwrap_or(0);
+            if own.len() != offsets.len()
+                || own
+                    .iter()
+                    .zip(offsets)
+                    .any(|(a, b)| a - own_base != b - base)
+            {
                 return Err(sonde_store::StoreError::Query(
                     "internal: a decision's item lists differ in length".into(),
                 ));
             }
-        }
+            Ok(l.values().slice(own_base as usize, items))
+        };
+        let position = u32_array(&values(&positions)?)?;
+        let item = text(&values(&ids)?)?;
+        let score = f64_array(&values(&scores)?)?;
+        let category = text(&values(&categories)?)?;
+        let provider = text(&values(&providers)?)?;
         for row in 0..batch.num_rows() {
             let known = self.requests.len();
             let decision = self.requests.id(request.value(row));
@@ -356,7 +366,7 @@ impl ItemFrame {
             if positions.is_null(row) {
                 continue;
             }
-            for i in offsets[row] as usize..offsets[row + 1] as usize {
+            for i in (offsets[row] - base) as usize..(offsets[row + 1] - base) as usize {
                 self.items.push(FrameItem {
                     decision,
                     position: position.value(i),
