@@ -4,8 +4,8 @@
 //! reads the window once and the analyses are pure computations over the frame. The API
 //! endpoints go through the same frame, so page and API answer alike.
 
-use sonde_store::Store;
 use sonde_store::arrow::array::{Array, ListArray, RecordBatch};
+use sonde_store::{Store, item_values};
 
 use crate::ApiError;
 use crate::columns::{f64_array, f64s, i64s, list, text, u32_array, utf8};
@@ -321,21 +321,12 @@ impl ItemFrame {
         // taken relative to its first, indexes all five lists' values.
         let offsets = positions.value_offsets();
         let base = offsets.first().copied().unwrap_or(0);
-        let items = (offsets.last().copied().unwrap_or(0) - base) as usize;
         let values = |l: &ListArray| {
-            let own = l.value_offsets();
-            let own_base = own.first().copied().unwrap_or(0);
-            if own.len() != offsets.len()
-                || own
-                    .iter()
-                    .zip(offsets)
-                    .any(|(a, b)| a - own_base != b - base)
-            {
-                return Err(sonde_store::StoreError::Query(
+            item_values(l, offsets).ok_or_else(|| {
+                sonde_store::StoreError::Query(
                     "internal: a decision's item lists differ in length".into(),
-                ));
-            }
-            Ok(l.values().slice(own_base as usize, items))
+                )
+            })
         };
         let position = u32_array(&values(&positions)?)?;
         let item = text(&values(&ids)?)?;

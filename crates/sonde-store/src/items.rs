@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray, UInt32Array,
+    Array, ArrayRef, AsArray, ListArray, RecordBatch, RecordBatchOptions, StringArray, UInt32Array,
 };
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -271,30 +271,35 @@ impl ExecutionPlan for ItemsExec {
     }
 }
 
-/// The elements of list column `i` of `batch` for its items, after checking the list
-/// lines up with `offsets`, the item counts' (every item list of a decision has one
-/// element per item).
+/// The values of `list` for the items whose list offsets are `offsets` (another item list
+/// of the same rows), or `None` when `list` does not line up with them: every item list of
+/// a decision has one element per item. Offsets compare relative to each list's first, so
+/// lists whose values start at different indexes still line up.
+pub fn item_values(list: &ListArray, offsets: &[i32]) -> Option<ArrayRef> {
+    let base = offsets.first().copied().unwrap_or(0);
+    let items = (offsets.last().copied().unwrap_or(0) - base) as usize;
+    let own = list.value_offsets();
+    let own_base = own.first().copied().unwrap_or(0);
+    let lined_up = own.len() == offsets.len()
+        && own
+            .iter()
+            .zip(offsets)
+            .all(|(a, b)| a - own_base == b - base);
+    lined_up.then(|| list.values().slice(own_base as usize, items))
+}
+
+/// The elements of list column `i` of `batch` for its items ([`item_values`]).
 fn elements(batch: &RecordBatch, i: usize, offsets: &[i32]) -> DfResult<ArrayRef> {
     let list = batch
         .column(i)
         .as_list_opt::<i32>()
         .ok_or_else(|| internal_datafusion_err!("item column {i} is not a list"))?;
-    let base = offsets.first().copied().unwrap_or(0);
-    let items = (offsets.last().copied().unwrap_or(0) - base) as usize;
-    let own = list.value_offsets();
-    let own_base = own.first().copied().unwrap_or(0);
-    if own.len() != offsets.len()
-        || own
-            .iter()
-            .zip(offsets)
-            .any(|(a, b)| a - own_base != b - base)
-    {
-        return Err(internal_datafusion_err!(
+    item_values(list, offsets).ok_or_else(|| {
+        internal_datafusion_err!(
             "item list {} does not line up with the decision's items",
             batch.schema().field(i).name()
-        ));
-    }
-    Ok(list.values().slice(own_base as usize, items))
+        )
+    })
 }
 
 /// One row per list element of `batch`'s decisions.

@@ -21,6 +21,7 @@ pub use codec::{QuarantineEntry, ReplayEntry, SpanRecord};
 /// The Arrow version the store uses, for consumers of query results.
 pub use datafusion::arrow;
 pub use dedup::Seen;
+pub use items::item_values;
 pub use live::LiveSums;
 pub use query::Snapshot;
 pub use query::{QueryLimits, QueryResult};
