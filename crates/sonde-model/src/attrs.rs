@@ -57,7 +57,8 @@ pub(crate) fn split(text: &str) -> Result<Split, EventError> {
     } else {
         let mut rest = String::with_capacity(text.len());
         rest.push('{');
-        scan_members(text, |key, member, _| {
+        // The same text `scan` just read whole: this pass cannot stop early.
+        let _ = scan_members(text, |key, member, _| {
             let promoted =
                 (key == "category" && strip_category) || (key == "provider" && strip_provider);
             if !promoted {
