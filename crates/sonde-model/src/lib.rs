@@ -23,7 +23,10 @@ pub use event::{
 };
 pub use pseudo::{AlreadyPseudonymized, KeyedPseudonymizer, Pseudonymizer, RAW_KEY_ID, RawIds};
 pub use time::{TimePolicy, parse_time_str};
-pub use validate::{Limits, ParseCtx, Rejected, parse_event, peek_event_id, redact_raw};
+pub use validate::{
+    Limits, ParseCtx, ParsedBatch, Rejected, parse_event, parse_json_array, peek_event_id,
+    redact_raw,
+};
 
 /// The JSON Schema (draft 2020-12) of event model v1, as served at `GET /v1/schema`.
 pub const EVENT_SCHEMA_JSON: &str = include_str!("../../../docs/event-schema.json");

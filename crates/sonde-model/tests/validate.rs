@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use sonde_model::{
     ErrorCode, EventBody, KeyedPseudonymizer, Limits, ParseCtx, Pseudonymizer, TimePolicy,
-    parse_event, redact_raw,
+    parse_event, parse_json_array, redact_raw, split_json_array,
 };
 
 const NOW: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -496,4 +496,91 @@ fn redaction_removes_raw_ids() {
     assert!(!red.contains("bob@example.com"), "{red}");
     assert!(red.contains(&p.apply("bob@example.com")), "{red}");
     assert!(red.contains(&p.apply("a\\\"b")), "{red}");
+}
+
+/// The one-pass array parse gives each event the outcome split-then-parse gives it, or
+/// declines (`None`) so the caller takes that path.
+#[test]
+fn one_pass_array_parse_matches_split_then_parse() {
+    let p = KeyedPseudonymizer::new("k1", b"secret");
+    let ctx = ctx(&p);
+    let text = |v: &Value| serde_json::to_string(v).expect("json");
+    let good = text(&decision());
+    let second = text(&with(decision(), &["event_id"], Some(json!("e2"))));
+    // Deserializes, then breaks a rule: the one-pass parse keeps it, with its error.
+    let no_id = text(&with(decision(), &["event_id"], None));
+    let bad_time = text(&with(decision(), &["timestamp"], Some(json!("yesterday"))));
+    let bad_position = text(&with(
+        decision(),
+        &["items", "1", "position"],
+        Some(json!(0)),
+    ));
+    let mut big = decision();
+    big["features"] = json!({"blob": "x".repeat(70_000)});
+    let big = text(&big);
+    let accepted: Vec<String> = vec![
+        "[]".into(),
+        " \n[ ]\t".into(),
+        format!("[{good}]"),
+        format!("[ {good} ,\n {second} ]\n"),
+        format!("[{no_id},{good},{bad_time},{bad_position},{big},{second}]"),
+    ];
+    for body in &accepted {
+        let fast = parse_json_array(body.as_bytes(), &ctx, 10).expect("one pass");
+        let slow: Vec<_> = split_json_array(body.as_bytes())
+            .expect("split")
+            .into_iter()
+            .map(|raw| (raw, parse_event(raw, &ctx)))
+            .collect();
+        assert_eq!(fast, slow, "{}", &body[..body.len().min(200)]);
+    }
+    let codes: Vec<_> = parse_json_array(accepted[4].as_bytes(), &ctx, 10)
+        .expect("one pass")
+        .into_iter()
+        .map(|(_, r)| r.err().map(|r| r.error.code))
+        .collect();
+    use ErrorCode::*;
+    assert_eq!(
+        codes,
+        [
+            Some(MissingField),
+            None,
+            Some(InvalidTimestamp),
+            Some(InvalidPosition),
+            Some(TooLarge),
+            None
+        ]
+    );
+    // Declined: an element that does not deserialize or is not an object, a broken array,
+    // text after it, text that is not UTF-8, more elements than allowed.
+    let wrong_type = text(&with(decision(), &["items"], Some(json!("many"))));
+    let declined: Vec<Vec<u8>> = vec![
+        format!("[{good},{wrong_type}]").into(),
+        format!("[{good},[1,2]]").into(),
+        format!("[{good},42]").into(),
+        format!("[{good}{second}]").into(),
+        format!("[{good},]").into(),
+        format!("[{good}").into(),
+        format!("[{good}] x").into(),
+        format!("{good}").into(),
+        [
+            b"[".as_slice(),
+            good.as_bytes(),
+            b",{\"event_id\": \"\xff\"}]",
+        ]
+        .concat(),
+    ];
+    for body in &declined {
+        assert!(
+            parse_json_array(body, &ctx, 10).is_none(),
+            "{}",
+            String::from_utf8_lossy(&body[body.len().saturating_sub(120)..])
+        );
+    }
+    let three = format!("[{good},{second},{good}]");
+    assert!(parse_json_array(three.as_bytes(), &ctx, 2).is_none());
+    assert_eq!(
+        parse_json_array(three.as_bytes(), &ctx, 3).map(|v| v.len()),
+        Some(3)
+    );
 }

@@ -8,7 +8,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sonde_model::{
-    ParseCtx, Pseudonymizer, parse_event, peek_event_id, redact_raw, split_json_array, split_ndjson,
+    ParseCtx, ParsedBatch, Pseudonymizer, parse_event, parse_json_array, peek_event_id, redact_raw,
+    split_json_array, split_ndjson,
 };
 use sonde_store::{QuarantineEntry, Seen, WriteBatch};
 
@@ -183,6 +184,32 @@ fn split(body: &[u8], format: Format) -> Result<Vec<&[u8]>, ApiError> {
     }
 }
 
+/// Parse every event of a body: a JSON array in one pass when it is well formed, otherwise
+/// (and for NDJSON or a single object) split first so each event is parsed alone.
+fn parse<'a>(
+    body: &'a [u8],
+    format: Format,
+    ctx: &ParseCtx<'_>,
+    max_events: usize,
+) -> Result<ParsedBatch<'a>, ApiError> {
+    if format == Format::Json
+        && let Some(parsed) = parse_json_array(body, ctx, max_events)
+    {
+        return Ok(parsed);
+    }
+    let raws = split(body, format)?;
+    if raws.len() > max_events {
+        return Err(ApiError::too_large(format!(
+            "batch holds {} events, over the limit of {max_events}; split it",
+            raws.len(),
+        )));
+    }
+    Ok(raws
+        .into_iter()
+        .map(|raw| (raw, parse_event(raw, ctx)))
+        .collect())
+}
+
 /// The handler.
 pub async fn post_events(
     State(state): State<AppState>,
@@ -202,14 +229,6 @@ pub async fn post_events(
     }
     let body = read_body(&headers, body, limits.max_body_bytes).await?;
     let read_at = std::time::Instant::now();
-    let raws = split(&body, format)?;
-    if raws.len() > limits.max_events_per_batch {
-        return Err(ApiError::too_large(format!(
-            "batch holds {} events, over the limit of {}; split it",
-            raws.len(),
-            limits.max_events_per_batch
-        )));
-    }
     let received_at = now_ms();
     let pseudo: &dyn Pseudonymizer = state.pseudonymizer.as_ref();
     let ctx = ParseCtx {
@@ -219,15 +238,18 @@ pub async fn post_events(
         backfill: params.backfill,
         limits: limits.event,
     };
+    let parsed = parse(&body, format, &ctx, limits.max_events_per_batch)?;
     let mut batch = WriteBatch::default();
-    let mut accepted_index = Vec::with_capacity(raws.len());
+    let mut accepted_index = Vec::with_capacity(parsed.len());
     // The batch's distinct (type, surface) sources, and each accepted event's index into
     // them, for the per-source ingest tally: one string per source, not per event.
     let mut sources: Vec<(&'static str, String)> = Vec::new();
-    let mut source_of: Vec<usize> = Vec::with_capacity(raws.len());
+    let mut source_of: Vec<usize> = Vec::with_capacity(parsed.len());
     let mut errors = Vec::new();
-    for (index, raw) in raws.iter().enumerate() {
-        match parse_event(raw, &ctx) {
+    let mut raws = Vec::with_capacity(parsed.len());
+    for (index, (raw, result)) in parsed.into_iter().enumerate() {
+        raws.push(raw);
+        match result {
             Ok(e) => {
                 accepted_index.push(index);
                 let kind = e.event_type().as_str();
