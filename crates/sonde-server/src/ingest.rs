@@ -239,7 +239,10 @@ pub async fn post_events(
         limits: limits.event,
     };
     let parsed = parse(&body, format, &ctx, limits.max_events_per_batch)?;
-    let mut batch = WriteBatch::default();
+    let mut batch = WriteBatch {
+        events: Vec::with_capacity(parsed.len()),
+        ..WriteBatch::default()
+    };
     let mut accepted_index = Vec::with_capacity(parsed.len());
     // The batch's distinct (type, surface) sources, and each accepted event's index into
     // them, for the per-source ingest tally: one string per source, not per event.

@@ -483,8 +483,13 @@ impl Store {
             // Check-and-insert and enqueue under one lock: two deliveries of an id in flight
             // at once cannot both be taken as new.
             let _guard = inner.ingest_lock.lock();
-            let mut fresh_ids = Vec::new();
-            let mut events = Vec::new();
+            let mut fresh_ids = Vec::with_capacity(batch.events.len());
+            let mut events = Vec::with_capacity(
+                batch.events.len()
+                    + batch.spans.len()
+                    + batch.quarantine.len()
+                    + batch.replays.len(),
+            );
             for (e, (bytes, content)) in batch.events.into_iter().zip(encoded) {
                 let id = codec::id_hash(&e.data.event_id);
                 let s = dedup.check_and_insert(id, content, hour_of(e.meta.received_at))?;
