@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, new_null_array};
 use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 
@@ -48,7 +49,7 @@ enum Codec {
     Small,
 }
 
-fn props(codec: Codec) -> WriterProperties {
+fn props(codec: Codec, schema: &Schema) -> Result<WriterProperties, StoreError> {
     let compression = match codec {
         Codec::Fast => Compression::LZ4_RAW,
         Codec::Small => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
@@ -64,6 +65,13 @@ fn props(codec: Codec) -> WriterProperties {
             .set_column_dictionary_enabled((*c).into(), false)
             .set_column_statistics_enabled((*c).into(), EnabledStatistics::None);
     }
+    // Values inside lists and maps (item ids, scores, experiment arms...): queries cannot
+    // prune row groups on them, and their min/max cost a comparison per element.
+    for column in ArrowSchemaConverter::new().convert(schema)?.columns() {
+        if column.path().parts().len() > 1 {
+            b = b.set_column_statistics_enabled(column.path().clone(), EnabledStatistics::None);
+        }
+    }
     if codec == Codec::Fast {
         // Random hex by construction (HMACs, W3C trace ids): LZ4, which has no entropy
         // coding, measured 1.05x on them in flush files. Compaction's zstd still codes them.
@@ -71,7 +79,7 @@ fn props(codec: Codec) -> WriterProperties {
             b = b.set_column_compression((*c).into(), Compression::UNCOMPRESSED);
         }
     }
-    b.build()
+    Ok(b.build())
 }
 
 fn hour_dir(hour: i64) -> String {
@@ -110,7 +118,9 @@ impl PartWriter {
             fs::create_dir_all(parent).map_err(io)?;
         }
         let file = File::create(&path).map_err(io)?;
-        let writer = ArrowWriter::try_new(file, table.schema(), Some(props(codec)))?;
+        let schema = table.schema();
+        let props = props(codec, &schema)?;
+        let writer = ArrowWriter::try_new(file, schema, Some(props))?;
         Ok(PartWriter {
             writer,
             path,
@@ -342,5 +352,49 @@ mod tests {
         let (compression, dictionary) = encoding(dir.path(), &merged);
         assert!(matches!(compression, Compression::ZSTD(_)));
         assert!(dictionary, "compaction writes dictionaries");
+    }
+
+    #[test]
+    fn nested_columns_carry_no_statistics() {
+        let ctx = ParseCtx {
+            policy: TimePolicy::default(),
+            pseudonymizer: &RawIds,
+            received_at: T0,
+            backfill: false,
+            limits: Limits::default(),
+        };
+        let raw = format!(
+            r#"{{"type":"decision","event_id":"d1","timestamp":{T0},"user_id":"u","request_id":"r",
+            "surface":"home","model":{{"name":"m","version":"v1"}},"experiments":[{{"id":"x","variant":"a"}}],
+            "items":[{{"item_id":"i1","position":1,"score":0.5}},{{"item_id":"i2","position":2,"score":0.25}}]}}"#
+        );
+        let e = parse_event(raw.as_bytes(), &ctx).expect("valid decision");
+        let mut b = TableBuilders::default();
+        b.push_event(&e);
+        let batch = b.get_mut(Table::Decisions).finish().expect("batch");
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = write_partitioned(dir.path(), Table::Decisions, &[batch], &AtomicU64::new(1))
+            .expect("flush");
+        let file = File::open(dir.path().join(&files[0].path)).expect("open");
+        let reader = SerializedFileReader::new(file).expect("parquet");
+        let group = reader.metadata().row_group(0);
+        let stats = |path: &str| {
+            group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == path)
+                .unwrap_or_else(|| panic!("no column {path}"))
+                .statistics()
+                .is_some()
+        };
+        assert!(stats("event_time") && stats("surface") && stats("model_version"));
+        for nested in [
+            "item_ids.list.item",
+            "item_scores.list.item",
+            "experiments.entries.keys",
+            "experiments.entries.values",
+        ] {
+            assert!(!stats(nested), "{nested} has statistics");
+        }
     }
 }
