@@ -221,7 +221,7 @@ pub async fn post_events(
     authorize(&state, &headers, Scope::Write)?;
     let format = content_type(&headers)?;
     let limits = &state.config.limits;
-    if let Err(e) = state.store.admit() {
+    if let Err(e) = state.store.admit_within().await {
         // Refuse before parsing, but drain the body so the client reads the answer on a
         // connection that stays usable rather than a reset.
         let _ = axum::body::to_bytes(body, limits.max_body_bytes).await;

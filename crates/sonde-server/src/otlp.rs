@@ -139,7 +139,7 @@ async fn export(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(state, headers, Scope::Write)?;
-    if let Err(e) = state.store.admit() {
+    if let Err(e) = state.store.admit_within().await {
         let _ = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
         return Err(e.into());
     }

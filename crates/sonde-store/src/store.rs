@@ -67,6 +67,9 @@ pub struct StoreConfig {
     pub max_buffered_rows: usize,
     /// Refuse writes (429) while buffered batches take this many bytes.
     pub max_buffered_bytes: usize,
+    /// How long [`Store::admit_within`] holds a write while the buffer or the WAL queue is
+    /// full, waiting for a flush to make room, before the caller answers 429.
+    pub admit_wait: Duration,
     /// Compact a partition once it has this many files (closed hours compact at 2).
     pub compact_min_files: usize,
     /// WAL segment size.
@@ -90,6 +93,9 @@ impl StoreConfig {
             // Three flushes' worth. At 128 MB, a full buffer while compaction ran (which
             // adds ~100 MB) took the ingest bench's peak RSS to 502-535 MB.
             max_buffered_bytes: 96 * 1024 * 1024,
+            // A flush of 32 MB takes about a second on a busy 2-core machine: waiting a
+            // fraction of that lets most writes through instead of turning them away.
+            admit_wait: Duration::from_millis(250),
             compact_min_files: 8,
             wal_segment_bytes: 64 * 1024 * 1024,
             rollups: RollupConfig::default(),
@@ -263,6 +269,8 @@ struct Inner {
     next_seq: AtomicU64,
     stopping: AtomicBool,
     doomed: Mutex<Vec<(Instant, PathBuf)>>,
+    /// Woken when a flush frees buffer space, for writes waiting in `admit_within`.
+    room: tokio::sync::Notify,
 }
 
 /// Rollups of the persisted minutes still kept in memory.
@@ -460,6 +468,27 @@ impl Store {
             return Err(StoreError::Overloaded);
         }
         Ok(())
+    }
+
+    /// [`Store::admit`], but while the store is only overloaded, wait up to
+    /// `admit_wait` for room (each flush that frees buffer space wakes the waiters) before
+    /// giving up. A waiting request has not been read yet, so it holds no memory beyond its
+    /// connection; a client that backs off after a 429 would instead leave the cores idle
+    /// until it retries.
+    pub async fn admit_within(&self) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.admit_wait;
+        loop {
+            // Registered before the check, so a flush finishing in between still wakes us.
+            let room = self.inner.room.notified();
+            match self.admit() {
+                Err(StoreError::Overloaded) if tokio::time::Instant::now() < deadline => {
+                    // The WAL queue drains without a flush: look again every 10 ms too.
+                    let recheck = tokio::time::Instant::now() + Duration::from_millis(10);
+                    let _ = tokio::time::timeout_at(deadline.min(recheck), room).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Durably store a batch. Resolves once every record is fsync'd and visible to SQL.
@@ -783,6 +812,7 @@ impl Inner {
             next_seq,
             stopping,
             doomed: Mutex::new(Vec::new()),
+            room: tokio::sync::Notify::new(),
         }
     }
 
@@ -916,6 +946,7 @@ impl Inner {
             }
             return Err(e);
         }
+        self.room.notify_waiters();
         if let Some(wal) = &self.wal {
             wal.trim(upto)?;
         }

@@ -355,3 +355,48 @@ async fn decision_items_time_filters_prune_decisions_files() {
         4
     );
 }
+
+/// A store whose buffer is full (two rows over a cap of one), nothing flushing on its own.
+async fn full_store(dir: &std::path::Path, wait: std::time::Duration) -> Store {
+    let mut c = config(dir);
+    c.max_buffered_rows = 1;
+    c.admit_wait = wait;
+    let store = Store::open(c).expect("open");
+    let batch = WriteBatch {
+        events: vec![decision("w1", "r1", "a", 0), decision("w2", "r2", "a", 0)],
+        ..WriteBatch::default()
+    };
+    store.write(batch).await.expect("first write");
+    assert!(matches!(store.admit(), Err(StoreError::Overloaded)));
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_holds_writes_until_a_flush_makes_room() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = full_store(dir.path(), std::time::Duration::from_millis(50)).await;
+    // Nothing makes room: the wait runs out and the write is refused.
+    assert!(matches!(
+        store.admit_within().await,
+        Err(StoreError::Overloaded)
+    ));
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let store =
+        std::sync::Arc::new(full_store(dir.path(), std::time::Duration::from_secs(30)).await);
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { store.admit_within().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the write waits while the buffer is full"
+    );
+    store.flush().expect("flush");
+    let admitted = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the flush, well before its 30 s wait ends")
+        .expect("task");
+    assert!(admitted.is_ok(), "{admitted:?}");
+}
