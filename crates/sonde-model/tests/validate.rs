@@ -562,7 +562,7 @@ fn one_pass_array_parse_matches_split_then_parse() {
         format!("[{good},]").into(),
         format!("[{good}").into(),
         format!("[{good}] x").into(),
-        format!("{good}").into(),
+        good.clone().into(),
         [
             b"[".as_slice(),
             good.as_bytes(),
