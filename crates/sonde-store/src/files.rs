@@ -290,14 +290,18 @@ mod tests {
 
     const T0: i64 = 1_790_000_000_000;
 
-    fn touches(n: u32) -> RecordBatch {
-        let ctx = ParseCtx {
+    fn ctx() -> ParseCtx<'static> {
+        ParseCtx {
             policy: TimePolicy::default(),
             pseudonymizer: &RawIds,
             received_at: T0,
             backfill: false,
             limits: Limits::default(),
-        };
+        }
+    }
+
+    fn touches(n: u32) -> RecordBatch {
+        let ctx = ctx();
         let mut b = TableBuilders::default();
         for i in 0..n {
             let raw = format!(
@@ -356,19 +360,12 @@ mod tests {
 
     #[test]
     fn nested_columns_carry_no_statistics() {
-        let ctx = ParseCtx {
-            policy: TimePolicy::default(),
-            pseudonymizer: &RawIds,
-            received_at: T0,
-            backfill: false,
-            limits: Limits::default(),
-        };
         let raw = format!(
             r#"{{"type":"decision","event_id":"d1","timestamp":{T0},"user_id":"u","request_id":"r",
             "surface":"home","model":{{"name":"m","version":"v1"}},"experiments":[{{"id":"x","variant":"a"}}],
             "items":[{{"item_id":"i1","position":1,"score":0.5}},{{"item_id":"i2","position":2,"score":0.25}}]}}"#
         );
-        let e = parse_event(raw.as_bytes(), &ctx).expect("valid decision");
+        let e = parse_event(raw.as_bytes(), &ctx()).expect("valid decision");
         let mut b = TableBuilders::default();
         b.push_event(&e);
         let batch = b.get_mut(Table::Decisions).finish().expect("batch");
