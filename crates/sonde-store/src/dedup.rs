@@ -98,45 +98,41 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 impl Run {
     /// Write sorted, unique records to `path` (via a temporary file and rename).
     fn write(path: PathBuf, recs: &[(u128, u64, u32)]) -> Result<Run, StoreError> {
-        let hours = recs.iter().map(|r| r.2);
-        let span = (hours.clone().min().unwrap_or(0), hours.max().unwrap_or(0));
-        Run::write_stream(path, recs.len() as u64, span, recs.iter().map(|&r| Ok(r)))
+        Run::write_stream(path, recs.len() as u64, recs.iter().map(|&r| Ok(r)))
     }
 
-    /// Write `count` sorted, unique records spanning hours `span` (min, max), streamed, so
-    /// writing a run never holds more than its Bloom filter and an I/O buffer.
+    /// Write sorted, unique records, at most `at_most` of them, streamed, so writing a run
+    /// never holds more than its Bloom filter and an I/O buffer. One pass: the filter is
+    /// sized for `at_most` (a merge that drops expired records leaves it roomier, not
+    /// fuller), and the header, with the count and hour span, is written last.
     fn write_stream(
         path: PathBuf,
-        count: u64,
-        (min_hour, max_hour): (u32, u32),
+        at_most: u64,
         recs: impl Iterator<Item = Result<(u128, u64, u32), StoreError>>,
     ) -> Result<Run, StoreError> {
         let tmp = path.with_extension("tmp");
-        let mut bloom = Bloom::with_keys(count);
+        let mut bloom = Bloom::with_keys(at_most);
+        let mut count = 0u64;
+        let (mut min_hour, mut max_hour) = (u32::MAX, 0u32);
         {
             let f = File::create(&tmp).map_err(io(&tmp))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            let mut head = Vec::with_capacity(HEADER);
-            head.extend_from_slice(MAGIC);
-            head.extend_from_slice(&count.to_le_bytes());
-            head.extend_from_slice(&min_hour.to_le_bytes());
-            head.extend_from_slice(&max_hour.to_le_bytes());
-            head.extend_from_slice(&(bloom.blocks.len() as u64).to_le_bytes());
-            w.write_all(&head).map_err(io(&tmp))?;
-            let mut written = 0u64;
+            w.write_all(&[0u8; HEADER]).map_err(io(&tmp))?;
             for rec in recs {
                 let (id, content, hour) = rec?;
+                if count == at_most {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: more than the {at_most} records expected",
+                        tmp.display()
+                    )));
+                }
                 bloom.insert(id);
                 w.write_all(&id.to_le_bytes()).map_err(io(&tmp))?;
                 w.write_all(&content.to_le_bytes()).map_err(io(&tmp))?;
                 w.write_all(&hour.to_le_bytes()).map_err(io(&tmp))?;
-                written += 1;
-            }
-            if written != count {
-                return Err(StoreError::Corrupt(format!(
-                    "{}: {written} records written where {count} were counted",
-                    tmp.display()
-                )));
+                count += 1;
+                min_hour = min_hour.min(hour);
+                max_hour = max_hour.max(hour);
             }
             for block in &bloom.blocks {
                 for word in block {
@@ -144,6 +140,13 @@ impl Run {
                 }
             }
             let f = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+            let mut head = Vec::with_capacity(HEADER);
+            head.extend_from_slice(MAGIC);
+            head.extend_from_slice(&count.to_le_bytes());
+            head.extend_from_slice(&min_hour.min(max_hour).to_le_bytes());
+            head.extend_from_slice(&max_hour.to_le_bytes());
+            head.extend_from_slice(&(bloom.blocks.len() as u64).to_le_bytes());
+            f.write_all_at(&head, 0).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
         }
         fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -488,21 +491,10 @@ impl DedupIndex {
                 (runs[n - 2].clone(), runs[n - 1].clone())
             };
             let cutoff = now_hour.saturating_sub(self.window_hours);
-            // Two streaming passes, the first to size the header and the Bloom filter:
-            // merging never holds the runs in memory, however large the window grows.
-            let mut count = 0u64;
-            let (mut min_hour, mut max_hour) = (u32::MAX, 0u32);
-            for r in merged(&a, &b, cutoff) {
-                let hour = r?.2;
-                count += 1;
-                min_hour = min_hour.min(hour);
-                max_hour = max_hour.max(hour);
-            }
-            let span = (min_hour.min(max_hour), max_hour);
+            // Streamed: merging never holds the runs in memory, however large the window grows.
             let run = Arc::new(Run::write_stream(
                 self.next_path(),
-                count,
-                span,
+                a.count + b.count,
                 merged(&a, &b, cutoff),
             )?);
             {
