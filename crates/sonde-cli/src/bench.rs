@@ -933,33 +933,44 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
         }
     }
     store.flush()?;
-    store.compact()?;
     println!(
-        "loaded {} decisions ({} decision_items rows) in {:.1} s; {} Parquet files",
+        "loaded {} decisions ({} decision_items rows) in {:.1} s",
         decisions,
         decisions * 10,
         started.elapsed().as_secs_f64(),
-        store.manifest().files.len()
     );
     let sql =
         "SELECT surface, model_version, count(*), avg(score) FROM decision_items GROUP BY 1, 2";
-    let mut times = Vec::new();
-    for _ in 0..args.repeat {
-        let t = Instant::now();
-        let r = store.query(sql, QueryLimits::default()).await?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        let total: usize = r.batches.iter().map(|b| b.num_rows()).sum();
-        anyhow::ensure!(total == 6, "expected 6 groups, got {total}");
-    }
-    times.sort_by(f64::total_cmp);
     println!("query: {sql}");
-    println!(
-        "  {} runs: min {:.0} ms, median {:.0} ms, max {:.0} ms",
-        times.len(),
-        times[0],
-        times[times.len() / 2],
-        times[times.len() - 1]
-    );
+    // As flushed (Arrow IPC files, as an hour still being written is read), then compacted
+    // (Parquet, as every older hour is).
+    for compacted in [false, true] {
+        if compacted {
+            store.compact()?;
+        }
+        let mut times = Vec::new();
+        for _ in 0..args.repeat {
+            let t = Instant::now();
+            let r = store.query(sql, QueryLimits::default()).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let total: usize = r.batches.iter().map(|b| b.num_rows()).sum();
+            anyhow::ensure!(total == 6, "expected 6 groups, got {total}");
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "  over {} {} files, {} runs: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+            store.manifest().files.len(),
+            if compacted {
+                "compacted (Parquet)"
+            } else {
+                "flushed (Arrow IPC)"
+            },
+            times.len(),
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
     store.close()?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! Ids are 128-bit hashes of `event_id`, each with a 64-bit content hash (to tell a retry
 //! from a conflicting reuse of the id) and the hour it was received. Ids not yet covered by
-//! a Parquet flush live in an in-memory table (the WAL replays them after a crash). At each
+//! a flush live in an in-memory table (the WAL replays them after a crash). At each
 //! flush they are spilled to an immutable sorted *run* file; the index keeps only a blocked
 //! Bloom filter of each run in memory (~2 bytes per id) and binary-searches the file on a
 //! filter hit. Runs merge pairwise, newest first, like a binary counter, so a lookup probes

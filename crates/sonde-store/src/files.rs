@@ -1,9 +1,18 @@
-//! Parquet files: writing flushed rows partitioned by table and hour, and compacting the
-//! small files of one partition into one, dropping rows whose event id repeats.
+//! Table files: flushes write rows as Arrow IPC files partitioned by table and hour;
+//! compaction merges the files of one partition into one Parquet file, dropping rows whose
+//! event id repeats.
+//!
+//! Why two formats: a flush sits on the ingest path and writes every row, and encoding
+//! Parquet (levels, plain-encoded values, pages) cost about as much CPU as compressing it.
+//! An IPC file is the Arrow buffers themselves, LZ4-compressed; compaction, in the
+//! background, then reads them without decoding and writes zstd Parquet with dictionaries
+//! and statistics for files at rest. Both are readable by DataFusion, and the extension
+//! says which a file is.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +20,9 @@ use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, n
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::arrow::ipc::CompressionType;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -23,7 +35,7 @@ use crate::tables::Table;
 const HOUR_MS: i64 = 3_600_000;
 
 /// Columns whose values are (nearly) unique per row: dictionary encoding and min/max
-/// statistics only cost CPU there (measured: 37% faster flushes without them).
+/// statistics only cost CPU there.
 const UNIQUE_COLUMNS: [&str; 8] = [
     "event_id",
     "request_id",
@@ -39,25 +51,13 @@ const UNIQUE_COLUMNS: [&str; 8] = [
 /// compresses their repeats within a decision's rows.
 const KEY_COLUMNS: [&str; 3] = ["user_key", "anonymous_key", "session_key"];
 
-/// How a file is encoded. Flushes, on the ingest path, use LZ4 (several times cheaper to
-/// encode than zstd) and no dictionaries (interning every value was ~9% of ingest CPU, and
-/// compaction builds them anyway); compaction, which rewrites every flushed file in the
-/// background, uses dictionaries and zstd for smaller files at rest.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Codec {
-    Fast,
-    Small,
-}
-
-fn props(codec: Codec, schema: &Schema) -> Result<WriterProperties, StoreError> {
-    let compression = match codec {
-        Codec::Fast => Compression::LZ4_RAW,
-        Codec::Small => Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
-    };
+/// How compaction encodes the Parquet files it writes: dictionaries and zstd, for small
+/// files at rest.
+fn parquet_props(schema: &Schema) -> Result<WriterProperties, StoreError> {
     // Chunk-level statistics suffice for pruning by time and key ranges.
     let mut b = WriterProperties::builder()
-        .set_compression(compression)
-        .set_dictionary_enabled(codec == Codec::Small)
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_dictionary_enabled(true)
         .set_max_row_group_row_count(Some(128 * 1024))
         .set_statistics_enabled(EnabledStatistics::Chunk);
     for c in UNIQUE_COLUMNS.iter().chain(&KEY_COLUMNS) {
@@ -72,14 +72,35 @@ fn props(codec: Codec, schema: &Schema) -> Result<WriterProperties, StoreError> 
             b = b.set_column_statistics_enabled(column.path().clone(), EnabledStatistics::None);
         }
     }
-    if codec == Codec::Fast {
-        // Random hex by construction (HMACs, W3C trace ids): LZ4, which has no entropy
-        // coding, measured 1.05x on them in flush files. Compaction's zstd still codes them.
-        for c in KEY_COLUMNS.iter().chain(&["trace_id"]) {
-            b = b.set_column_compression((*c).into(), Compression::UNCOMPRESSED);
+    Ok(b.build())
+}
+
+/// The two formats of table files, told apart by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Arrow IPC file, LZ4 frames: what a flush writes.
+    Ipc,
+    /// Parquet, zstd: what compaction writes.
+    Parquet,
+}
+
+impl FileFormat {
+    /// The extension of files of this format, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Ipc => "arrow",
+            FileFormat::Parquet => "parquet",
         }
     }
-    Ok(b.build())
+
+    /// The format of the file at `path`, by its extension; `None` for other files.
+    pub fn of(path: impl AsRef<Path>) -> Option<FileFormat> {
+        match path.as_ref().extension()?.to_str()? {
+            "arrow" => Some(FileFormat::Ipc),
+            "parquet" => Some(FileFormat::Parquet),
+            _ => None,
+        }
+    }
 }
 
 fn hour_dir(hour: i64) -> String {
@@ -87,9 +108,14 @@ fn hour_dir(hour: i64) -> String {
     dt.format("%Y-%m-%dT%H").to_string()
 }
 
-/// An open Parquet file of one table and hour.
+enum Writer {
+    Ipc(FileWriter<BufWriter<File>>),
+    Parquet(ArrowWriter<File>),
+}
+
+/// An open file of one table and hour.
 struct PartWriter {
-    writer: ArrowWriter<File>,
+    writer: Writer,
     path: PathBuf,
     rel: String,
     hour: i64,
@@ -102,12 +128,13 @@ impl PartWriter {
         table: Table,
         hour: i64,
         seq: u64,
-        codec: Codec,
+        format: FileFormat,
     ) -> Result<PartWriter, StoreError> {
         let rel = format!(
-            "tables/{}/hour={}/part-{seq:012}.parquet",
+            "tables/{}/hour={}/part-{seq:012}.{}",
             table.name(),
-            hour_dir(hour)
+            hour_dir(hour),
+            format.extension()
         );
         let path = data_dir.join(&rel);
         let io = |e| StoreError::Io {
@@ -119,8 +146,19 @@ impl PartWriter {
         }
         let file = File::create(&path).map_err(io)?;
         let schema = table.schema();
-        let props = props(codec, &schema)?;
-        let writer = ArrowWriter::try_new(file, schema, Some(props))?;
+        let writer = match format {
+            FileFormat::Ipc => {
+                // The IPC writer issues a write per buffer (several per column).
+                let options = IpcWriteOptions::default()
+                    .try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+                let out = BufWriter::with_capacity(1 << 20, file);
+                Writer::Ipc(FileWriter::try_new_with_options(out, &schema, options)?)
+            }
+            FileFormat::Parquet => {
+                let props = parquet_props(&schema)?;
+                Writer::Parquet(ArrowWriter::try_new(file, schema, Some(props))?)
+            }
+        };
         Ok(PartWriter {
             writer,
             path,
@@ -132,14 +170,26 @@ impl PartWriter {
 
     fn write(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
         self.rows += batch.num_rows() as u64;
-        Ok(self.writer.write(batch)?)
+        match &mut self.writer {
+            Writer::Ipc(w) => w.write(batch)?,
+            Writer::Parquet(w) => w.write(batch)?,
+        }
+        Ok(())
     }
 
     fn finish(self, table: Table) -> Result<FileEntry, StoreError> {
-        let file = self.writer.into_inner()?;
         let io = |e| StoreError::Io {
             path: self.path.clone(),
             source: e,
+        };
+        let file = match self.writer {
+            Writer::Ipc(mut w) => {
+                w.finish()?;
+                w.into_inner()?
+                    .into_inner()
+                    .map_err(|e| io(e.into_error()))?
+            }
+            Writer::Parquet(w) => w.into_inner()?,
         };
         file.sync_all().map_err(io)?;
         let bytes = file.metadata().map_err(io)?.len();
@@ -151,6 +201,33 @@ impl PartWriter {
             bytes,
         })
     }
+}
+
+/// Every batch of a table file, Parquet or IPC by its extension.
+pub(crate) fn read_batches(
+    path: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, StoreError>>>, StoreError> {
+    let file = File::open(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(match FileFormat::of(path) {
+        Some(FileFormat::Ipc) => Box::new(FileReader::try_new(file, None)?.map(|b| Ok(b?))),
+        _ => Box::new(
+            ParquetRecordBatchReaderBuilder::try_new(file)?
+                .build()?
+                .map(|b| Ok(b?)),
+        ),
+    })
+}
+
+/// Whether the IPC file at `path` has `table`'s current columns.
+pub(crate) fn has_current_schema(path: &Path, table: Table) -> Result<bool, StoreError> {
+    let file = File::open(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(FileReader::try_new(file, None)?.schema().fields() == table.schema().fields())
 }
 
 fn hours_of(batch: &RecordBatch, table: Table) -> Result<Int64Array, StoreError> {
@@ -187,7 +264,13 @@ pub fn write_partitioned(
                 Entry::Occupied(o) => o.into_mut(),
                 Entry::Vacant(v) => {
                     let seq = next_seq.fetch_add(1, Ordering::AcqRel);
-                    v.insert(PartWriter::create(data_dir, table, hour, seq, Codec::Fast)?)
+                    v.insert(PartWriter::create(
+                        data_dir,
+                        table,
+                        hour,
+                        seq,
+                        FileFormat::Ipc,
+                    )?)
                 }
             };
             writer.write(&part)?;
@@ -198,7 +281,7 @@ pub fn write_partitioned(
 
 /// `batch` with `table`'s current schema: a file written before a nullable column was
 /// added reads with that column null.
-fn with_schema(batch: RecordBatch, table: Table) -> Result<RecordBatch, StoreError> {
+pub(crate) fn with_schema(batch: RecordBatch, table: Table) -> Result<RecordBatch, StoreError> {
     let schema = table.schema();
     if batch.schema().fields() == schema.fields() {
         return Ok(batch);
@@ -219,7 +302,7 @@ fn with_schema(batch: RecordBatch, table: Table) -> Result<RecordBatch, StoreErr
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// Merge the files of one partition into one, streaming, keeping the first row of each
+/// Merge the files of one partition into one Parquet file, streaming, keeping the first row of each
 /// `event_id`. Returns the new file and the number of duplicate rows dropped. The caller
 /// bounds the rows merged at once: the key set costs about 32 bytes per row.
 pub fn compact_partition(
@@ -241,14 +324,9 @@ pub fn compact_partition(
     };
     let mut seen: hashbrown::HashSet<u128> = hashbrown::HashSet::with_capacity(capacity as usize);
     let mut dropped = 0u64;
-    let mut out = PartWriter::create(data_dir, table, hour, seq, Codec::Small)?;
+    let mut out = PartWriter::create(data_dir, table, hour, seq, FileFormat::Parquet)?;
     for f in files {
-        let path = data_dir.join(&f.path);
-        let file = File::open(&path).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+        for batch in read_batches(&data_dir.join(&f.path))? {
             let b = with_schema(batch?, table)?;
             if !dedup {
                 out.write(&b)?;
@@ -313,7 +391,8 @@ mod tests {
         b.get_mut(Table::Touches).finish().expect("batch")
     }
 
-    /// The compression of a file's first column and whether `channel` has a dictionary.
+    /// The compression of a Parquet file's first column and whether `channel` has a
+    /// dictionary.
     fn encoding(dir: &Path, f: &FileEntry) -> (Compression, bool) {
         let file = File::open(dir.join(&f.path)).expect("open");
         let reader = SerializedFileReader::new(file).expect("parquet");
@@ -330,7 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn flushes_use_lz4_without_dictionaries_and_compaction_zstd_with_them() {
+    fn flushes_write_ipc_and_compaction_zstd_parquet_with_dictionaries() {
         let dir = tempfile::tempdir().expect("tmp");
         let seq = AtomicU64::new(1);
         let batch = touches(20);
@@ -342,17 +421,33 @@ mod tests {
         )
         .expect("first flush");
         files.extend(
-            write_partitioned(dir.path(), Table::Touches, &[batch], &seq).expect("second flush"),
+            write_partitioned(
+                dir.path(),
+                Table::Touches,
+                std::slice::from_ref(&batch),
+                &seq,
+            )
+            .expect("second flush"),
         );
         assert_eq!(files.len(), 2);
         for f in &files {
-            assert_eq!(encoding(dir.path(), f), (Compression::LZ4_RAW, false));
+            let path = dir.path().join(&f.path);
+            assert_eq!(FileFormat::of(&path), Some(FileFormat::Ipc));
+            let back: Vec<RecordBatch> = read_batches(&path)
+                .expect("open")
+                .collect::<Result<_, _>>()
+                .expect("read");
+            assert_eq!(back, vec![batch.clone()]);
         }
         let (merged, dropped) =
             compact_partition(dir.path(), Table::Touches, files[0].hour, &files, 99)
                 .expect("compact");
         // The second flush repeated every event: compaction keeps one row per event_id.
         assert_eq!((merged.rows, dropped), (20, 20));
+        assert_eq!(
+            FileFormat::of(dir.path().join(&merged.path)),
+            Some(FileFormat::Parquet)
+        );
         let (compression, dictionary) = encoding(dir.path(), &merged);
         assert!(matches!(compression, Compression::ZSTD(_)));
         assert!(dictionary, "compaction writes dictionaries");
@@ -372,7 +467,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let files = write_partitioned(dir.path(), Table::Decisions, &[batch], &AtomicU64::new(1))
             .expect("flush");
-        let file = File::open(dir.path().join(&files[0].path)).expect("open");
+        let (merged, _) = compact_partition(dir.path(), Table::Decisions, files[0].hour, &files, 9)
+            .expect("compact");
+        let file = File::open(dir.path().join(&merged.path)).expect("open");
         let reader = SerializedFileReader::new(file).expect("parquet");
         let group = reader.metadata().row_group(0);
         let stats = |path: &str| {

@@ -1,5 +1,6 @@
 //! The embedded event store of Sonde: exact dedup, a write-ahead log with group commit, an
-//! in-memory Arrow buffer flushed to hourly Parquet partitions under an atomic manifest,
+//! in-memory Arrow buffer flushed to hourly partitions (Arrow IPC, compacted into Parquet)
+//! under an atomic manifest,
 //! compaction, and read-only SQL through Apache DataFusion.
 
 pub mod codec;

@@ -1,4 +1,4 @@
-//! The manifest: the one list of Parquet files that make up the store, and the WAL position
+//! The manifest: the one list of table files that make up the store, and the WAL position
 //! they cover. It is replaced atomically (write, fsync, rename, fsync directory), so a file
 //! is part of the store exactly when the manifest names it.
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
-/// One Parquet file of one table and hour.
+/// One file (Arrow IPC or Parquet, by extension) of one table and hour.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
     /// SQL table name.
@@ -25,7 +25,7 @@ pub struct FileEntry {
     pub bytes: u64,
 }
 
-/// The committed state of the Parquet part of the store.
+/// The committed state of the file part of the store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Every WAL record with an LSN at or below this is in the files below.

@@ -1,5 +1,5 @@
-//! SQL over the store with DataFusion: each table is its committed Parquet files plus the
-//! rows still in memory, read as one.
+//! SQL over the store with DataFusion: each table is its committed files (Parquet, and
+//! Arrow IPC from recent flushes) plus the rows still in memory, read as one.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
+use datafusion::datasource::file_format::FileFormat as Reader;
+use datafusion::datasource::file_format::arrow::ArrowFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -22,6 +24,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
 use crate::StoreError;
+use crate::files::FileFormat;
 use crate::items::ItemsTable;
 use crate::manifest::Manifest;
 use crate::tables::Table;
@@ -29,7 +32,7 @@ use crate::tables::Table;
 /// A consistent view of the store for one query: committed files and in-memory batches.
 #[derive(Clone)]
 pub struct Snapshot {
-    /// Each table's Parquet files: hour partition (epoch hours) and absolute path.
+    /// Each table's files: hour partition (epoch hours) and absolute path.
     pub files: Vec<(Table, Vec<(i64, String)>)>,
     /// Each table's rows not yet in committed files.
     pub mem: Vec<(Table, Vec<RecordBatch>)>,
@@ -74,28 +77,38 @@ struct StoreTable {
 const HOUR_MS: i64 = 3_600_000;
 
 impl StoreTable {
-    /// The files whose hour can hold rows that pass `filters` on the table's time column:
-    /// a query over the last hour opens one hour of files, not the month.
-    fn listing(&self, filters: &[Expr]) -> DfResult<Option<ListingTable>> {
+    /// The files whose hour can hold rows that pass `filters` on the table's time column,
+    /// one listing per file format: a query over the last hour opens one hour of files, not
+    /// the month.
+    fn listings(&self, filters: &[Expr]) -> DfResult<Vec<ListingTable>> {
         let (lo, hi) = time_bounds(filters, self.table.time_column());
-        let urls = self
-            .files
-            .iter()
-            .filter(|(hour, _)| {
-                lo.is_none_or(|lo| *hour >= lo.div_euclid(HOUR_MS))
-                    && hi.is_none_or(|hi| *hour <= hi.div_euclid(HOUR_MS))
-            })
-            .map(|(_, path)| ListingTableUrl::parse(path))
-            .collect::<DfResult<Vec<_>>>()?;
-        if urls.is_empty() {
-            return Ok(None);
+        let mut parquet = Vec::new();
+        let mut ipc = Vec::new();
+        for (_, path) in self.files.iter().filter(|(hour, _)| {
+            lo.is_none_or(|lo| *hour >= lo.div_euclid(HOUR_MS))
+                && hi.is_none_or(|hi| *hour <= hi.div_euclid(HOUR_MS))
+        }) {
+            match FileFormat::of(path) {
+                Some(FileFormat::Ipc) => ipc.push(ListingTableUrl::parse(path)?),
+                _ => parquet.push(ListingTableUrl::parse(path)?),
+            }
         }
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(self.schema.clone());
-        Ok(Some(ListingTable::try_new(config)?))
+        [(FileFormat::Parquet, parquet), (FileFormat::Ipc, ipc)]
+            .into_iter()
+            .filter(|(_, urls)| !urls.is_empty())
+            .map(|(format, urls)| {
+                let reader: Arc<dyn Reader> = match format {
+                    FileFormat::Parquet => Arc::new(ParquetFormat::default()),
+                    FileFormat::Ipc => Arc::new(ArrowFormat),
+                };
+                let options = ListingOptions::new(reader)
+                    .with_file_extension(format!(".{}", format.extension()));
+                let config = ListingTableConfig::new_with_multi_paths(urls)
+                    .with_listing_options(options)
+                    .with_schema(self.schema.clone());
+                ListingTable::try_new(config)
+            })
+            .collect()
     }
 }
 
@@ -178,7 +191,8 @@ impl TableProvider for StoreTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Parquet prunes with them; DataFusion still applies every filter above the scan.
+        // Parquet prunes with them (IPC files are pruned by hour only); DataFusion still
+        // applies every filter above the scan.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
@@ -190,7 +204,7 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let mut inputs = vec![self.mem.scan(state, projection, &[], limit).await?];
-        if let Some(files) = self.listing(filters)? {
+        for files in self.listings(filters)? {
             inputs.push(files.scan(state, projection, filters, limit).await?);
         }
         UnionExec::try_new(inputs)

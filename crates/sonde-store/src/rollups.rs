@@ -6,12 +6,10 @@
 //! the flush's WAL position and committed with it in one manifest update. After a crash,
 //! the WAL replays exactly the decisions whose rows were not committed.
 
-use std::fs::File;
 use std::path::Path;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt64Type};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sonde_latency::{Exemplar, Key, Observation, RollupRow, Sketch};
 
 use crate::codec::SpanRecord;
@@ -140,12 +138,7 @@ pub(crate) fn load(
         .iter()
         .filter(|f| f.table == Table::Rollups1m.name() && (f.hour + 1) * HOUR_MS > since_ms)
     {
-        let path = data_dir.join(&f.path);
-        let file = File::open(&path).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+        for batch in crate::files::read_batches(&data_dir.join(&f.path))? {
             rows.extend(rows_of(&batch?)?);
         }
     }

@@ -1,4 +1,4 @@
-//! The store: dedup, WAL, in-memory Arrow buffer, Parquet flush, compaction and SQL.
+//! The store: dedup, WAL, in-memory Arrow buffer, flush to files, compaction and SQL.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -34,16 +34,11 @@ fn seal_rows(t: Table) -> usize {
         _ => 8192,
     }
 }
-/// Files below this size count as small in an hour that is still being written. Flushes
-/// write 1-10 MB (LZ4); eight of them merged (zstd) come out above it, so while an hour is
-/// open a row is rewritten once, not again with each later merge. Bytes, not rows: a
-/// decision row (its items as lists) weighs ten times an interaction row.
-const SMALL_FILE_BYTES: u64 = 8 << 20;
 /// Most rows merged into one compacted file. It bounds the memory of the merge's key set:
 /// 17 bytes a bucket, with buckets the next power of two above 8/7 of the rows, so up to
 /// 917,504 rows take 2^20 buckets (17.8 MB); one million rows would take 2^21 (35.7 MB).
 const COMPACT_MAX_ROWS: u64 = 900_000;
-/// How long replaced Parquet files stay on disk for queries that still read them.
+/// How long replaced files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
 /// Store settings.
@@ -53,7 +48,7 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Exact dedup window, in hours of receive time.
     pub dedup_window_hours: u32,
-    /// Flush the buffer to Parquet at least this often.
+    /// Flush the buffer to files at least this often.
     pub flush_interval: Duration,
     /// Flush early once this many rows are buffered.
     pub flush_rows: usize,
@@ -156,7 +151,7 @@ pub struct Counters {
     pub quarantined: AtomicU64,
     /// Spans stored.
     pub spans: AtomicU64,
-    /// Parquet flushes.
+    /// Flushes of the buffer to files.
     pub flushes: AtomicU64,
     /// Partition compactions.
     pub compactions: AtomicU64,
@@ -265,7 +260,7 @@ struct Inner {
     compact_lock: Mutex<()>,
     /// One flush at a time: a second one would write the batches the first is writing.
     flush_lock: Mutex<()>,
-    /// Next Parquet file sequence number, shared by flushes and compactions.
+    /// Next table file sequence number, shared by flushes and compactions.
     next_seq: AtomicU64,
     stopping: AtomicBool,
     doomed: Mutex<Vec<(Instant, PathBuf)>>,
@@ -315,7 +310,28 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Delete Parquet files under `tables/` that the manifest does not name: leftovers of a
+fn is_ipc(f: &FileEntry) -> bool {
+    files::FileFormat::of(&f.path) == Some(files::FileFormat::Ipc)
+}
+
+/// Flush (IPC) files written under an older schema of their table. An IPC scan takes a
+/// file's columns by position, so before queries read these they are rewritten with the
+/// current schema (new columns null): to Parquet by a writable store, into memory by a
+/// read-only one.
+fn stale_ipc(dir: &Path, manifest: &Manifest) -> Result<Vec<(Table, FileEntry)>, StoreError> {
+    let mut stale = Vec::new();
+    for f in manifest.files.iter().filter(|f| is_ipc(f)) {
+        let Some(t) = Table::from_name(&f.table) else {
+            continue;
+        };
+        if !files::has_current_schema(&dir.join(&f.path), t)? {
+            stale.push((t, f.clone()));
+        }
+    }
+    Ok(stale)
+}
+
+/// Delete table files under `tables/` that the manifest does not name: leftovers of a
 /// flush or compaction that crashed before its manifest commit.
 fn remove_orphans(data_dir: &Path, manifest: &Manifest) -> Result<usize, StoreError> {
     let named: std::collections::HashSet<PathBuf> = manifest
@@ -333,7 +349,7 @@ fn remove_orphans(data_dir: &Path, manifest: &Manifest) -> Result<usize, StoreEr
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") && !named.contains(&path) {
+            } else if files::FileFormat::of(&path).is_some() && !named.contains(&path) {
                 fs::remove_file(&path).map_err(|e| StoreError::Io {
                     path: path.clone(),
                     source: e,
@@ -359,7 +375,7 @@ impl Store {
         if orphans > 0 {
             tracing::warn!(
                 files = orphans,
-                "removed Parquet files left by an interrupted flush"
+                "removed table files left by an interrupted flush or compaction"
             );
         }
         let now_hour = hour_of(now_ms());
@@ -396,6 +412,7 @@ impl Store {
             flushed_lsn = manifest.flushed_lsn,
             "store opened"
         );
+        let stale = stale_ipc(&dir, &manifest)?;
         let inner = Arc::new(Inner::new(
             config,
             Some(wal),
@@ -404,6 +421,18 @@ impl Store {
             rollups,
             manifest,
         ));
+        if !stale.is_empty() {
+            tracing::info!(
+                files = stale.len(),
+                "rewriting flush files of an older schema"
+            );
+            inner.merge(
+                stale
+                    .into_iter()
+                    .map(|(t, f)| (t, f.hour, vec![f]))
+                    .collect(),
+            )?;
+        }
         let mut workers = Vec::new();
         for (name, run) in [
             ("sonde-flush", Inner::flush_loop as fn(Arc<Inner>)),
@@ -433,9 +462,21 @@ impl Store {
         if !dir.join("manifest.json").exists() && !dir.join("wal").exists() {
             return Err(StoreError::NotAStore(dir));
         }
-        let manifest = Manifest::load(&dir)?;
+        let mut manifest = Manifest::load(&dir)?;
+        // Rollup rows are read by column name, stale files or not.
         let mut rollups = open_rollups(&config, &manifest)?;
         let mut mem = Mem::new();
+        let stale = stale_ipc(&dir, &manifest)?;
+        for (t, f) in &stale {
+            for batch in files::read_batches(&dir.join(&f.path))? {
+                let batch = files::with_schema(batch?, *t)?;
+                mem.bytes += batch.get_array_memory_size();
+                mem.sealed[*t as usize].push(batch);
+            }
+        }
+        manifest
+            .files
+            .retain(|f| !stale.iter().any(|(_, s)| s.path == f.path));
         let now = now_ms();
         for r in sonde_wal::read_records(&dir.join("wal"), manifest.flushed_lsn)? {
             mem.apply(r.lsn, &codec::decode(&r.payload)?, &mut rollups, None, now);
@@ -754,7 +795,7 @@ impl Store {
             && !self.inner.stopping.load(Ordering::Acquire)
     }
 
-    /// Flush buffered rows to Parquet now (tests, shutdown).
+    /// Flush buffered rows to files now (tests, shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
@@ -827,7 +868,7 @@ impl Inner {
                 return;
             }
             if let Err(e) = self.flush() {
-                tracing::error!(error = %e, "flush to Parquet failed; rows stay buffered and in the WAL");
+                tracing::error!(error = %e, "flush failed; rows stay buffered and in the WAL");
             }
             self.rollups.lock().maintain(now_ms());
         }
@@ -970,20 +1011,19 @@ impl Inner {
         for (i, f) in manifest.files.iter().enumerate() {
             parts.entry((f.table.clone(), f.hour)).or_default().push(i);
         }
-        let mut added = Vec::new();
-        let mut replaced = Vec::new();
+        let mut groups = Vec::new();
         for ((table, hour), idx) in parts {
             let Some(t) = Table::from_name(&table) else {
                 continue;
             };
-            // An hour still receiving data merges only its small files, so each row is
-            // rewritten a bounded number of times; a closed hour merges everything.
+            // An hour still receiving data merges only its flushed (IPC) files, so each row
+            // is rewritten once while the hour is open; a closed hour merges everything.
             // Smallest first, up to COMPACT_MAX_ROWS per merge.
             let closed = all || hour < current_hour - 1;
             let mut group: Vec<_> = idx
                 .iter()
                 .map(|&i| manifest.files[i].clone())
-                .filter(|f| closed || f.bytes < SMALL_FILE_BYTES)
+                .filter(|f| closed || is_ipc(f))
                 .collect();
             group.sort_by_key(|f| f.rows);
             let mut total = 0u64;
@@ -991,10 +1031,23 @@ impl Inner {
                 total += f.rows;
                 total <= COMPACT_MAX_ROWS
             });
-            let due = group.len() >= self.config.compact_min_files || (closed && group.len() >= 2);
-            if !due {
-                continue;
+            // A closed hour also converts a lone flushed file: IPC files are for the hours
+            // being written, Parquet for the rest.
+            let due = group.len() >= self.config.compact_min_files
+                || (closed && (group.len() >= 2 || group.iter().any(is_ipc)));
+            if due {
+                groups.push((t, hour, group));
             }
+        }
+        self.merge(groups)
+    }
+
+    /// Merge each group of files of one partition into one Parquet file, commit the swap
+    /// and leave the old files to be deleted after the grace period.
+    fn merge(&self, groups: Vec<(Table, i64, Vec<FileEntry>)>) -> Result<(), StoreError> {
+        let mut added = Vec::new();
+        let mut replaced = Vec::new();
+        for (t, hour, group) in groups {
             let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
             let (entry, dropped) =
                 files::compact_partition(&self.config.data_dir, t, hour, &group, seq)?;

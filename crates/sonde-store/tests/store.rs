@@ -294,6 +294,30 @@ async fn concurrent_flushes_write_each_row_once() {
     assert_eq!(in_files, written as u64);
 }
 
+/// How many files with `extension` the plan of `SELECT count(*) {from}` scans.
+async fn scanned(store: &Store, from: &str, extension: &str) -> usize {
+    let plan = store
+        .query(
+            &format!("EXPLAIN SELECT count(*) {from}"),
+            QueryLimits::default(),
+        )
+        .await
+        .expect("explain");
+    let text: String = plan
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    text.matches(extension).count()
+}
+
 /// `decision_items` reads `decisions`: a time filter on it must still skip the files of
 /// other hours, as it does on `decisions` itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,26 +353,16 @@ async fn decision_items_time_filters_prune_decisions_files() {
         scalar(&store, &format!("SELECT count(*) {filter}")).await,
         2
     );
-    let plan = store
-        .query(
-            &format!("EXPLAIN SELECT count(*) {filter}"),
-            QueryLimits::default(),
-        )
-        .await
-        .expect("explain");
-    let text: String = plan
-        .batches
-        .iter()
-        .flat_map(|b| {
-            b.column(1)
-                .as_string::<i32>()
-                .iter()
-                .flatten()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(text.matches(".parquet").count(), 1, "{text}");
+    // Flushed files are Arrow IPC; compaction rewrites each hour's lone file as Parquet.
+    assert_eq!(scanned(&store, &filter, ".arrow").await, 1);
+    store.compact().expect("compact");
+    assert_eq!(files("decisions"), 2);
+    assert_eq!(scanned(&store, &filter, ".parquet").await, 1);
+    assert_eq!(scanned(&store, &filter, ".arrow").await, 0);
+    assert_eq!(
+        scalar(&store, &format!("SELECT count(*) {filter}")).await,
+        2
+    );
     // Unfiltered, both hours are read.
     assert_eq!(
         scalar(&store, "SELECT count(*) FROM decision_items").await,
@@ -399,4 +413,78 @@ async fn a_full_buffer_holds_writes_until_a_flush_makes_room() {
         .expect("woken by the flush, well before its 30 s wait ends")
         .expect("task");
     assert!(admitted.is_ok(), "{admitted:?}");
+}
+
+/// Rewrite the flushed IPC file of `decisions` without its last column, as a flush of an
+/// older version (before that column was added) would have written it. Returns its name.
+fn drop_last_column_of_flush_file(dir: &std::path::Path) -> String {
+    use datafusion::arrow::ipc::reader::FileReader;
+    use datafusion::arrow::ipc::writer::FileWriter;
+    let manifest = sonde_store::manifest::Manifest::load(dir).expect("manifest");
+    let f = manifest
+        .files
+        .iter()
+        .find(|f| f.table == "decisions")
+        .expect("a decisions file");
+    assert!(f.path.ends_with(".arrow"), "{}", f.path);
+    let path = dir.join(&f.path);
+    let reader = FileReader::try_new(std::fs::File::open(&path).expect("open"), None).expect("ipc");
+    let schema = reader.schema();
+    let last = schema.fields().len() - 1;
+    assert!(schema.field(last).is_nullable());
+    let keep: Vec<usize> = (0..last).collect();
+    let old = std::sync::Arc::new(schema.project(&keep).expect("project"));
+    let batches: Vec<RecordBatch> = reader
+        .map(|b| b.expect("batch").project(&keep).expect("project"))
+        .collect();
+    let mut w =
+        FileWriter::try_new(std::fs::File::create(&path).expect("create"), &old).expect("writer");
+    for b in &batches {
+        w.write(b).expect("write");
+    }
+    w.finish().expect("finish");
+    schema.field(last).name().clone()
+}
+
+/// A flush file of an older schema reads with the new column null: in memory when the
+/// store is opened read-only, rewritten as Parquet when it is opened for writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_files_of_an_older_schema_read_with_new_columns_null() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(config(dir.path())).expect("open");
+    store
+        .write(WriteBatch {
+            events: vec![decision("d1", "r1", "a", 0)],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    store.close().expect("close");
+    drop(store);
+    let column = drop_last_column_of_flush_file(dir.path());
+    let nulls = format!("SELECT count(*) FROM decisions WHERE {column} IS NULL");
+
+    let read_only = Store::open_read_only(dir.path()).expect("open read-only");
+    assert_eq!(scalar(&read_only, &nulls).await, 1);
+    assert_eq!(
+        scalar(&read_only, "SELECT count(*) FROM decision_items").await,
+        2
+    );
+    drop(read_only);
+
+    let store = Store::open(config(dir.path())).expect("reopen");
+    let paths: Vec<String> = store
+        .manifest()
+        .files
+        .iter()
+        .filter(|f| f.table == "decisions")
+        .map(|f| f.path.clone())
+        .collect();
+    assert_eq!(paths.len(), 1);
+    assert!(paths[0].ends_with(".parquet"), "{paths:?}");
+    assert_eq!(scalar(&store, &nulls).await, 1);
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM decision_items").await,
+        2
+    );
 }
