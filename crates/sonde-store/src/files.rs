@@ -103,6 +103,11 @@ impl FileFormat {
     }
 }
 
+/// Whether `f` is a flushed (IPC) file.
+pub(crate) fn is_ipc(f: &FileEntry) -> bool {
+    FileFormat::of(&f.path) == Some(FileFormat::Ipc)
+}
+
 fn hour_dir(hour: i64) -> String {
     let dt = chrono::DateTime::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
     dt.format("%Y-%m-%dT%H").to_string()

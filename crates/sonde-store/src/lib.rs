@@ -4,6 +4,7 @@
 //! compaction, and read-only SQL through Apache DataFusion.
 
 pub mod codec;
+mod compaction;
 pub mod dedup;
 mod files;
 mod items;

@@ -16,6 +16,7 @@ use sonde_wal::{Wal, WalConfig};
 
 use crate::StoreError;
 use crate::codec::{self, QuarantineEntry, ReplayEntry, SpanRecord, WalEntry};
+use crate::compaction;
 use crate::dedup::{DedupIndex, Seen};
 use crate::files;
 use crate::live::LiveSums;
@@ -34,10 +35,6 @@ fn seal_rows(t: Table) -> usize {
         _ => 8192,
     }
 }
-/// Most rows merged into one compacted file. It bounds the memory of the merge's key set:
-/// 17 bytes a bucket, with buckets the next power of two above 8/7 of the rows, so up to
-/// 917,504 rows take 2^20 buckets (17.8 MB); one million rows would take 2^21 (35.7 MB).
-const COMPACT_MAX_ROWS: u64 = 900_000;
 /// How long replaced files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
@@ -65,7 +62,8 @@ pub struct StoreConfig {
     /// How long [`Store::admit_within`] holds a write while the buffer or the WAL queue is
     /// full, waiting for a flush to make room, before the caller answers 429.
     pub admit_wait: Duration,
-    /// Compact a partition once it has this many files (closed hours compact at 2).
+    /// An hour still being written merges its flushed files once it has this many, or
+    /// once they hold 400,000 rows (closed hours merge at 2, and convert a lone flush).
     pub compact_min_files: usize,
     /// WAL segment size.
     pub wal_segment_bytes: u64,
@@ -310,17 +308,13 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn is_ipc(f: &FileEntry) -> bool {
-    files::FileFormat::of(&f.path) == Some(files::FileFormat::Ipc)
-}
-
 /// Flush (IPC) files written under an older schema of their table. An IPC scan takes a
 /// file's columns by position, so before queries read these they are rewritten with the
 /// current schema (new columns null): to Parquet by a writable store, into memory by a
 /// read-only one.
 fn stale_ipc(dir: &Path, manifest: &Manifest) -> Result<Vec<(Table, FileEntry)>, StoreError> {
     let mut stale = Vec::new();
-    for f in manifest.files.iter().filter(|f| is_ipc(f)) {
+    for f in manifest.files.iter().filter(|f| files::is_ipc(f)) {
         let Some(t) = Table::from_name(&f.table) else {
             continue;
         };
@@ -1016,26 +1010,12 @@ impl Inner {
             let Some(t) = Table::from_name(&table) else {
                 continue;
             };
-            // An hour still receiving data merges only its flushed (IPC) files, so each row
-            // is rewritten once while the hour is open; a closed hour merges everything.
-            // Smallest first, up to COMPACT_MAX_ROWS per merge.
-            let closed = all || hour < current_hour - 1;
-            let mut group: Vec<_> = idx
-                .iter()
-                .map(|&i| manifest.files[i].clone())
-                .filter(|f| closed || is_ipc(f))
-                .collect();
-            group.sort_by_key(|f| f.rows);
-            let mut total = 0u64;
-            group.retain(|f| {
-                total += f.rows;
-                total <= COMPACT_MAX_ROWS
-            });
-            // A closed hour also converts a lone flushed file: IPC files are for the hours
-            // being written, Parquet for the rest.
-            let due = group.len() >= self.config.compact_min_files
-                || (closed && (group.len() >= 2 || group.iter().any(is_ipc)));
-            if due {
+            let files: Vec<FileEntry> = idx.iter().map(|&i| manifest.files[i].clone()).collect();
+            let policy = compaction::Policy {
+                min_files: self.config.compact_min_files,
+                closed: all || hour < current_hour - 1,
+            };
+            for group in compaction::plan(&files, policy) {
                 groups.push((t, hour, group));
             }
         }
