@@ -62,8 +62,8 @@ pub struct StoreConfig {
     /// How long [`Store::admit_within`] holds a write while the buffer or the WAL queue is
     /// full, waiting for a flush to make room, before the caller answers 429.
     pub admit_wait: Duration,
-    /// An hour still being written merges its flushed files once it has this many, or
-    /// once they hold 400,000 rows (closed hours merge at 2, and convert a lone flush).
+    /// An hour still being written merges its flushed files once it has this many (closed
+    /// hours merge at 2, and convert a lone flushed file).
     pub compact_min_files: usize,
     /// WAL segment size.
     pub wal_segment_bytes: u64,
