@@ -227,10 +227,10 @@ pub struct ServeArgs {
     /// Store raw user identifiers instead of HMAC pseudonyms (opt-in).
     #[arg(long, env = "SONDE_STORE_RAW_IDS")]
     pub store_raw_ids: Option<bool>,
-    /// Seconds between Parquet flushes [default: 10].
+    /// Seconds between flushes of the buffer to files [default: 10].
     #[arg(long, env = "SONDE_FLUSH_INTERVAL_SECS")]
     pub flush_interval_secs: Option<u64>,
-    /// Flush to Parquet early once the in-memory buffer holds this many MiB [default: 32].
+    /// Flush early once the in-memory buffer holds this many MiB [default: 32].
     /// Larger flushes write fewer, bigger files (less compaction) for more memory.
     #[arg(long, env = "SONDE_FLUSH_BUFFER_MB")]
     pub flush_buffer_mb: Option<usize>,

@@ -368,7 +368,7 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
         ("sonde_spans_total", "OpenTelemetry spans stored.", &c.spans),
         (
             "sonde_flushes_total",
-            "Flushes of the buffer to Parquet.",
+            "Flushes of the buffer to table files.",
             &c.flushes,
         ),
         (
@@ -425,7 +425,7 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
     for (name, help, v) in [
         (
             "sonde_buffered_rows",
-            "Rows buffered in memory, not yet in Parquet files.",
+            "Rows buffered in memory, not yet in table files.",
             state.store.buffered_rows() as f64,
         ),
         (
@@ -435,7 +435,7 @@ fn collector_metrics(state: &AppState, x: &mut Exposition) {
         ),
         (
             "sonde_data_files",
-            "Parquet files in the store.",
+            "Table files (Arrow IPC and Parquet) in the store.",
             manifest.files.len() as f64,
         ),
         (
