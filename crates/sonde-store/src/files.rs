@@ -208,14 +208,18 @@ impl PartWriter {
     }
 }
 
+fn open(path: &Path) -> Result<File, StoreError> {
+    File::open(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
 /// Every batch of a table file, Parquet or IPC by its extension.
 pub(crate) fn read_batches(
     path: &Path,
 ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, StoreError>>>, StoreError> {
-    let file = File::open(path).map_err(|e| StoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let file = open(path)?;
     Ok(match FileFormat::of(path) {
         Some(FileFormat::Ipc) => Box::new(FileReader::try_new(file, None)?.map(|b| Ok(b?))),
         _ => Box::new(
@@ -228,11 +232,7 @@ pub(crate) fn read_batches(
 
 /// Whether the IPC file at `path` has `table`'s current columns.
 pub(crate) fn has_current_schema(path: &Path, table: Table) -> Result<bool, StoreError> {
-    let file = File::open(path).map_err(|e| StoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    Ok(FileReader::try_new(file, None)?.schema().fields() == table.schema().fields())
+    Ok(FileReader::try_new(open(path)?, None)?.schema().fields() == table.schema().fields())
 }
 
 fn hours_of(batch: &RecordBatch, table: Table) -> Result<Int64Array, StoreError> {
