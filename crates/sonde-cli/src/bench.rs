@@ -885,7 +885,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = memory {
         println!(
-            "      at the highest RSS sampled (once a second): {:.0} MB, of which rows buffered for Parquet {:.0} MB, live relevance join {:.0} MB ({:.0} open decisions), latency rollups {:.0} MB",
+            "      at the highest RSS sampled (once a second): {:.0} MB, of which rows buffered for flushing {:.0} MB, live relevance join {:.0} MB ({:.0} open decisions), latency rollups {:.0} MB",
             m.rss, m.buffered, m.live, m.open, m.rollups
         );
     }
