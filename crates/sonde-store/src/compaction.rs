@@ -8,9 +8,9 @@
 //!
 //! Tried: merging an open hour's flushes into final files of 400,000 rows, never merged
 //! again, so a row is Parquet-encoded once at a sustained rate. Each merge then ran 2.5x
-//! longer without checking whether flushes were falling behind, took 2.4x the CPU inside
-//! a 60 s ingest run, and its larger files' fsyncs held up WAL commits: half-rate ack p99
-//! 21.9-33.0 ms against 17.1 ms. Worth revisiting with merges that pause for the flusher.
+//! longer without checking whether flushes were falling behind, compaction took 2.4x the
+//! CPU inside a 60 s ingest run, and the half-rate ack p99 was 21.9-33.0 ms against
+//! 17.1 ms. Worth revisiting with merges that pause for the flusher.
 
 use crate::files::is_ipc;
 use crate::manifest::FileEntry;

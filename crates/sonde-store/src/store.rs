@@ -464,6 +464,7 @@ impl Store {
         for (t, f) in &stale {
             for batch in files::read_batches(&dir.join(&f.path))? {
                 let batch = files::with_schema(batch?, *t)?;
+                mem.rows += batch.num_rows();
                 mem.bytes += batch.get_array_memory_size();
                 mem.sealed[*t as usize].push(batch);
             }
@@ -1001,16 +1002,15 @@ impl Inner {
         let _one = self.compact_lock.lock();
         let manifest = self.manifest.read().clone();
         let current_hour = now_ms().div_euclid(HOUR_MS);
-        let mut parts: BTreeMap<(String, i64), Vec<usize>> = BTreeMap::new();
-        for (i, f) in manifest.files.iter().enumerate() {
-            parts.entry((f.table.clone(), f.hour)).or_default().push(i);
+        let mut parts: BTreeMap<(&str, i64), Vec<FileEntry>> = BTreeMap::new();
+        for f in &manifest.files {
+            parts.entry((&f.table, f.hour)).or_default().push(f.clone());
         }
         let mut groups = Vec::new();
-        for ((table, hour), idx) in parts {
-            let Some(t) = Table::from_name(&table) else {
+        for ((table, hour), files) in parts {
+            let Some(t) = Table::from_name(table) else {
                 continue;
             };
-            let files: Vec<FileEntry> = idx.iter().map(|&i| manifest.files[i].clone()).collect();
             let policy = compaction::Policy {
                 min_files: self.config.compact_min_files,
                 closed: all || hour < current_hour - 1,
