@@ -10,6 +10,7 @@ mod files;
 mod items;
 mod live;
 pub mod manifest;
+mod priority;
 pub mod query;
 pub mod receipts;
 mod rollups;

@@ -21,6 +21,7 @@ use crate::dedup::{DedupIndex, Seen};
 use crate::files;
 use crate::live::LiveSums;
 use crate::manifest::{FileEntry, Manifest};
+use crate::priority;
 use crate::query::{self, QueryLimits, QueryResult, Snapshot};
 use crate::rollups;
 use crate::tables::{Table, TableBuilders};
@@ -35,6 +36,10 @@ fn seal_rows(t: Table) -> usize {
         _ => 8192,
     }
 }
+/// Flushed files waiting for compaction past which the compactor leaves the idle class: on
+/// saturated cores it would get no CPU, and they would pile up without bound (a full-speed
+/// ingest bench flushes about two a second; a query over 68 of them took 1.3× as long).
+const STARVED_FLUSH_FILES: usize = 256;
 /// How long replaced files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
@@ -870,7 +875,6 @@ impl Inner {
     }
 
     fn compact_loop(self: Arc<Self>) {
-        lower_priority();
         loop {
             wait(&self.compact_wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
@@ -881,6 +885,18 @@ impl Inner {
             if self.flush_backlog() {
                 continue;
             }
+            let waiting = self
+                .manifest
+                .read()
+                .files
+                .iter()
+                .filter(|f| files::is_ipc(f))
+                .count();
+            priority::set(if waiting > STARVED_FLUSH_FILES {
+                priority::Background::Low
+            } else {
+                priority::Background::Idle
+            });
             if let Err(e) = self.compact(false) {
                 tracing::error!(error = %e, "compaction failed");
             }
@@ -1041,7 +1057,9 @@ impl Inner {
         if replaced.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.commit_manifest(&added, &replaced, None, |_| {}) {
+        let committed =
+            priority::unstarved(|| self.commit_manifest(&added, &replaced, None, |_| {}));
+        if let Err(e) = committed {
             for f in &added {
                 let _ = fs::remove_file(self.config.data_dir.join(&f.path));
             }
@@ -1071,19 +1089,6 @@ impl Inner {
                 true
             }
         });
-    }
-}
-
-/// Run the calling thread at nice 10: compaction is background work that must not take
-/// CPU from acknowledging writes (request latency was the measured cost).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread's id; no memory is passed.
-    unsafe {
-        let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0 {
-            tracing::debug!("could not lower the compactor's priority");
-        }
     }
 }
 
