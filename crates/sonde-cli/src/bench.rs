@@ -748,6 +748,8 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let server = start_server(&dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        // Told apart from the server's `tokio-rt-worker`s in `perf sched` and `top -H`.
+        .thread_name("bench-client")
         .enable_all()
         .build()?;
     let templates = Arc::new(templates);
