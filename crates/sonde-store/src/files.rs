@@ -133,6 +133,14 @@ struct PacedFile {
 }
 
 impl PacedFile {
+    fn new(file: File) -> PacedFile {
+        PacedFile {
+            file,
+            written: 0,
+            synced: 0,
+        }
+    }
+
     fn writeback(&mut self) -> std::io::Result<()> {
         #[cfg(target_os = "linux")]
         {
@@ -221,11 +229,7 @@ impl PartWriter {
             }
             FileFormat::Parquet => {
                 let props = parquet_props(&schema)?;
-                let out = PacedFile {
-                    file,
-                    written: 0,
-                    synced: 0,
-                };
+                let out = PacedFile::new(file);
                 Writer::Parquet(ArrowWriter::try_new(out, schema, Some(props))?)
             }
         };
@@ -567,11 +571,7 @@ mod tests {
         use std::io::Write;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("paced");
-        let mut out = PacedFile {
-            file: File::create(&path).expect("create"),
-            written: 0,
-            synced: 0,
-        };
+        let mut out = PacedFile::new(File::create(&path).expect("create"));
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         for chunk in data.chunks(8192) {
             out.write_all(chunk).expect("write");
