@@ -375,6 +375,35 @@ fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
+/// The machine's CPU time and the part of it the hypervisor gave to other guests (steal),
+/// in ticks, from `/proc/stat`: a virtual machine's neighbours can slow a run down.
+fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// (total, steal) from the aggregate `cpu` line: user nice system idle iowait irq softirq
+/// steal (guest time is already counted in user).
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| (ticks.iter().sum(), ticks[7]))
+}
+
+/// Percent of the machine's CPU time stolen between two `machine_ticks` readings.
+fn steal_percent(from: Option<(u64, u64)>, to: Option<(u64, u64)>) -> String {
+    match (from, to) {
+        (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
+            format!("{:.1}%", (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
+        }
+        _ => "unavailable".to_string(),
+    }
+}
+
 /// A memory figure of `/proc/PID/status` (`VmHWM:` peak RSS, `VmRSS:` RSS now), in MB.
 fn status_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -760,7 +789,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     let counter = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (full, paced, before, after, cpu, memory) = rt.block_on(async {
+    let (full, paced, before, after, cpu, steal, memory) = rt.block_on(async {
         wait_ready(&Client::new(), &server.url).await?;
         let sampler = sample_memory(&server, stop.clone());
         let phases = async {
@@ -772,6 +801,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 )
             };
             let cpu_before = cpu_now();
+            let steal_before = machine_ticks();
             let full = drive(
                 &server,
                 templates.clone(),
@@ -786,6 +816,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 ((Some(s0), Some(c0)), (Some(s1), Some(c1))) => Some((s1 - s0, c1 - c0)),
                 _ => None,
             };
+            let full_steal = steal_percent(steal_before, machine_ticks());
             // Latency at half rate is a steady-state figure: let the server finish the
             // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -805,12 +836,16 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 ),
                 async {
                     tokio::time::sleep(PACED_WARMUP).await;
-                    server_times(&Client::new(), &server).await
+                    let steal = machine_ticks();
+                    server_times(&Client::new(), &server)
+                        .await
+                        .map(|t| (t, steal))
                 }
             );
-            let (paced, before) = (paced?, before?);
+            let (paced, (before, steal_before)) = (paced?, before?);
             let after = server_times(&Client::new(), &server).await?;
-            Ok::<_, anyhow::Error>((full, paced, before, after, cpu))
+            let steal = (full_steal, steal_percent(steal_before, machine_ticks()));
+            Ok::<_, anyhow::Error>((full, paced, before, after, cpu, steal))
         };
         // The sampler stops when the phases end, whether they succeed or fail.
         let phases = async {
@@ -819,8 +854,8 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             r
         };
         let (phases, memory) = tokio::join!(phases, sampler);
-        let (full, paced, before, after, cpu) = phases?;
-        Ok::<_, anyhow::Error>((full, paced, before, after, cpu, memory))
+        let (full, paced, before, after, cpu, steal) = phases?;
+        Ok::<_, anyhow::Error>((full, paced, before, after, cpu, steal, memory))
     })?;
     let rss = peak_rss_mb(server.child.id());
     let e2e = full.events as f64 / full.seconds;
@@ -881,6 +916,10 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     if paced.throttled > 0 {
         println!("    ({} paced requests answered 429)", paced.throttled);
     }
+    println!(
+        "    machine CPU time stolen by the hypervisor: {} at full speed, {} over the paced phase",
+        steal.0, steal.1
+    );
     match rss {
         Some(mb) => println!("    server peak RSS: {mb:.0} MB"),
         None => println!("    server peak RSS: unavailable"),
@@ -1216,6 +1255,18 @@ mod tests {
         bodies.give_back(0, second);
         assert!(bodies.kept[0].is_none());
         drop(held);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let stat = "cpu  100 5 20 800 10 1 4 60 7 0\ncpu0 50 2 10 400 5 0 2 30 3 0\n";
+        assert_eq!(parse_machine_ticks(stat), Some((1000, 60)));
+        assert_eq!(
+            steal_percent(Some((1000, 60)), Some((3000, 160))),
+            "5.0%".to_string()
+        );
+        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(steal_percent(None, Some((1, 1))), "unavailable");
     }
 
     #[test]
