@@ -169,10 +169,6 @@ struct Mem {
     rows: usize,
     /// Memory of sealed and flushing batches.
     bytes: usize,
-    /// Rows and bytes of `flushing` while a flush writes them: rows that arrive meanwhile
-    /// start the next flush only once they make a flush's worth themselves (counting the
-    /// batches in flight too sent a second, small flush after nearly every one).
-    in_flight: (usize, usize),
     applied_lsn: u64,
 }
 
@@ -184,15 +180,8 @@ impl Mem {
             flushing: vec![Vec::new(); Table::ALL.len()],
             rows: 0,
             bytes: 0,
-            in_flight: (0, 0),
             applied_lsn: 0,
         }
-    }
-
-    /// Whether the rows not yet being flushed make a flush's worth.
-    fn wants_flush(&self, config: &StoreConfig) -> bool {
-        self.rows.saturating_sub(self.in_flight.0) >= config.flush_rows
-            || self.bytes.saturating_sub(self.in_flight.1) >= config.flush_bytes
     }
 
     fn seal(&mut self, force: bool) -> Result<(), StoreError> {
@@ -636,7 +625,9 @@ impl Store {
                                 if let Err(e) = mem.seal(false) {
                                     tracing::error!(error = %e, "sealing in-memory batch failed");
                                 }
-                                if mem.wants_flush(&worker.config) {
+                                if mem.rows >= worker.config.flush_rows
+                                    || mem.bytes >= worker.config.flush_bytes
+                                {
                                     worker.wake_flusher();
                                 }
                                 (0..n_quarantine)
@@ -871,23 +862,11 @@ impl Inner {
     }
 
     fn flush_loop(self: Arc<Self>) {
-        let mut last = Instant::now();
         loop {
-            wait(
-                &self.wake,
-                self.config.flush_interval.saturating_sub(last.elapsed()),
-            );
+            wait(&self.wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            // A wake-up raised before the last flush took its rows is stale: flush only
-            // when a flush's worth waits or the interval has passed.
-            if last.elapsed() < self.config.flush_interval
-                && !self.mem.read().wants_flush(&self.config)
-            {
-                continue;
-            }
-            last = Instant::now();
             if let Err(e) = self.flush() {
                 tracing::error!(error = %e, "flush failed; rows stay buffered and in the WAL");
             }
@@ -961,7 +940,7 @@ impl Inner {
 
     fn flush(&self) -> Result<(), StoreError> {
         let _one = self.flush_lock.lock();
-        let (batches, upto, (rows, bytes)) = {
+        let (batches, upto) = {
             let mut mem = self.mem.write();
             mem.seal(true)?;
             for i in 0..Table::ALL.len() {
@@ -976,11 +955,7 @@ impl Inner {
                 mem.bytes += batch.get_array_memory_size();
                 mem.flushing[Table::Rollups1m as usize].push(batch);
             }
-            let flushing = mem.flushing.iter().flatten();
-            mem.in_flight = flushing.fold((0, 0), |(r, b), x| {
-                (r + x.num_rows(), b + x.get_array_memory_size())
-            });
-            (mem.flushing.clone(), mem.applied_lsn, mem.in_flight)
+            (mem.flushing.clone(), mem.applied_lsn)
         };
         let manifest = self.manifest.read().clone();
         if batches.iter().all(|b| b.is_empty()) && upto <= manifest.flushed_lsn {
@@ -988,12 +963,19 @@ impl Inner {
         }
         let started = Instant::now();
         let mut written = Vec::new();
+        let mut rows = 0usize;
+        let bytes: usize = batches
+            .iter()
+            .flatten()
+            .map(|b| b.get_array_memory_size())
+            .sum();
         let result = (|| {
             for t in Table::ALL {
                 let b = &batches[t as usize];
                 if b.is_empty() {
                     continue;
                 }
+                rows += b.iter().map(|x| x.num_rows()).sum::<usize>();
                 let entries =
                     files::write_partitioned(&self.config.data_dir, t, b, &self.next_seq)?;
                 written.extend(entries);
@@ -1008,15 +990,12 @@ impl Inner {
                 }
                 mem.rows = mem.rows.saturating_sub(rows);
                 mem.bytes = mem.bytes.saturating_sub(bytes);
-                mem.in_flight = (0, 0);
             })
         })();
         if let Err(e) = result {
             for f in &written {
                 let _ = fs::remove_file(self.config.data_dir.join(&f.path));
             }
-            // The batches stay in `flushing` for the next attempt, which counts them again.
-            self.mem.write().in_flight = (0, 0);
             return Err(e);
         }
         self.room.notify_waiters();
@@ -1132,35 +1111,5 @@ fn wait(signal: &(Mutex<bool>, Condvar), timeout: Duration) {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.delete_doomed(true);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_being_flushed_do_not_call_for_another_flush() {
-        let mut config = StoreConfig::new("unused");
-        config.flush_rows = 1000;
-        config.flush_bytes = 1 << 20;
-        let mut mem = Mem::new();
-        mem.rows = 999;
-        assert!(!mem.wants_flush(&config));
-        mem.rows = 1000;
-        assert!(mem.wants_flush(&config));
-        // A flush took those 1000 rows; 999 more arrived while it wrote them.
-        mem.in_flight = (1000, 0);
-        mem.rows = 1999;
-        assert!(!mem.wants_flush(&config));
-        mem.rows = 2000;
-        assert!(mem.wants_flush(&config));
-        // The same by bytes.
-        mem.rows = 1000;
-        mem.in_flight = (1000, 1 << 20);
-        mem.bytes = (2 << 20) - 1;
-        assert!(!mem.wants_flush(&config));
-        mem.bytes = 2 << 20;
-        assert!(mem.wants_flush(&config));
     }
 }
