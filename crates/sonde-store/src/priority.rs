@@ -6,10 +6,11 @@
 //! `SCHED_IDLE` any other thread that wakes preempts it at once (RocksDB's `kIdle` CPU
 //! priority does the same for its compaction pool). An idle-class thread gets almost no CPU
 //! while the cores are saturated, so once flushed files pile up the compactor goes back to
-//! the normal class at nice 10 and takes a small share until it has caught up. What the
-//! ingest path may wait for — the manifest commit's lock, writeback and fsync of merged
-//! files, which hold the filesystem's journal — runs at nice 10 too ([`unstarved`]), so an
-//! idle-class thread never sits on it while the cores are busy.
+//! the normal class at nice 10 and takes a small share until it has caught up. Only the
+//! merging itself runs idle: what the ingest path may wait for — the buffer's and the
+//! manifest's locks, writeback and fsync of merged files, which hold the filesystem's
+//! journal — runs at nice 10 ([`unstarved`] inside a merge), so an idle-class thread
+//! never sits on it while the cores are busy.
 
 use std::cell::Cell;
 

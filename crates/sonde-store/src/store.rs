@@ -802,7 +802,7 @@ impl Store {
 
     /// Compact partitions now (tests).
     pub fn compact(&self) -> Result<(), StoreError> {
-        self.inner.compact(true)
+        self.inner.compact(true, false)
     }
 
     /// Stop taking writes, flush everything, close the WAL. Idempotent.
@@ -876,6 +876,11 @@ impl Inner {
 
     fn compact_loop(self: Arc<Self>) {
         loop {
+            // Between merges the compactor takes locks the flusher and the ingest path
+            // share (the buffer's, the manifest's): never in the idle class, where it could
+            // be preempted holding one while the cores are busy.
+            priority::set(priority::Background::Low);
+            self.delete_doomed(false);
             wait(&self.compact_wake, self.config.flush_interval);
             if self.stopping.load(Ordering::Acquire) {
                 return;
@@ -892,15 +897,9 @@ impl Inner {
                 .iter()
                 .filter(|f| files::is_ipc(f))
                 .count();
-            priority::set(if waiting > STARVED_FLUSH_FILES {
-                priority::Background::Low
-            } else {
-                priority::Background::Idle
-            });
-            if let Err(e) = self.compact(false) {
+            if let Err(e) = self.compact(false, waiting <= STARVED_FLUSH_FILES) {
                 tracing::error!(error = %e, "compaction failed");
             }
-            self.delete_doomed(false);
         }
     }
 
@@ -1014,7 +1013,8 @@ impl Inner {
     }
 
     /// Compact partitions with many files; with `all`, every partition with 2+ files.
-    fn compact(&self, all: bool) -> Result<(), StoreError> {
+    /// With `idle`, the calling thread merges in the idle scheduling class.
+    fn compact(&self, all: bool, idle: bool) -> Result<(), StoreError> {
         let _one = self.compact_lock.lock();
         let manifest = self.manifest.read().clone();
         let current_hour = now_ms().div_euclid(HOUR_MS);
@@ -1034,6 +1034,9 @@ impl Inner {
             for group in compaction::plan(&files, policy) {
                 groups.push((t, hour, group));
             }
+        }
+        if idle && !groups.is_empty() {
+            priority::set(priority::Background::Idle);
         }
         self.merge(groups)
     }
