@@ -2,7 +2,7 @@
 //!
 //! Compaction must not delay acknowledgements. At nice 10 it still did: on two cores, a
 //! request's wake-ups (the HTTP worker, the WAL writer, the completion thread) waited
-//! behind the compactor's time slice, up to 28 ms measured with `perf sched`. Under
+//! behind the compactor's time slice, up to 14 ms measured with `perf sched`. Under
 //! `SCHED_IDLE` any other thread that wakes preempts it at once (RocksDB's `kIdle` CPU
 //! priority does the same for its compaction pool). An idle-class thread gets almost no CPU
 //! while the cores are saturated, so once flushed files pile up the compactor goes back to

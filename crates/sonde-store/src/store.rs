@@ -38,7 +38,7 @@ fn seal_rows(t: Table) -> usize {
 }
 /// Flushed files waiting for compaction past which the compactor leaves the idle class: on
 /// saturated cores it would get no CPU, and they would pile up without bound (a full-speed
-/// ingest bench flushes about two a second; a query over 68 of them took 1.3× as long).
+/// ingest bench flushes about two a second; a query over 68 of them took 1.2-1.3× as long).
 const STARVED_FLUSH_FILES: usize = 256;
 /// How long replaced files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
