@@ -890,14 +890,7 @@ impl Inner {
             if self.flush_backlog() {
                 continue;
             }
-            let waiting = self
-                .manifest
-                .read()
-                .files
-                .iter()
-                .filter(|f| files::is_ipc(f))
-                .count();
-            if let Err(e) = self.compact(false, waiting <= STARVED_FLUSH_FILES) {
+            if let Err(e) = self.compact(false, true) {
                 tracing::error!(error = %e, "compaction failed");
             }
         }
@@ -1013,10 +1006,12 @@ impl Inner {
     }
 
     /// Compact partitions with many files; with `all`, every partition with 2+ files.
-    /// With `idle`, the calling thread merges in the idle scheduling class.
-    fn compact(&self, all: bool, idle: bool) -> Result<(), StoreError> {
+    /// With `background`, the calling thread merges in the idle scheduling class unless
+    /// flushed files are piling up.
+    fn compact(&self, all: bool, background: bool) -> Result<(), StoreError> {
         let _one = self.compact_lock.lock();
         let manifest = self.manifest.read().clone();
+        let waiting = manifest.files.iter().filter(|f| files::is_ipc(f)).count();
         let current_hour = now_ms().div_euclid(HOUR_MS);
         let mut parts: BTreeMap<(&str, i64), Vec<FileEntry>> = BTreeMap::new();
         for f in &manifest.files {
@@ -1035,7 +1030,7 @@ impl Inner {
                 groups.push((t, hour, group));
             }
         }
-        if idle && !groups.is_empty() {
+        if background && waiting <= STARVED_FLUSH_FILES && !groups.is_empty() {
             priority::set(priority::Background::Idle);
         }
         self.merge(groups)
