@@ -1,7 +1,9 @@
 //! Parsing and validation of one wire event into a normalized [`Event`].
 //!
-//! The fast path deserializes into a flat, typed wire struct in one pass. Only when that
-//! fails is the input parsed again with path tracking, to name the offending field.
+//! An event is read into a flat, typed wire struct in one pass — by a hand-written reader
+//! ([`fast`]) for the text clients usually send, by serde_json for the rest — and then
+//! validated. Only when deserializing fails is the input parsed again with path tracking,
+//! to name the offending field.
 
 use compact_str::CompactString;
 use serde::Deserialize;
@@ -16,6 +18,8 @@ use crate::event::{
 };
 use crate::pseudo::Pseudonymizer;
 use crate::time::{TimePolicy, parse_time_str};
+
+mod fast;
 
 /// Size and count limits applied to each event.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,7 +43,20 @@ const MAX_ID: usize = 128;
 const MAX_NAME: usize = 256;
 
 /// Wire form of a time: RFC 3339 text or integer epoch milliseconds.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireTime(Result<i64, String>);
+
+/// A JSON value's text as sent, borrowed from the input (serde_json's `RawValue`, which the
+/// hand-written reader cannot make).
+#[derive(Clone, Copy)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+struct Raw<'a>(&'a str);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|r| Raw(r.get()))
+    }
+}
 
 impl<'de> Deserialize<'de> for WireTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -79,7 +96,8 @@ impl<'de> Deserialize<'de> for WireTime {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Wire<'a> {
     #[serde(rename = "type")]
     ty: Option<CompactString>,
@@ -97,14 +115,14 @@ struct Wire<'a> {
     model: Option<WireModel>,
     experiments: Option<Vec<WireExperiment>>,
     #[serde(borrow)]
-    flags: Option<&'a RawValue>,
+    flags: Option<Raw<'a>>,
     #[serde(borrow)]
     items: Option<Entries<'a>>,
     slate_propensity: Option<f64>,
     latency_ms: Option<WireLatency>,
     fallback: Option<bool>,
     #[serde(borrow)]
-    features: Option<&'a RawValue>,
+    features: Option<Raw<'a>>,
     item_id: Option<CompactString>,
     action: Option<CompactString>,
     value: Option<f64>,
@@ -116,36 +134,41 @@ struct Wire<'a> {
     variant: Option<CompactString>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireModel {
     name: Option<CompactString>,
     version: Option<CompactString>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireExperiment {
     id: Option<CompactString>,
     variant: Option<CompactString>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireLatency {
     total: Option<f64>,
     components: Option<ComponentsWrapper>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireItem<'a> {
     item_id: Option<CompactString>,
     position: Option<u32>,
     score: Option<f64>,
     propensity: Option<f64>,
     #[serde(borrow)]
-    attributes: Option<&'a RawValue>,
+    attributes: Option<Raw<'a>>,
 }
 
 /// An element of `items`: an item object in a decision's slate, an item id in a
 /// conversion. Read in the event's single pass; `build` checks the kind fits the type.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum WireEntry<'a> {
     Item(WireItem<'a>),
     Id(String),
@@ -175,6 +198,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireEntry<'a> {
 
 /// The `items` array. Read into a Vec sized for a typical slate up front: serde's own Vec
 /// (JSON gives no length) grows it 4, 8, 16, moving each item of 80 bytes along.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Entries<'a>(Vec<WireEntry<'a>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
@@ -233,9 +257,10 @@ const CONTEXT_FIELDS: [&str; 6] = [
 /// `context` read in the event's single pass: promoted keys as strings, the rest kept as
 /// raw JSON for `Context::extra`.
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct WireContext<'a> {
     known: [Option<CompactString>; 6],
-    extra: Vec<(String, &'a RawValue)>,
+    extra: Vec<(String, Raw<'a>)>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for WireContext<'a> {
@@ -291,6 +316,7 @@ impl<'de> Deserialize<'de> for ComponentsWrapper {
     }
 }
 
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct ComponentsWrapper(Vec<(CompactString, f64)>);
 
 /// Everything that shapes how one event is turned into a stored row.
@@ -378,9 +404,15 @@ pub fn parse_json_array<'a>(
         if bytes.get(i) != Some(&b'{') || out.len() == max_events {
             return None;
         }
-        let mut stream = serde_json::Deserializer::from_str(text.get(i..)?).into_iter::<Wire<'a>>();
-        let wire = stream.next()?.ok()?;
-        let end = i + stream.byte_offset();
+        let (wire, end) = match fast::read_wire(text, i) {
+            Some(read) => read,
+            None => {
+                let mut stream =
+                    serde_json::Deserializer::from_str(text.get(i..)?).into_iter::<Wire<'a>>();
+                let wire = stream.next()?.ok()?;
+                (wire, i + stream.byte_offset())
+            }
+        };
         let raw = &bytes[i..end];
         let parsed = match too_large(raw, ctx) {
             Some(rejected) => Err(rejected),
@@ -411,7 +443,10 @@ pub fn parse_event(raw: &[u8], ctx: &ParseCtx<'_>) -> Result<Event, Rejected> {
     // read it as a `str` and skip checking each string it borrows; text that is not UTF-8
     // goes through the byte reader, which names the broken string.
     let parsed = match std::str::from_utf8(raw) {
-        Ok(text) => serde_json::from_str::<Wire<'_>>(text),
+        Ok(text) => match read_whole(text) {
+            Some(wire) => Ok(wire),
+            None => serde_json::from_str::<Wire<'_>>(text),
+        },
         Err(_) => serde_json::from_slice::<Wire<'_>>(raw),
     };
     let wire = match parsed {
@@ -425,6 +460,18 @@ pub fn parse_event(raw: &[u8], ctx: &ParseCtx<'_>) -> Result<Event, Rejected> {
     };
     finish(wire, ctx)
 }
+
+/// The whole of `text` as one event object, by the hand-written reader.
+fn read_whole(text: &str) -> Option<Wire<'_>> {
+    let start = text.len() - text.trim_start_matches(JSON_WS).len();
+    let (wire, end) = fast::read_wire(text, start)?;
+    text[end..]
+        .trim_start_matches(JSON_WS)
+        .is_empty()
+        .then_some(wire)
+}
+
+const JSON_WS: [char; 4] = [' ', '\n', '\t', '\r'];
 
 /// Read `event_id` from an event's text, if it has a string one (for events that failed
 /// validation, or whose parsed form is gone).
@@ -565,16 +612,16 @@ fn time(v: Option<WireTime>, field: &str) -> Result<Option<i64>, EventError> {
 }
 
 /// A JSON object's text, or an `invalid_type` error naming `field`.
-fn object_text(v: Option<&RawValue>, field: &str) -> Result<Option<String>, EventError> {
+fn object_text(v: Option<Raw<'_>>, field: &str) -> Result<Option<String>, EventError> {
     Ok(object_raw(v, field)?.map(str::to_string))
 }
 
 /// A JSON object's text, borrowed, or an `invalid_type` error naming `field`.
-fn object_raw<'a>(v: Option<&'a RawValue>, field: &str) -> Result<Option<&'a str>, EventError> {
+fn object_raw<'a>(v: Option<Raw<'a>>, field: &str) -> Result<Option<&'a str>, EventError> {
     match v {
         None => Ok(None),
-        Some(r) if r.get() == "null" => Ok(None),
-        Some(r) if r.get().starts_with('{') => Ok(Some(r.get())),
+        Some(Raw("null")) => Ok(None),
+        Some(Raw(r)) if r.starts_with('{') => Ok(Some(r)),
         Some(_) => Err(EventError::new(
             ErrorCode::InvalidType,
             field,
@@ -843,7 +890,7 @@ fn parse_context(wire: Option<WireContext<'_>>) -> Result<Context, EventError> {
     } else {
         let mut map = serde_json::Map::new();
         for (k, raw) in extra {
-            let v: serde_json::Value = serde_json::from_str(raw.get()).map_err(|e| {
+            let v: serde_json::Value = serde_json::from_str(raw.0).map_err(|e| {
                 EventError::new(
                     ErrorCode::InvalidType,
                     format!("context.{k}"),

@@ -638,13 +638,23 @@ mod tests {
             }
             // At hour 35 the window starts at hour 11: the first 5,000 ids expire in the
             // merge of the fourth spill.
-            idx.spill(if content == 4 { 35 } else { 12 }).expect("spill");
-            assert_eq!(idx.run_count(), if content == 4 { 1 } else { content as usize });
+            idx.spill(if content == 4 { 35 } else { 12 })
+                .expect("spill");
+            assert_eq!(
+                idx.run_count(),
+                if content == 4 { 1 } else { content as usize }
+            );
         }
         assert_eq!(idx.spilled_len(), 25_000);
         let reopened = DedupIndex::open(dir.path(), 24, 35).expect("reopen");
         for ix in [&idx, &reopened] {
-            for (i, newest) in [(7_000, 2), (12_500, 3), (14_999, 3), (21_000, 4), (29_999, 4)] {
+            for (i, newest) in [
+                (7_000, 2),
+                (12_500, 3),
+                (14_999, 3),
+                (21_000, 4),
+                (29_999, 4),
+            ] {
                 assert_eq!(
                     ix.check_and_insert(id(i), newest, 35).expect("ok"),
                     Seen::Duplicate,
