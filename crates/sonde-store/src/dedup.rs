@@ -22,8 +22,10 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::StoreError;
+use crate::files::PacedFile;
 
 const MAGIC: &[u8; 4] = b"SDR1";
 const HEADER: usize = 4 + 8 + 4 + 4 + 8;
@@ -121,7 +123,9 @@ impl Run {
         let (mut min_hour, mut max_hour) = (u32::MAX, 0u32);
         {
             let f = File::create(&tmp).map_err(io(&tmp))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
+            // Written back a megabyte at a time: a merge's run reaches hundreds of MB, and
+            // its fsync would otherwise queue in front of the WAL's.
+            let mut w = BufWriter::with_capacity(1 << 20, PacedFile::new(f));
             w.write_all(&[0u8; HEADER]).map_err(io(&tmp))?;
             for rec in recs {
                 let (id, content, hour) = rec?;
@@ -144,7 +148,11 @@ impl Run {
                     w.write_all(&word.to_le_bytes()).map_err(io(&tmp))?;
                 }
             }
-            let f = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+            let f = w
+                .into_inner()
+                .map_err(|e| io(&tmp)(e.into_error()))?
+                .into_file()
+                .map_err(io(&tmp))?;
             let mut head = Vec::with_capacity(HEADER);
             head.extend_from_slice(MAGIC);
             head.extend_from_slice(&count.to_le_bytes());
@@ -152,7 +160,7 @@ impl Run {
             head.extend_from_slice(&max_hour.to_le_bytes());
             head.extend_from_slice(&(bloom.blocks.len() as u64).to_le_bytes());
             f.write_all_at(&head, 0).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
+            crate::priority::unstarved(|| f.sync_all()).map_err(io(&tmp))?;
         }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         let file = File::open(&path).map_err(io(&path))?;
@@ -340,7 +348,7 @@ pub struct DedupIndex {
     /// WAL lost, and its retry would be answered "duplicate" and never stored.
     mem: Mutex<HashMap<u128, (u64, u32, bool)>>,
     runs: RwLock<Vec<Arc<Run>>>,
-    next_seq: Mutex<u64>,
+    next_seq: AtomicU64,
 }
 
 impl DedupIndex {
@@ -377,7 +385,7 @@ impl DedupIndex {
             window_hours,
             mem: Mutex::new(HashMap::new()),
             runs: RwLock::new(runs),
-            next_seq: Mutex::new(next_seq),
+            next_seq: AtomicU64::new(next_seq),
         })
     }
 
@@ -444,9 +452,9 @@ impl DedupIndex {
         self.runs.read().len()
     }
 
-    /// Spill the durable in-memory ids to a new run, then merge runs and drop expired ones.
-    /// Pending ids stay in memory. Call from one thread at a time (the flusher).
-    pub fn spill(&self, now_hour: u32) -> Result<(), StoreError> {
+    /// Spill the durable in-memory ids to a new run. Pending ids stay in memory. Call from
+    /// one thread at a time (the flusher); [`DedupIndex::merge_runs`] may run alongside.
+    pub fn spill(&self) -> Result<(), StoreError> {
         let mut recs: Vec<(u128, u64, u32)> = {
             let mem = self.mem.lock();
             mem.iter()
@@ -466,23 +474,33 @@ impl DedupIndex {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Drop runs older than the window and merge runs while [`FAN_IN`] of about one size
+    /// are the newest. Runs on one thread at a time (the compactor, in the background: a
+    /// merge of every id so far, which every 4^k-th spill brings, took seconds on the
+    /// flusher, which could not flush meanwhile). It takes the runs' lock only to swap
+    /// runs, at normal priority ([`crate::priority::unstarved`]): every lookup reads it.
+    pub fn merge_runs(&self, now_hour: u32) -> Result<(), StoreError> {
         self.expire(now_hour)?;
         self.merge(now_hour)
     }
 
     fn next_path(&self) -> PathBuf {
-        let mut seq = self.next_seq.lock();
-        let p = self.dir.join(format!("run-{:012}.dd", *seq));
-        *seq += 1;
-        p
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("run-{seq:012}.dd"))
     }
 
     fn expire(&self, now_hour: u32) -> Result<(), StoreError> {
-        let mut runs = self.runs.write();
-        let (keep, drop): (Vec<_>, Vec<_>) = runs
-            .drain(..)
-            .partition(|r| r.max_hour + self.window_hours >= now_hour);
-        *runs = keep;
+        let drop = crate::priority::unstarved(|| {
+            let mut runs = self.runs.write();
+            let (keep, drop): (Vec<_>, Vec<_>) = runs
+                .drain(..)
+                .partition(|r| r.max_hour + self.window_hours >= now_hour);
+            *runs = keep;
+            drop
+        });
         drop_runs(drop)
     }
 
@@ -505,13 +523,14 @@ impl DedupIndex {
                 group.iter().map(|r| r.count).sum(),
                 merged(&group, cutoff),
             )?);
-            {
+            // The group is still contiguous: spills only append newer runs meanwhile.
+            crate::priority::unstarved(|| {
                 let mut runs = self.runs.write();
                 if let Some(p) = runs.iter().position(|r| Arc::ptr_eq(r, &group[0])) {
                     runs.retain(|r| !group.iter().any(|g| Arc::ptr_eq(r, g)));
                     runs.insert(p, run);
                 }
-            }
+            });
             drop_runs(group)?;
         }
     }
@@ -546,7 +565,7 @@ mod tests {
             Seen::Conflict
         );
         idx.confirm(&[1]);
-        idx.spill(100).expect("spill");
+        idx.spill().expect("spill");
         assert_eq!(idx.mem_len(), 0);
         assert_eq!(
             idx.check_and_insert(1, 10, 100).expect("ok"),
@@ -559,10 +578,12 @@ mod tests {
             );
             idx.confirm(&[id * 7919]);
             if id % 500 == 0 {
-                idx.spill(100).expect("spill");
+                idx.spill().expect("spill");
+                idx.merge_runs(100).expect("merge");
             }
         }
-        idx.spill(100).expect("spill");
+        idx.spill().expect("spill");
+        idx.merge_runs(100).expect("merge");
         assert!(idx.run_count() <= 6, "runs {}", idx.run_count());
         drop(idx);
         let idx = DedupIndex::open(dir.path(), 24, 101).expect("reopen");
@@ -588,7 +609,7 @@ mod tests {
         idx.check_and_insert(7, 1, 100).expect("ok");
         idx.check_and_insert(8, 1, 100).expect("ok");
         idx.confirm(&[8]);
-        idx.spill(100).expect("spill");
+        idx.spill().expect("spill");
         // Still known while the process lives.
         assert_eq!(
             idx.check_and_insert(7, 1, 100).expect("ok"),
@@ -609,10 +630,16 @@ mod tests {
         let idx = DedupIndex::open(dir.path(), 24, 100).expect("open");
         idx.check_and_insert(42, 1, 100).expect("ok");
         idx.confirm(&[42]);
-        idx.spill(100).expect("spill");
+        idx.spill().expect("spill");
         idx.check_and_insert(43, 1, 125).expect("ok");
         idx.confirm(&[43]);
-        idx.spill(125).expect("spill");
+        idx.spill().expect("spill");
+        // Spilling keeps every run; the background merge drops those past the window.
+        assert_eq!(
+            idx.check_and_insert(42, 1, 125).expect("ok"),
+            Seen::Duplicate
+        );
+        idx.merge_runs(125).expect("merge");
         assert_eq!(idx.check_and_insert(42, 1, 125).expect("ok"), Seen::New);
         assert_eq!(
             idx.check_and_insert(43, 1, 125).expect("ok"),
@@ -630,7 +657,7 @@ mod tests {
         for i in 0..10_000u128 {
             idx.insert(id(i), 1, if i < 5_000 { 10 } else { 12 });
         }
-        idx.spill(12).expect("spill");
+        idx.spill().expect("spill");
         // Overlapping runs: ids 5,000.. in content 2, 12,000.. in 3, 20,000.. in 4.
         for (content, from) in [(2, 5_000u128), (3, 12_000), (4, 20_000)] {
             for i in from..from + 10_000 {
@@ -678,7 +705,7 @@ mod tests {
         idx.remove(&[5]);
         assert_eq!(idx.check_and_insert(5, 1, 1).expect("ok"), Seen::New);
         idx.confirm(&[5]);
-        idx.spill(1).expect("spill");
+        idx.spill().expect("spill");
         let run = idx.runs.read()[0].path.clone();
         drop(idx);
         let mut f = fs::OpenOptions::new()

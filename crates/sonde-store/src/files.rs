@@ -124,22 +124,30 @@ const WRITEBACK_CHUNK: u64 = 1 << 20;
 /// A file that writes its bytes back every [`WRITEBACK_CHUNK`] and waits for them, so a
 /// merge never has more than that queued at the disk. Without it, the final fsync of a
 /// 20-50 MB Parquet file sat in front of the WAL's fsyncs: each merge ended with WAL
-/// commits of 20-50 ms (measured), and acks waiting on them. Only Parquet files (written
-/// in the background) are written this way; flushes sit on the ingest path, and writing
-/// their files the same way did not lower the ack tail.
-struct PacedFile {
+/// commits of 20-50 ms (measured), and acks waiting on them. Parquet files and dedup runs
+/// (written in the background) are written this way; flushes sit on the ingest path, and
+/// writing their files the same way did not lower the ack tail.
+pub(crate) struct PacedFile {
     file: File,
     written: u64,
     synced: u64,
 }
 
 impl PacedFile {
-    fn new(file: File) -> PacedFile {
+    pub(crate) fn new(file: File) -> PacedFile {
         PacedFile {
             file,
             written: 0,
             synced: 0,
         }
+    }
+
+    /// The file, every byte written to it handed to the disk (not yet fsync'd).
+    pub(crate) fn into_file(mut self) -> std::io::Result<File> {
+        if self.written > self.synced {
+            self.writeback()?;
+        }
+        Ok(self.file)
     }
 
     fn writeback(&mut self) -> std::io::Result<()> {

@@ -40,6 +40,9 @@ fn seal_rows(t: Table) -> usize {
 /// saturated cores it would get no CPU, and they would pile up without bound (a full-speed
 /// ingest bench flushes about two a second; a query over 68 of them took 1.2-1.3× as long).
 const STARVED_FLUSH_FILES: usize = 256;
+/// Dedup runs past which they merge at nice 10 rather than in the idle class: a steady
+/// state holds up to three per size tier, about a dozen.
+const STARVED_DEDUP_RUNS: usize = 16;
 /// How long replaced files stay on disk for queries that still read them.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 
@@ -257,6 +260,8 @@ struct Inner {
     counters: Counters,
     wake: (Mutex<bool>, Condvar),
     compact_wake: (Mutex<bool>, Condvar),
+    /// Wakes the dedup merger (after a spill, or to stop).
+    dedup_wake: (Mutex<bool>, Condvar),
     /// Serializes manifest read-modify-write between the flusher and the compactor.
     commit_lock: Mutex<()>,
     /// One compaction at a time (the background compactor, or `Store::compact`).
@@ -436,6 +441,7 @@ impl Store {
         for (name, run) in [
             ("sonde-flush", Inner::flush_loop as fn(Arc<Inner>)),
             ("sonde-compact", Inner::compact_loop),
+            ("sonde-dedup", Inner::dedup_loop),
         ] {
             let worker = inner.clone();
             let handle = std::thread::Builder::new()
@@ -811,6 +817,7 @@ impl Store {
         inner.stopping.store(true, Ordering::Release);
         inner.wake_flusher();
         wake(&inner.compact_wake);
+        wake(&inner.dedup_wake);
         for h in self.workers.lock().drain(..) {
             let _ = h.join();
         }
@@ -847,6 +854,7 @@ impl Inner {
             counters: Counters::default(),
             wake: (Mutex::new(false), Condvar::new()),
             compact_wake: (Mutex::new(false), Condvar::new()),
+            dedup_wake: (Mutex::new(false), Condvar::new()),
             commit_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
@@ -871,6 +879,28 @@ impl Inner {
                 tracing::error!(error = %e, "flush failed; rows stay buffered and in the WAL");
             }
             self.rollups.lock().maintain(now_ms());
+        }
+    }
+
+    /// Merges dedup runs after spills, off the flusher: a merge of every id so far (each
+    /// 4^k-th spill brings one) took seconds there, and nothing was flushed meanwhile. In
+    /// the idle class like compaction; but each run costs every lookup a filter probe, so
+    /// past [`STARVED_DEDUP_RUNS`] it merges at nice 10 even on saturated cores.
+    fn dedup_loop(self: Arc<Self>) {
+        let Some(d) = &self.dedup else { return };
+        loop {
+            wait(&self.dedup_wake, self.config.flush_interval);
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            priority::set(if d.run_count() > STARVED_DEDUP_RUNS {
+                priority::Background::Low
+            } else {
+                priority::Background::Idle
+            });
+            if let Err(e) = d.merge_runs(hour_of(now_ms())) {
+                tracing::error!(error = %e, "dedup run merge failed");
+            }
         }
     }
 
@@ -974,7 +1004,8 @@ impl Inner {
             }
             // Dedup state must be durable before the WAL that also holds it is trimmed.
             if let Some(d) = &self.dedup {
-                d.spill(hour_of(now_ms()))?;
+                d.spill()?;
+                wake(&self.dedup_wake);
             }
             self.commit_manifest(&written, &[], Some(upto), |mem| {
                 for v in mem.flushing.iter_mut() {
