@@ -309,13 +309,9 @@ fn merged(
             let mut best: Option<(usize, u128)> = None;
             for (i, head) in heads.iter_mut().enumerate() {
                 match head.peek() {
-                    None => {}
                     Some(Err(_)) => return head.next(),
-                    Some(Ok(r)) => {
-                        if best.is_none_or(|(_, id)| r.0 <= id) {
-                            best = Some((i, r.0));
-                        }
-                    }
+                    Some(Ok(r)) if best.is_none_or(|(_, id)| r.0 <= id) => best = Some((i, r.0)),
+                    _ => {}
                 }
             }
             let (newest, id) = best?;
@@ -664,9 +660,10 @@ mod tests {
                 idx.insert(id(i), content, 12);
             }
             // At hour 35 the window starts at hour 11: the first 5,000 ids expire in the
-            // merge of the fourth spill.
-            idx.spill(if content == 4 { 35 } else { 12 })
-                .expect("spill");
+            // merge after the fourth spill.
+            idx.spill().expect("spill");
+            idx.merge_runs(if content == 4 { 35 } else { 12 })
+                .expect("merge");
             assert_eq!(
                 idx.run_count(),
                 if content == 4 { 1 } else { content as usize }

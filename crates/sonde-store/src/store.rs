@@ -806,6 +806,11 @@ impl Store {
         self.inner.flush()
     }
 
+    /// Dedup run files on disk; the `sonde-dedup` thread merges them after spills.
+    pub fn dedup_runs(&self) -> usize {
+        self.inner.dedup.as_ref().map_or(0, |d| d.run_count())
+    }
+
     /// Compact partitions now (tests).
     pub fn compact(&self) -> Result<(), StoreError> {
         self.inner.compact(true, false)

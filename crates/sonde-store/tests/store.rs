@@ -488,3 +488,40 @@ async fn flush_files_of_an_older_schema_read_with_new_columns_null() {
         2
     );
 }
+
+/// Each flush spills its ids to a dedup run; the background merger folds them four at a
+/// time, and every id stays a duplicate across the merges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_runs_merge_in_the_background() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(config(dir.path())).expect("open");
+    let events: Vec<_> = (0..8)
+        .map(|i| decision(&format!("m{i}"), &format!("r{i}"), "control", 0))
+        .collect();
+    for e in &events {
+        let batch = WriteBatch {
+            events: vec![e.clone()],
+            ..WriteBatch::default()
+        };
+        assert_eq!(
+            store.write(batch).await.expect("write").seen,
+            vec![Seen::New]
+        );
+        store.flush().expect("flush");
+    }
+    // Eight runs of one id: [1, 1, 1, 1] merge into 4, then the next four into another 4.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.dedup_runs() > 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.dedup_runs(), 2);
+    let out = store
+        .write(WriteBatch {
+            events: events.clone(),
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    assert_eq!(out.seen, vec![Seen::Duplicate; 8]);
+    store.close().expect("close");
+}
