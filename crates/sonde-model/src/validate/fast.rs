@@ -32,90 +32,34 @@ pub(super) fn read_wire(text: &str, start: usize) -> Option<(Wire<'_>, usize)> {
     let mut seen = Seen(0);
     c.object(|c, key| {
         match key {
-            "type" => seen
-                .once(0)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.ty = v)),
-            "event_id" => seen
-                .once(1)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.event_id = v)),
-            "timestamp" => seen
-                .once(2)
-                .and_then(|_| c.opt(Cursor::time).map(|v| w.timestamp = v)),
-            "sent_at" => seen
-                .once(3)
-                .and_then(|_| c.opt(Cursor::time).map(|v| w.sent_at = v)),
-            "user_id" => seen
-                .once(4)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.user_id = v)),
-            "anonymous_id" => seen
-                .once(5)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.anonymous_id = v)),
-            "session_id" => seen
-                .once(6)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.session_id = v)),
-            "context" => seen
-                .once(7)
-                .and_then(|_| c.opt(Cursor::context).map(|v| w.context = v)),
-            "request_id" => seen
-                .once(8)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.request_id = v)),
-            "trace_id" => seen
-                .once(9)
-                .and_then(|_| c.opt(Cursor::string).map(|v| w.trace_id = v)),
-            "surface" => seen
-                .once(10)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.surface = v)),
-            "model" => seen
-                .once(11)
-                .and_then(|_| c.opt(Cursor::model).map(|v| w.model = v)),
-            "experiments" => seen
-                .once(12)
-                .and_then(|_| c.opt(Cursor::experiments).map(|v| w.experiments = v)),
-            "flags" => seen
-                .once(13)
-                .and_then(|_| c.opt(Cursor::raw).map(|v| w.flags = v)),
-            "items" => seen
-                .once(14)
-                .and_then(|_| c.opt(Cursor::entries).map(|v| w.items = v)),
-            "slate_propensity" => seen
-                .once(15)
-                .and_then(|_| c.opt(Cursor::f64).map(|v| w.slate_propensity = v)),
-            "latency_ms" => seen
-                .once(16)
-                .and_then(|_| c.opt(Cursor::latency).map(|v| w.latency_ms = v)),
-            "fallback" => seen
-                .once(17)
-                .and_then(|_| c.opt(Cursor::bool).map(|v| w.fallback = v)),
-            "features" => seen
-                .once(18)
-                .and_then(|_| c.opt(Cursor::raw).map(|v| w.features = v)),
-            "item_id" => seen
-                .once(19)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.item_id = v)),
-            "action" => seen
-                .once(20)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.action = v)),
-            "value" => seen
-                .once(21)
-                .and_then(|_| c.opt(Cursor::f64).map(|v| w.value = v)),
-            "name" => seen
-                .once(22)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.name = v)),
-            "currency" => seen
-                .once(23)
-                .and_then(|_| c.opt(Cursor::string).map(|v| w.currency = v)),
-            "channel" => seen
-                .once(24)
-                .and_then(|_| c.opt(Cursor::string).map(|v| w.channel = v)),
-            "campaign" => seen
-                .once(25)
-                .and_then(|_| c.opt(Cursor::string).map(|v| w.campaign = v)),
-            "experiment" => seen
-                .once(26)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.experiment = v)),
-            "variant" => seen
-                .once(27)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| w.variant = v)),
+            "type" => c.field(&mut seen, 0, &mut w.ty, Cursor::compact),
+            "event_id" => c.field(&mut seen, 1, &mut w.event_id, Cursor::compact),
+            "timestamp" => c.field(&mut seen, 2, &mut w.timestamp, Cursor::time),
+            "sent_at" => c.field(&mut seen, 3, &mut w.sent_at, Cursor::time),
+            "user_id" => c.field(&mut seen, 4, &mut w.user_id, Cursor::compact),
+            "anonymous_id" => c.field(&mut seen, 5, &mut w.anonymous_id, Cursor::compact),
+            "session_id" => c.field(&mut seen, 6, &mut w.session_id, Cursor::compact),
+            "context" => c.field(&mut seen, 7, &mut w.context, Cursor::context),
+            "request_id" => c.field(&mut seen, 8, &mut w.request_id, Cursor::compact),
+            "trace_id" => c.field(&mut seen, 9, &mut w.trace_id, Cursor::string),
+            "surface" => c.field(&mut seen, 10, &mut w.surface, Cursor::compact),
+            "model" => c.field(&mut seen, 11, &mut w.model, Cursor::model),
+            "experiments" => c.field(&mut seen, 12, &mut w.experiments, Cursor::experiments),
+            "flags" => c.field(&mut seen, 13, &mut w.flags, Cursor::raw),
+            "items" => c.field(&mut seen, 14, &mut w.items, Cursor::entries),
+            "slate_propensity" => c.field(&mut seen, 15, &mut w.slate_propensity, Cursor::f64),
+            "latency_ms" => c.field(&mut seen, 16, &mut w.latency_ms, Cursor::latency),
+            "fallback" => c.field(&mut seen, 17, &mut w.fallback, Cursor::bool),
+            "features" => c.field(&mut seen, 18, &mut w.features, Cursor::raw),
+            "item_id" => c.field(&mut seen, 19, &mut w.item_id, Cursor::compact),
+            "action" => c.field(&mut seen, 20, &mut w.action, Cursor::compact),
+            "value" => c.field(&mut seen, 21, &mut w.value, Cursor::f64),
+            "name" => c.field(&mut seen, 22, &mut w.name, Cursor::compact),
+            "currency" => c.field(&mut seen, 23, &mut w.currency, Cursor::string),
+            "channel" => c.field(&mut seen, 24, &mut w.channel, Cursor::string),
+            "campaign" => c.field(&mut seen, 25, &mut w.campaign, Cursor::string),
+            "experiment" => c.field(&mut seen, 26, &mut w.experiment, Cursor::compact),
+            "variant" => c.field(&mut seen, 27, &mut w.variant, Cursor::compact),
             // serde ignores fields it does not know, after checking they are JSON.
             _ => c.skip(0),
         }
@@ -164,6 +108,20 @@ impl<'a> Cursor<'a> {
             self.at += literal.len();
         }
         found
+    }
+
+    /// Field number `bit` of its object, which may appear once: `null`, or what `read`
+    /// reads, into `slot`.
+    fn field<T>(
+        &mut self,
+        seen: &mut Seen,
+        bit: u32,
+        slot: &mut Option<T>,
+        read: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<()> {
+        seen.once(bit)?;
+        *slot = self.opt(read)?;
+        Some(())
     }
 
     /// `null`, or the value `read` reads.
@@ -385,12 +343,8 @@ impl<'a> Cursor<'a> {
         let mut out = WireModel::default();
         let mut seen = Seen(0);
         self.object(|c, key| match key {
-            "name" => seen
-                .once(0)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| out.name = v)),
-            "version" => seen
-                .once(1)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| out.version = v)),
+            "name" => c.field(&mut seen, 0, &mut out.name, Cursor::compact),
+            "version" => c.field(&mut seen, 1, &mut out.version, Cursor::compact),
             _ => c.skip(0),
         })?;
         Some(out)
@@ -402,12 +356,8 @@ impl<'a> Cursor<'a> {
             let mut e = WireExperiment::default();
             let mut seen = Seen(0);
             c.object(|c, key| match key {
-                "id" => seen
-                    .once(0)
-                    .and_then(|_| c.opt(Cursor::compact).map(|v| e.id = v)),
-                "variant" => seen
-                    .once(1)
-                    .and_then(|_| c.opt(Cursor::compact).map(|v| e.variant = v)),
+                "id" => c.field(&mut seen, 0, &mut e.id, Cursor::compact),
+                "variant" => c.field(&mut seen, 1, &mut e.variant, Cursor::compact),
                 _ => c.skip(0),
             })?;
             out.push(e);
@@ -433,23 +383,14 @@ impl<'a> Cursor<'a> {
         let mut it = WireItem::default();
         let mut seen = Seen(0);
         self.object(|c, key| match key {
-            "item_id" => seen
-                .once(0)
-                .and_then(|_| c.opt(Cursor::compact).map(|v| it.item_id = v)),
-            "position" => seen.once(1).and_then(|_| {
-                // u32: nine digits always fit.
-                c.opt(|c| c.unsigned(9).map(|v| v as u32))
-                    .map(|v| it.position = v)
+            "item_id" => c.field(&mut seen, 0, &mut it.item_id, Cursor::compact),
+            // u32: nine digits always fit.
+            "position" => c.field(&mut seen, 1, &mut it.position, |c| {
+                c.unsigned(9).map(|v| v as u32)
             }),
-            "score" => seen
-                .once(2)
-                .and_then(|_| c.opt(Cursor::f64).map(|v| it.score = v)),
-            "propensity" => seen
-                .once(3)
-                .and_then(|_| c.opt(Cursor::f64).map(|v| it.propensity = v)),
-            "attributes" => seen
-                .once(4)
-                .and_then(|_| c.opt(Cursor::raw).map(|v| it.attributes = v)),
+            "score" => c.field(&mut seen, 2, &mut it.score, Cursor::f64),
+            "propensity" => c.field(&mut seen, 3, &mut it.propensity, Cursor::f64),
+            "attributes" => c.field(&mut seen, 4, &mut it.attributes, Cursor::raw),
             _ => c.skip(0),
         })?;
         Some(it)
@@ -459,12 +400,8 @@ impl<'a> Cursor<'a> {
         let mut out = WireLatency::default();
         let mut seen = Seen(0);
         self.object(|c, key| match key {
-            "total" => seen
-                .once(0)
-                .and_then(|_| c.opt(Cursor::f64).map(|v| out.total = v)),
-            "components" => seen
-                .once(1)
-                .and_then(|_| c.opt(Cursor::components).map(|v| out.components = v)),
+            "total" => c.field(&mut seen, 0, &mut out.total, Cursor::f64),
+            "components" => c.field(&mut seen, 1, &mut out.components, Cursor::components),
             _ => c.skip(0),
         })?;
         Some(out)
