@@ -513,9 +513,13 @@ impl DedupIndex {
                 runs[n - FAN_IN..].to_vec()
             };
             let cutoff = now_hour.saturating_sub(self.window_hours);
+            // The merged run replaces the group's newest under its name: runs are ordered
+            // by name on open, and a run spilled while this merge runs has a later one. (A
+            // new name could sort after such a run, which is newer.) A crash before the
+            // older members are deleted leaves their ids twice, which lookups allow.
             // Streamed: merging never holds the runs in memory, however large the window grows.
             let run = Arc::new(Run::write_stream(
-                self.next_path(),
+                group[FAN_IN - 1].path.clone(),
                 group.iter().map(|r| r.count).sum(),
                 merged(&group, cutoff),
             )?);
@@ -527,7 +531,9 @@ impl DedupIndex {
                     runs.insert(p, run);
                 }
             });
-            drop_runs(group)?;
+            let mut older = group;
+            older.pop();
+            drop_runs(older)?;
         }
     }
 }
@@ -670,6 +676,13 @@ mod tests {
             );
         }
         assert_eq!(idx.spilled_len(), 25_000);
+        // The merged run took the name of the group's newest (the fourth spill), so a run
+        // spilled during a merge still sorts after it on open.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["run-000000000004.dd".to_string()]);
         let reopened = DedupIndex::open(dir.path(), 24, 35).expect("reopen");
         for ix in [&idx, &reopened] {
             for (i, newest) in [
