@@ -478,9 +478,16 @@ impl DedupIndex {
     /// merge of every id so far, which every 4^k-th spill brings, took seconds on the
     /// flusher, which could not flush meanwhile). It takes the runs' lock only to swap
     /// runs, at normal priority ([`crate::priority::unstarved`]): every lookup reads it.
-    pub fn merge_runs(&self, now_hour: u32) -> Result<(), StoreError> {
+    ///
+    /// `before_each` gets the number of runs before each merge (the caller sets its
+    /// thread's priority by it).
+    pub fn merge_runs(
+        &self,
+        now_hour: u32,
+        before_each: impl FnMut(usize),
+    ) -> Result<(), StoreError> {
         self.expire(now_hour)?;
-        self.merge(now_hour)
+        self.merge(now_hour, before_each)
     }
 
     fn next_path(&self) -> PathBuf {
@@ -502,7 +509,7 @@ impl DedupIndex {
 
     /// Merge the [`FAN_IN`] newest runs while the oldest of them is at most twice the
     /// newest's size (size-tiered, like an LSM tree's levels).
-    fn merge(&self, now_hour: u32) -> Result<(), StoreError> {
+    fn merge(&self, now_hour: u32, mut before_each: impl FnMut(usize)) -> Result<(), StoreError> {
         loop {
             let group: Vec<Arc<Run>> = {
                 let runs = self.runs.read();
@@ -510,6 +517,7 @@ impl DedupIndex {
                 if n < FAN_IN || runs[n - FAN_IN].count > 2 * runs[n - 1].count {
                     return Ok(());
                 }
+                before_each(n);
                 runs[n - FAN_IN..].to_vec()
             };
             let cutoff = now_hour.saturating_sub(self.window_hours);
@@ -581,11 +589,11 @@ mod tests {
             idx.confirm(&[id * 7919]);
             if id % 500 == 0 {
                 idx.spill().expect("spill");
-                idx.merge_runs(100).expect("merge");
+                idx.merge_runs(100, |_| {}).expect("merge");
             }
         }
         idx.spill().expect("spill");
-        idx.merge_runs(100).expect("merge");
+        idx.merge_runs(100, |_| {}).expect("merge");
         assert!(idx.run_count() <= 6, "runs {}", idx.run_count());
         drop(idx);
         let idx = DedupIndex::open(dir.path(), 24, 101).expect("reopen");
@@ -641,7 +649,7 @@ mod tests {
             idx.check_and_insert(42, 1, 125).expect("ok"),
             Seen::Duplicate
         );
-        idx.merge_runs(125).expect("merge");
+        idx.merge_runs(125, |_| {}).expect("merge");
         assert_eq!(idx.check_and_insert(42, 1, 125).expect("ok"), Seen::New);
         assert_eq!(
             idx.check_and_insert(43, 1, 125).expect("ok"),
@@ -668,7 +676,7 @@ mod tests {
             // At hour 35 the window starts at hour 11: the first 5,000 ids expire in the
             // merge after the fourth spill.
             idx.spill().expect("spill");
-            idx.merge_runs(if content == 4 { 35 } else { 12 })
+            idx.merge_runs(if content == 4 { 35 } else { 12 }, |_| {})
                 .expect("merge");
             assert_eq!(
                 idx.run_count(),

@@ -890,7 +890,8 @@ impl Inner {
     /// Merges dedup runs after spills, off the flusher: a merge of every id so far (each
     /// 4^k-th spill brings one) took seconds there, and nothing was flushed meanwhile. In
     /// the idle class like compaction; but each run costs every lookup a filter probe, so
-    /// past [`STARVED_DEDUP_RUNS`] it merges at nice 10 even on saturated cores.
+    /// past [`STARVED_DEDUP_RUNS`] it merges at nice 10 even on saturated cores (chosen
+    /// before each merge).
     fn dedup_loop(self: Arc<Self>) {
         let Some(d) = &self.dedup else { return };
         loop {
@@ -898,12 +899,15 @@ impl Inner {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            priority::set(if d.run_count() > STARVED_DEDUP_RUNS {
-                priority::Background::Low
-            } else {
-                priority::Background::Idle
-            });
-            if let Err(e) = d.merge_runs(hour_of(now_ms())) {
+            // Merging runs no lock others wait for (it swaps runs at nice 10 itself).
+            let class_by_runs = |runs: usize| {
+                priority::set(if runs > STARVED_DEDUP_RUNS {
+                    priority::Background::Low
+                } else {
+                    priority::Background::Idle
+                })
+            };
+            if let Err(e) = d.merge_runs(hour_of(now_ms()), class_by_runs) {
                 tracing::error!(error = %e, "dedup run merge failed");
             }
         }
