@@ -151,8 +151,7 @@ impl Run {
             let f = w
                 .into_inner()
                 .map_err(|e| io(&tmp)(e.into_error()))?
-                .into_file()
-                .map_err(io(&tmp))?;
+                .into_file();
             let mut head = Vec::with_capacity(HEADER);
             head.extend_from_slice(MAGIC);
             head.extend_from_slice(&count.to_le_bytes());

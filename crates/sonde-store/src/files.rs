@@ -142,12 +142,9 @@ impl PacedFile {
         }
     }
 
-    /// The file, every byte written to it handed to the disk (not yet fsync'd).
-    pub(crate) fn into_file(mut self) -> std::io::Result<File> {
-        if self.written > self.synced {
-            self.writeback()?;
-        }
-        Ok(self.file)
+    /// The file; the caller's fsync hands the last chunk to the disk.
+    pub(crate) fn into_file(self) -> File {
+        self.file
     }
 
     fn writeback(&mut self) -> std::io::Result<()> {
@@ -275,7 +272,7 @@ impl PartWriter {
                     .into_inner()
                     .map_err(|e| io(e.into_error()))?
             }
-            Writer::Parquet(w) => w.into_inner()?.file,
+            Writer::Parquet(w) => w.into_inner()?.into_file(),
         };
         crate::priority::unstarved(|| file.sync_all()).map_err(io)?;
         let bytes = file.metadata().map_err(io)?.len();
