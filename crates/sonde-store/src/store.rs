@@ -899,7 +899,7 @@ impl Inner {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            // Merging runs no lock others wait for (it swaps runs at nice 10 itself).
+            // A merge holds no lock others wait for; it swaps runs at nice 10 itself.
             let class_by_runs = |runs: usize| {
                 priority::set(if runs > STARVED_DEDUP_RUNS {
                     priority::Background::Low
