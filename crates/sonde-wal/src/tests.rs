@@ -1,4 +1,5 @@
 use super::*;
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::mpsc::channel;
 
 fn append_sync(wal: &Wal, recs: Vec<Vec<u8>>) -> Result<RangeInclusive<u64>, WalError> {
@@ -53,13 +54,12 @@ fn torn_tail_is_truncated_and_later_writes_survive() {
         let (wal, _) = Wal::open(WalConfig::new(dir.path()), 0).expect("open");
         append_sync(&wal, vec![b"one".to_vec(), b"two".to_vec()]).expect("ok");
     }
-    // Simulate a crash mid-write: half a frame at the end of the last segment.
+    // Simulate a crash mid-write: half a frame where the next write would have gone, over
+    // the end mark.
     let segs = list_segments(dir.path()).expect("list");
     let last = segment_path(dir.path(), segs[segs.len() - 1]);
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .expect("open seg");
+    let mut f = OpenOptions::new().write(true).open(&last).expect("open seg");
+    f.seek(SeekFrom::End(-(HEADER as i64))).expect("seek");
     f.write_all(&[40, 0, 0, 0, 1, 2, 3]).expect("write");
     drop(f);
     {
@@ -86,7 +86,8 @@ fn corrupt_record_in_tail_is_cut_and_in_older_segment_is_an_error() {
     let segs = list_segments(dir.path()).expect("list");
     let first = segment_path(dir.path(), segs[0]);
     let mut data = fs::read(&first).expect("read");
-    let n = data.len();
+    // The last byte of the last record, before the end mark.
+    let n = data.len() - HEADER;
     data[n - 1] ^= 0xff;
     fs::write(&first, &data).expect("write");
     assert!(matches!(
@@ -160,4 +161,73 @@ fn concurrent_appends_complete_in_lsn_order() {
     let expected: Vec<u64> = (0..200).map(|i| 1 + 3 * i).collect();
     assert_eq!(got, expected);
     assert_eq!(wal.pending_bytes(), 0);
+}
+
+fn spares(dir: &Path) -> usize {
+    list_files(dir).expect("list").1.len()
+}
+
+#[test]
+fn trimmed_segments_are_reused_and_their_old_records_never_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = WalConfig::new(dir.path());
+    cfg.segment_bytes = 100;
+    let (wal, _) = Wal::open(cfg.clone(), 0).expect("open");
+    // Two 76-byte frames per segment: segments 1, 3, 5 and the active 7.
+    for i in 0..6u8 {
+        append_sync(&wal, vec![vec![i; 60]]).expect("ok");
+    }
+    assert_eq!(wal.trim(6).expect("trim"), 3);
+    assert_eq!(spares(dir.path()), MAX_SPARES, "kept for reuse, the rest deleted");
+    // One 106-byte frame per segment now: the next two rotations take the spares, the
+    // third makes a new file.
+    for i in 6..9u8 {
+        append_sync(&wal, vec![vec![i; 90]]).expect("ok");
+    }
+    assert_eq!(spares(dir.path()), 0);
+    assert_eq!(list_segments(dir.path()).expect("list"), vec![7, 8, 9, 10]);
+    let reused = fs::metadata(segment_path(dir.path(), 8)).expect("stat").len();
+    assert_eq!(reused, 168, "a reused file keeps its size: old bytes follow the new record");
+    wal.close();
+    drop(wal);
+    let (wal, replay) = Wal::open(cfg.clone(), 6).expect("reopen");
+    assert_eq!(
+        replay.iter().map(|r| (r.lsn, r.payload.clone())).collect::<Vec<_>>(),
+        vec![(7, vec![6u8; 90]), (8, vec![7u8; 90]), (9, vec![8u8; 90])]
+    );
+    assert_eq!(append_sync(&wal, vec![b"x".to_vec()]).expect("ok"), 10..=10);
+}
+
+#[test]
+fn a_spare_renamed_into_place_before_its_first_write_replays_as_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = WalConfig::new(dir.path());
+    cfg.segment_bytes = 100;
+    let (wal, _) = Wal::open(cfg.clone(), 0).expect("open");
+    for i in 0..4u8 {
+        append_sync(&wal, vec![vec![i; 60]]).expect("ok");
+    }
+    wal.trim(2).expect("trim");
+    wal.close();
+    drop(wal);
+    // A crash right after a rotation: the spare (records 1.., well formed) is the last
+    // segment, named for LSN 5, and nothing of LSN 5 was written.
+    let (_, spare_files) = list_files(dir.path()).expect("list");
+    let seg5 = segment_path(dir.path(), 5);
+    let _ = fs::remove_file(&seg5);
+    fs::rename(&spare_files[0], &seg5).expect("rename");
+    let (wal, replay) = Wal::open(cfg.clone(), 2).expect("reopen");
+    assert_eq!(
+        replay.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    // The segment is emptied and written from its start.
+    assert_eq!(append_sync(&wal, vec![b"y".to_vec()]).expect("ok"), 5..=5);
+    wal.close();
+    drop(wal);
+    let (_wal, replay) = Wal::open(cfg, 2).expect("reopen again");
+    assert_eq!(
+        replay.iter().map(|r| (r.lsn, r.payload.clone())).collect::<Vec<_>>(),
+        vec![(3, vec![2u8; 60]), (4, vec![3u8; 60]), (5, b"y".to_vec())]
+    );
 }
