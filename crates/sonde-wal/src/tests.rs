@@ -58,7 +58,10 @@ fn torn_tail_is_truncated_and_later_writes_survive() {
     // the end mark.
     let segs = list_segments(dir.path()).expect("list");
     let last = segment_path(dir.path(), segs[segs.len() - 1]);
-    let mut f = OpenOptions::new().write(true).open(&last).expect("open seg");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open seg");
     f.seek(SeekFrom::End(-(HEADER as i64))).expect("seek");
     f.write_all(&[40, 0, 0, 0, 1, 2, 3]).expect("write");
     drop(f);
@@ -178,7 +181,11 @@ fn trimmed_segments_are_reused_and_their_old_records_never_replayed() {
         append_sync(&wal, vec![vec![i; 60]]).expect("ok");
     }
     assert_eq!(wal.trim(6).expect("trim"), 3);
-    assert_eq!(spares(dir.path()), MAX_SPARES, "kept for reuse, the rest deleted");
+    assert_eq!(
+        spares(dir.path()),
+        MAX_SPARES,
+        "kept for reuse, the rest deleted"
+    );
     // One 106-byte frame per segment now: the next two rotations take the spares, the
     // third makes a new file.
     for i in 6..9u8 {
@@ -186,13 +193,21 @@ fn trimmed_segments_are_reused_and_their_old_records_never_replayed() {
     }
     assert_eq!(spares(dir.path()), 0);
     assert_eq!(list_segments(dir.path()).expect("list"), vec![7, 8, 9, 10]);
-    let reused = fs::metadata(segment_path(dir.path(), 8)).expect("stat").len();
-    assert_eq!(reused, 168, "a reused file keeps its size: old bytes follow the new record");
+    let reused = fs::metadata(segment_path(dir.path(), 8))
+        .expect("stat")
+        .len();
+    assert_eq!(
+        reused, 168,
+        "a reused file keeps its size: old bytes follow the new record"
+    );
     wal.close();
     drop(wal);
     let (wal, replay) = Wal::open(cfg.clone(), 6).expect("reopen");
     assert_eq!(
-        replay.iter().map(|r| (r.lsn, r.payload.clone())).collect::<Vec<_>>(),
+        replay
+            .iter()
+            .map(|r| (r.lsn, r.payload.clone()))
+            .collect::<Vec<_>>(),
         vec![(7, vec![6u8; 90]), (8, vec![7u8; 90]), (9, vec![8u8; 90])]
     );
     assert_eq!(append_sync(&wal, vec![b"x".to_vec()]).expect("ok"), 10..=10);
@@ -217,17 +232,17 @@ fn a_spare_renamed_into_place_before_its_first_write_replays_as_empty() {
     let _ = fs::remove_file(&seg5);
     fs::rename(&spare_files[0], &seg5).expect("rename");
     let (wal, replay) = Wal::open(cfg.clone(), 2).expect("reopen");
-    assert_eq!(
-        replay.iter().map(|r| r.lsn).collect::<Vec<_>>(),
-        vec![3, 4]
-    );
+    assert_eq!(replay.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![3, 4]);
     // The segment is emptied and written from its start.
     assert_eq!(append_sync(&wal, vec![b"y".to_vec()]).expect("ok"), 5..=5);
     wal.close();
     drop(wal);
     let (_wal, replay) = Wal::open(cfg, 2).expect("reopen again");
     assert_eq!(
-        replay.iter().map(|r| (r.lsn, r.payload.clone())).collect::<Vec<_>>(),
+        replay
+            .iter()
+            .map(|r| (r.lsn, r.payload.clone()))
+            .collect::<Vec<_>>(),
         vec![(3, vec![2u8; 60]), (4, vec![3u8; 60]), (5, b"y".to_vec())]
     );
 }
