@@ -25,6 +25,8 @@ pub fn init_logging(json: bool) {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        // Request workers: acknowledgements wait on them.
+        .on_thread_start(sonde_store::latency_sensitive)
         .enable_all()
         .build()
         .context("starting the async runtime")

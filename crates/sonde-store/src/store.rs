@@ -399,6 +399,7 @@ impl Store {
         let now_hour = hour_of(now_ms());
         let dedup = DedupIndex::open(&dir.join("dedup"), config.dedup_window_hours, now_hour)?;
         let mut wal_config = WalConfig::new(dir.join("wal"));
+        wal_config.thread_start = priority::latency_sensitive;
         wal_config.fsync = config.fsync;
         wal_config.segment_bytes = config.wal_segment_bytes;
         let (wal, records) = Wal::open(wal_config, manifest.flushed_lsn)?;
@@ -460,7 +461,11 @@ impl Store {
             let worker = inner.clone();
             let handle = std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || run(worker))
+                .spawn(move || {
+                    // Spawned by whatever thread opens the store, maybe a request worker.
+                    priority::bulk();
+                    run(worker)
+                })
                 .map_err(|e| StoreError::Io {
                     path: dir.clone(),
                     source: e,

@@ -90,6 +90,9 @@ pub struct WalConfig {
     /// Call `fdatasync` before completing appends. Only tests and benchmarks of the
     /// non-durable path turn this off.
     pub fsync: bool,
+    /// Run first on the writer and completion threads (the store gives them a short time
+    /// slice: acknowledgements wait on both).
+    pub thread_start: fn(),
 }
 
 impl WalConfig {
@@ -99,6 +102,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_bytes: 64 * 1024 * 1024,
             fsync: true,
+            thread_start: || {},
         }
     }
 }
@@ -517,12 +521,15 @@ const GROUP_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        (self.config.thread_start)();
         // Completions (the caller's apply and ack) run on their own thread, in commit order,
         // so the next group's write and fsync overlap them instead of waiting behind them.
         let (done_tx, done_rx) = mpsc::channel::<Vec<Done>>();
+        let thread_start = self.config.thread_start;
         let completer = std::thread::Builder::new()
             .name("sonde-wal-done".into())
             .spawn(move || {
+                thread_start();
                 while let Ok(batch) = done_rx.recv() {
                     complete(batch);
                 }

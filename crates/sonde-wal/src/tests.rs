@@ -246,3 +246,21 @@ fn a_spare_renamed_into_place_before_its_first_write_replays_as_empty() {
         vec![(3, vec![2u8; 60]), (4, vec![3u8; 60]), (5, b"y".to_vec())]
     );
 }
+
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[test]
+fn thread_start_runs_on_the_writer_and_the_completion_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = WalConfig::new(dir.path());
+    cfg.thread_start = || {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        STARTED.lock().push(name);
+    };
+    let (wal, _) = Wal::open(cfg, 0).expect("open");
+    append_sync(&wal, vec![b"a".to_vec()]).expect("ok");
+    wal.close();
+    let mut names = STARTED.lock().clone();
+    names.sort();
+    assert_eq!(names, vec!["sonde-wal", "sonde-wal-done"]);
+}
