@@ -11,7 +11,7 @@ mod items;
 mod live;
 pub mod manifest;
 mod priority;
-pub use priority::{LATENCY_SLICE_NS, latency_sensitive};
+pub use priority::latency_sensitive;
 pub mod query;
 pub mod receipts;
 mod rollups;

@@ -38,7 +38,7 @@ pub(crate) enum Background {
 
 /// The time slice of [`latency_sensitive`] threads (the default is 0.7 ms × (1 + log2
 /// cores): 1.4 ms on two cores).
-pub const LATENCY_SLICE_NS: u64 = 300_000;
+const LATENCY_SLICE_NS: u64 = 300_000;
 
 /// Give the calling thread a short time slice: for threads that acknowledgements wait on.
 /// Threads it spawns inherit it; [`bulk`] takes it back. Failing (a kernel before 6.12

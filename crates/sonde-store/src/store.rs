@@ -1008,12 +1008,7 @@ impl Inner {
                 (r + x.num_rows(), b + x.get_array_memory_size())
             });
             (mem.flushing_rows, mem.flushing_bytes) = (rows, bytes);
-            (
-                mem.flushing.clone(),
-                mem.applied_lsn,
-                mem.flushing_rows,
-                mem.flushing_bytes,
-            )
+            (mem.flushing.clone(), mem.applied_lsn, rows, bytes)
         };
         let manifest = self.manifest.read().clone();
         if batches.iter().all(|b| b.is_empty()) && upto <= manifest.flushed_lsn {
