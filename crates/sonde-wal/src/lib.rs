@@ -11,7 +11,7 @@
 //! not change its size or allocation, so `fdatasync` writes the data and flushes the disk
 //! cache without a file system journal commit; a growing file needs one per sync, and on
 //! ext4 (`data=ordered`) that commit first waits for every other file's dirty data — each
-//! flush of table files held WAL commits up for 10-25 ms (measured). Each write ends with
+//! flush of table files held WAL commits up for 9-24 ms (measured). Each write ends with
 //! an all-zero header (not counted in the segment's length, overwritten by the next
 //! write), so replay tells the end of the log from a recycled segment's old records.
 
