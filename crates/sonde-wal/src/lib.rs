@@ -185,6 +185,17 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
     Ok(list_files(dir)?.0)
 }
 
+/// Open a segment for positional writes, creating it if needed and keeping what it holds
+/// (a reused file's old bytes are overwritten, not truncated).
+fn open_segment(path: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -333,12 +344,7 @@ impl Wal {
         // Always start a fresh segment: the tail of an old one may hold a repaired tear.
         let first = next_lsn;
         let path = segment_path(&config.dir, first);
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_segment(&path)?;
         let start_len = file.metadata().map_err(io_err(&path))?.len();
         if !segments.contains(&first) {
             segments.push(first);
@@ -679,12 +685,7 @@ impl Writer {
         {
             tracing::warn!(error = %e, spare = %spare.display(), "reusing a WAL spare failed; starting a new file");
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_segment(&path)?;
         // Before any record goes in: replay must find the segment under its new name.
         sync_dir(&self.config.dir)?;
         self.shared.segments.lock().push(self.next_lsn);

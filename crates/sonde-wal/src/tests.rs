@@ -105,15 +105,22 @@ fn corrupt_record_in_tail_is_cut_and_in_older_segment_is_an_error() {
     assert_eq!(payloads(&replay), vec![b"keep".to_vec()]);
 }
 
+/// A WAL rotating past 100 bytes, holding `n` records of 60 bytes (76-byte frames: two
+/// per segment): LSN i + 1 holds 60 bytes of value i.
+fn small_segments(dir: &Path, n: u8) -> (WalConfig, Wal) {
+    let mut cfg = WalConfig::new(dir);
+    cfg.segment_bytes = 100;
+    let (wal, _) = Wal::open(cfg.clone(), 0).expect("open");
+    for i in 0..n {
+        append_sync(&wal, vec![vec![i; 60]]).expect("ok");
+    }
+    (cfg, wal)
+}
+
 #[test]
 fn rotation_and_trim() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = WalConfig::new(dir.path());
-    cfg.segment_bytes = 100;
-    let (wal, _) = Wal::open(cfg.clone(), 0).expect("open");
-    for i in 0..10u8 {
-        append_sync(&wal, vec![vec![i; 60]]).expect("ok");
-    }
+    let (cfg, wal) = small_segments(dir.path(), 10);
     assert!(wal.segment_count() >= 5, "{}", wal.segment_count());
     let removed = wal.trim(6).expect("trim");
     assert!(removed >= 3);
@@ -173,13 +180,8 @@ fn spares(dir: &Path) -> usize {
 #[test]
 fn trimmed_segments_are_reused_and_their_old_records_never_replayed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = WalConfig::new(dir.path());
-    cfg.segment_bytes = 100;
-    let (wal, _) = Wal::open(cfg.clone(), 0).expect("open");
     // Two 76-byte frames per segment: segments 1, 3, 5 and the active 7.
-    for i in 0..6u8 {
-        append_sync(&wal, vec![vec![i; 60]]).expect("ok");
-    }
+    let (cfg, wal) = small_segments(dir.path(), 6);
     assert_eq!(wal.trim(6).expect("trim"), 3);
     assert_eq!(
         spares(dir.path()),
@@ -216,12 +218,7 @@ fn trimmed_segments_are_reused_and_their_old_records_never_replayed() {
 #[test]
 fn a_spare_renamed_into_place_before_its_first_write_replays_as_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = WalConfig::new(dir.path());
-    cfg.segment_bytes = 100;
-    let (wal, _) = Wal::open(cfg.clone(), 0).expect("open");
-    for i in 0..4u8 {
-        append_sync(&wal, vec![vec![i; 60]]).expect("ok");
-    }
+    let (cfg, wal) = small_segments(dir.path(), 4);
     wal.trim(2).expect("trim");
     wal.close();
     drop(wal);
