@@ -16,9 +16,9 @@
 //! WAL writer and its completion thread — ask the scheduler (EEVDF, Linux 6.6+; custom
 //! slices from 6.12) for a short time slice ([`latency_sensitive`]). That gives them no
 //! more CPU, but earlier deadlines: woken while the flusher encodes a burst of files they
-//! run at once instead of after its slice. In three A/B pairs of the ingest bench (60 s
-//! at full speed, then 20 s at 50,000 events/s) the paced p99 was 11.9 / 12.6 / 14.1 ms
-//! with 300 µs slices against 19.2 / 15.4 ms without.
+//! run at once instead of after its slice. In A/B runs of the ingest bench (60 s at full
+//! speed, then 20 s at 50,000 events/s) the paced p99 was 11.9 / 12.6 / 14.1 ms with
+//! 300 µs slices against 19.2 / 15.4 ms without (100 µs: no better in five pairs).
 
 use std::cell::Cell;
 
