@@ -680,7 +680,10 @@ struct RunStats {
     /// Requests answered 429 (retried after 50 ms).
     throttled: u64,
     seconds: f64,
+    /// Sorted.
     latencies_us: Vec<u64>,
+    /// When each timed request was sent and how long its answer took.
+    acks: Vec<(Instant, Duration)>,
 }
 
 /// Send batches over `connections` connections for `duration`; with `rate`, pace to that
@@ -730,7 +733,7 @@ async fn drive(
                         body.clone(),
                     )
                     .await?;
-                let us = t.elapsed().as_micros() as u64;
+                let took = t.elapsed();
                 bodies.give_back(which, body);
                 if reply.status.as_u16() == 429 {
                     throttled.fetch_add(1, Ordering::Relaxed);
@@ -743,7 +746,7 @@ async fn drive(
                 let v: Value = serde_json::from_slice(&reply.body)?;
                 acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
                 if t.duration_since(start) >= warmup {
-                    latencies.lock().push(us);
+                    latencies.lock().push((t, took));
                 }
             }
             Ok::<(), anyhow::Error>(())
@@ -753,13 +756,15 @@ async fn drive(
         t.await??;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let mut latencies_us = std::mem::take(&mut *latencies.lock());
+    let acks = std::mem::take(&mut *latencies.lock());
+    let mut latencies_us: Vec<u64> = acks.iter().map(|(_, d)| d.as_micros() as u64).collect();
     latencies_us.sort_unstable();
     Ok(RunStats {
         events: acked.load(Ordering::Relaxed),
         throttled: throttled.load(Ordering::Relaxed),
         seconds,
         latencies_us,
+        acks,
     })
 }
 
@@ -867,6 +872,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let half = paced_target(&args, full.events as f64 / full.seconds);
+            let watch = crate::bench_steal::StallWatch::start(clock_ticks_per_second())?;
             // The server's own figures are taken over the same stretch as the client's.
             let (paced, before) = tokio::join!(
                 drive(
@@ -886,9 +892,14 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                         .map(|t| (t, steal))
                 }
             );
+            let stalls = watch.finish();
             let (paced, (before, steal_before)) = (paced?, before?);
             let after = server_times(&Client::new(), &server).await?;
-            let steal = (full_steal, steal_percent(steal_before, machine_ticks()));
+            let steal = (
+                full_steal,
+                steal_percent(steal_before, machine_ticks()),
+                stalls,
+            );
             Ok::<_, anyhow::Error>((full, paced, before, after, cpu, steal))
         };
         // The sampler stops when the phases end, whether they succeed or fail.
@@ -927,6 +938,8 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         full.throttled
     );
     let paced_rate = paced.events as f64 / paced.seconds;
+    let slow = Duration::from_secs_f64(ACK_TARGET_MS / 1000.0);
+    let slow_acks = paced.acks.iter().filter(|(_, took)| *took > slow).count();
     println!(
         "    ack latency {} ({paced_rate:.0} events/s, {} events per request): p50 {:.1} ms, p99 {:.1} ms ({} batches after a {} s warm-up, {} over {ACK_TARGET_MS} ms)",
         if args.paced_rate.is_some() {
@@ -941,11 +954,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         percentile(&paced.latencies_us, 0.99),
         paced.latencies_us.len(),
         PACED_WARMUP.as_secs(),
-        paced
-            .latencies_us
-            .iter()
-            .filter(|&&us| us as f64 > ACK_TARGET_MS * 1000.0)
-            .count()
+        slow_acks
     );
     println!(
         "      server side over that phase: /v1/events handling {}; WAL fsyncs {}",
@@ -965,6 +974,12 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     println!(
         "    machine CPU time stolen by the hypervisor: {} at full speed, {} over the paced phase",
         steal.0, steal.1
+    );
+    println!(
+        "      vCPU stalls (≥ 30 ms stolen at once) over the paced phase: {}; acks over {ACK_TARGET_MS} ms in flight during one: {} of {}",
+        crate::bench_steal::summary(&steal.2),
+        crate::bench_steal::slow_during_stalls(&paced.acks, &steal.2, slow),
+        slow_acks,
     );
     match rss {
         Some(mb) => println!("    server peak RSS: {mb:.0} MB"),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_dashboard;
+mod bench_steal;
 mod cli;
 mod commands;
 mod config;
