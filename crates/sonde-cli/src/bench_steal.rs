@@ -108,8 +108,11 @@ pub(crate) fn slow_during_stalls(
         .count()
 }
 
-/// "n (x ms in all, longest y ms)" of the stalls.
+/// "n (x ms in all, longest y ms)" of the stalls, or "none".
 pub(crate) fn summary(stalls: &[Stall]) -> String {
+    if stalls.is_empty() {
+        return "none".to_string();
+    }
     let total: f64 = stalls.iter().map(|s| s.ms).sum();
     let longest = stalls.iter().map(|s| s.ms).fold(0.0, f64::max);
     format!(
@@ -147,6 +150,7 @@ mod tests {
             }]
         );
         assert_eq!(summary(&stalls), "1 (100 ms in all, longest 100 ms)");
+        assert_eq!(summary(&[]), "none");
     }
 
     #[test]
