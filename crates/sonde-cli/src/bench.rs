@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use crate::bench_steal::{self, Steal};
 use crate::http::Client;
 
 /// Options of `sonde bench ingest`.
@@ -377,35 +378,6 @@ fn clock_ticks_per_second() -> f64 {
     #[cfg(not(target_os = "linux"))]
     let ticks = 100;
     if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-/// The machine's CPU time and the part of it the hypervisor gave to other guests (steal),
-/// in ticks, from `/proc/stat`: a virtual machine's neighbours can slow a run down.
-fn machine_ticks() -> Option<(u64, u64)> {
-    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
-}
-
-/// (total, steal) from the aggregate `cpu` line: user nice system idle iowait irq softirq
-/// steal (guest time is already counted in user).
-fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    (ticks.len() == 8).then(|| (ticks.iter().sum(), ticks[7]))
-}
-
-/// Percent of the machine's CPU time stolen between two `machine_ticks` readings.
-fn steal_percent(from: Option<(u64, u64)>, to: Option<(u64, u64)>) -> String {
-    match (from, to) {
-        (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
-            format!("{:.1}%", (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
-        }
-        _ => "unavailable".to_string(),
-    }
 }
 
 /// A memory figure of `/proc/PID/status` (`VmHWM:` peak RSS, `VmRSS:` RSS now), in MB.
@@ -852,7 +824,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 )
             };
             let cpu_before = cpu_now();
-            let steal_before = machine_ticks();
+            let steal_before = bench_steal::machine_ticks();
             let full = drive(
                 &server,
                 templates.clone(),
@@ -867,12 +839,12 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 ((Some(s0), Some(c0)), (Some(s1), Some(c1))) => Some((s1 - s0, c1 - c0)),
                 _ => None,
             };
-            let full_steal = steal_percent(steal_before, machine_ticks());
+            let full_steal = bench_steal::steal_percent(steal_before, bench_steal::machine_ticks());
             // Latency at half rate is a steady-state figure: let the server finish the
             // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let half = paced_target(&args, full.events as f64 / full.seconds);
-            let watch = crate::bench_steal::StallWatch::start(clock_ticks_per_second())?;
+            let watch = bench_steal::StallWatch::start(clock_ticks_per_second())?;
             // The server's own figures are taken over the same stretch as the client's.
             let (paced, before) = tokio::join!(
                 drive(
@@ -886,7 +858,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 ),
                 async {
                     tokio::time::sleep(PACED_WARMUP).await;
-                    let steal = machine_ticks();
+                    let steal = bench_steal::machine_ticks();
                     server_times(&Client::new(), &server)
                         .await
                         .map(|t| (t, steal))
@@ -895,11 +867,11 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             let stalls = watch.finish();
             let (paced, (before, steal_before)) = (paced?, before?);
             let after = server_times(&Client::new(), &server).await?;
-            let steal = (
-                full_steal,
-                steal_percent(steal_before, machine_ticks()),
+            let steal = Steal {
+                full: full_steal,
+                paced: bench_steal::steal_percent(steal_before, bench_steal::machine_ticks()),
                 stalls,
-            );
+            };
             Ok::<_, anyhow::Error>((full, paced, before, after, cpu, steal))
         };
         // The sampler stops when the phases end, whether they succeed or fail.
@@ -973,12 +945,13 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     println!(
         "    machine CPU time stolen by the hypervisor: {} at full speed, {} over the paced phase",
-        steal.0, steal.1
+        steal.full, steal.paced
     );
     println!(
-        "      vCPU stalls (≥ 30 ms stolen at once) over the paced phase: {}; acks over {ACK_TARGET_MS} ms in flight during one: {} of {}",
-        crate::bench_steal::summary(&steal.2),
-        crate::bench_steal::slow_during_stalls(&paced.acks, &steal.2, slow),
+        "      vCPU stalls (≥ {} ms stolen at once) over the paced phase: {}; acks over {ACK_TARGET_MS} ms in flight during one: {} of {}",
+        bench_steal::STALL_MS,
+        bench_steal::summary(&steal.stalls),
+        bench_steal::slow_during_stalls(&paced.acks, &steal.stalls, slow),
         slow_acks,
     );
     match rss {
@@ -1360,18 +1333,6 @@ mod tests {
         assert_eq!(rate(&["--half-of-measured"]).ok(), Some(65_000.0));
         assert_eq!(rate(&["--paced-rate", "60000"]).ok(), Some(60_000.0));
         assert!(rate(&["--paced-rate", "60000", "--half-of-measured"]).is_err());
-    }
-
-    #[test]
-    fn steal_is_the_eighth_field_of_the_cpu_line() {
-        let stat = "cpu  100 5 20 800 10 1 4 60 7 0\ncpu0 50 2 10 400 5 0 2 30 3 0\n";
-        assert_eq!(parse_machine_ticks(stat), Some((1000, 60)));
-        assert_eq!(
-            steal_percent(Some((1000, 60)), Some((3000, 160))),
-            "5.0%".to_string()
-        );
-        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None);
-        assert_eq!(steal_percent(None, Some((1, 1))), "unavailable");
     }
 
     #[test]

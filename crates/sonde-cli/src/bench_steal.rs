@@ -1,5 +1,6 @@
-//! vCPU stalls during a bench phase: CPU time the hypervisor took from one virtual CPU at
-//! once. On the reference machine it takes chunks of up to 100 ms, and only while both
+//! What the hypervisor took from a bench run (steal): its share of the machine's CPU time,
+//! and vCPU stalls — CPU time taken from one virtual CPU at once. On the reference machine
+//! it takes chunks of up to 100 ms, and only while both
 //! vCPUs are busy; a thread an ack waits on, frozen that long, holds up every request
 //! behind it. The bench counts the stalls and the slow acks in flight during one, so a
 //! run's tail can be told apart from the server's own.
@@ -14,7 +15,44 @@ const EVERY: Duration = Duration::from_millis(5);
 
 /// Steal counted as a stall: this much taken from one vCPU within one reading interval
 /// (steal spread over time shows up a tick, 10 ms, at a time).
-const STALL_MS: f64 = 30.0;
+pub(crate) const STALL_MS: f64 = 30.0;
+
+/// The machine's CPU time and the part of it the hypervisor gave to other guests (steal),
+/// in ticks, from `/proc/stat`: a virtual machine's neighbours can slow a run down.
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// (total, steal) from the aggregate `cpu` line: user nice system idle iowait irq softirq
+/// steal (guest time is already counted in user).
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| (ticks.iter().sum(), ticks[7]))
+}
+
+/// Percent of the machine's CPU time stolen between two `machine_ticks` readings.
+pub(crate) fn steal_percent(from: Option<(u64, u64)>, to: Option<(u64, u64)>) -> String {
+    match (from, to) {
+        (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
+            format!("{:.1}%", (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
+        }
+        _ => "unavailable".to_string(),
+    }
+}
+
+/// The hypervisor's share of a run: percent of the machine's CPU time at full speed and
+/// over the paced phase, and the paced phase's stalls.
+pub(crate) struct Steal {
+    pub full: String,
+    pub paced: String,
+    pub stalls: Vec<Stall>,
+}
 
 /// A stretch in which the hypervisor ran something else on one of our vCPUs.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +167,18 @@ mod tests {
                         cpu0 5 0 2 50 0 0 0 3 0 0\n\
                         cpu1 5 0 3 50 0 0 0 10 0 0\n\
                         intr 1 2 3\n";
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let stat = "cpu  100 5 20 800 10 1 4 60 7 0\ncpu0 50 2 10 400 5 0 2 30 3 0\n";
+        assert_eq!(parse_machine_ticks(stat), Some((1000, 60)));
+        assert_eq!(
+            steal_percent(Some((1000, 60)), Some((3000, 160))),
+            "5.0%".to_string()
+        );
+        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(steal_percent(None, Some((1, 1))), "unavailable");
+    }
 
     #[test]
     fn steal_is_read_per_cpu() {
