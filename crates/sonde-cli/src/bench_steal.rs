@@ -1,9 +1,9 @@
 //! What the hypervisor took from a bench run (steal): its share of the machine's CPU time,
 //! and vCPU stalls — CPU time taken from one virtual CPU at once. On the reference machine
-//! it takes chunks of up to 100 ms, and only while both
-//! vCPUs are busy; a thread an ack waits on, frozen that long, holds up every request
-//! behind it. The bench counts the stalls and the slow acks in flight during one, so a
-//! run's tail can be told apart from the server's own.
+//! it takes chunks of up to 100 ms, and only while both vCPUs are busy; a thread an ack
+//! waits on, frozen that long, holds up every request behind it. The bench counts the
+//! stalls and the slow acks in flight during one, so a run's tail can be told apart from
+//! the server's own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
