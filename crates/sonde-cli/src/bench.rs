@@ -652,10 +652,21 @@ struct RunStats {
     /// Requests answered 429 (retried after 50 ms).
     throttled: u64,
     seconds: f64,
-    /// Sorted.
-    latencies_us: Vec<u64>,
     /// When each timed request was sent and how long its answer took.
     acks: Vec<(Instant, Duration)>,
+}
+
+impl RunStats {
+    /// The timed requests' latencies in µs, sorted (for [`percentile`]).
+    fn sorted_us(&self) -> Vec<u64> {
+        let mut us: Vec<u64> = self
+            .acks
+            .iter()
+            .map(|(_, d)| d.as_micros() as u64)
+            .collect();
+        us.sort_unstable();
+        us
+    }
 }
 
 /// Send batches over `connections` connections for `duration`; with `rate`, pace to that
@@ -671,14 +682,14 @@ async fn drive(
     warmup: Duration,
 ) -> anyhow::Result<RunStats> {
     let client = Client::new();
-    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let acks = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(AtomicU64::new(0));
     let throttled = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
         let (client, templates, counter) = (client.clone(), templates.clone(), counter.clone());
-        let (latencies, acked, throttled) = (latencies.clone(), acked.clone(), throttled.clone());
+        let (acks, acked, throttled) = (acks.clone(), acked.clone(), throttled.clone());
         let url = format!("{}/v1/events", server.url);
         let key = server.write_key.clone();
         tasks.push(tokio::spawn(async move {
@@ -718,7 +729,7 @@ async fn drive(
                 let v: Value = serde_json::from_slice(&reply.body)?;
                 acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
                 if t.duration_since(start) >= warmup {
-                    latencies.lock().push((t, took));
+                    acks.lock().push((t, took));
                 }
             }
             Ok::<(), anyhow::Error>(())
@@ -728,14 +739,11 @@ async fn drive(
         t.await??;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let acks = std::mem::take(&mut *latencies.lock());
-    let mut latencies_us: Vec<u64> = acks.iter().map(|(_, d)| d.as_micros() as u64).collect();
-    latencies_us.sort_unstable();
+    let acks = std::mem::take(&mut *acks.lock());
     Ok(RunStats {
         events: acked.load(Ordering::Relaxed),
         throttled: throttled.load(Ordering::Relaxed),
         seconds,
-        latencies_us,
         acks,
     })
 }
@@ -840,7 +848,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 _ => None,
             };
             let full_steal = bench_steal::steal_percent(steal_before, bench_steal::machine_ticks());
-            // Latency at half rate is a steady-state figure: let the server finish the
+            // The paced phase's latency is a steady-state figure: let the server finish the
             // full-speed backlog (WAL groups, buffer, flushes) first, and skip the first second.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let half = paced_target(&args, full.events as f64 / full.seconds);
@@ -902,11 +910,12 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             client_s / full.seconds,
         );
     }
+    let (full_us, paced_us) = (full.sorted_us(), paced.sorted_us());
     println!(
         "    ack latency at full speed: p50 {:.1} ms, p99 {:.1} ms ({} batches, {} answered 429)",
-        percentile(&full.latencies_us, 0.5),
-        percentile(&full.latencies_us, 0.99),
-        full.latencies_us.len(),
+        percentile(&full_us, 0.5),
+        percentile(&full_us, 0.99),
+        full_us.len(),
         full.throttled
     );
     let paced_rate = paced.events as f64 / paced.seconds;
@@ -922,9 +931,9 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             "at half the target"
         },
         args.paced_batch,
-        percentile(&paced.latencies_us, 0.5),
-        percentile(&paced.latencies_us, 0.99),
-        paced.latencies_us.len(),
+        percentile(&paced_us, 0.5),
+        percentile(&paced_us, 0.99),
+        paced_us.len(),
         PACED_WARMUP.as_secs(),
         slow_acks
     );
@@ -965,7 +974,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     println!("targets on the reference 2-core machine:");
-    for line in verdicts(e2e, paced_rate, percentile(&paced.latencies_us, 0.99), rss) {
+    for line in verdicts(e2e, paced_rate, percentile(&paced_us, 0.99), rss) {
         println!("    {line}");
     }
     drop(server);
